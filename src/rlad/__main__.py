@@ -1,0 +1,5 @@
+import sys
+
+from rlad.cli.main import main
+
+sys.exit(main())

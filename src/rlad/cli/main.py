@@ -1,0 +1,53 @@
+"""The `rlad` console script. Each verb group lives in its own module and registers itself here;
+modules hold no logic of their own beyond argument parsing (the library does the work)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rlad import __version__
+from rlad.errors import RladError
+
+VERB_MODULES = ["data", "fit", "grounding", "export", "serve"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="rlad",
+        description="Industrial visual anomaly localization driven by reinforcement learning.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"rlad {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name in VERB_MODULES:
+        importlib.import_module(f"rlad.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        # A verb group without its sub-verb (e.g. `rlad data`) prints that group's help.
+        (getattr(args, "_group_parser", None) or parser).print_help(sys.stderr)
+        return 2
+    try:
+        result = args.func(args)
+    except RladError as exc:
+        print(f"rlad: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("rlad: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `rlad ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

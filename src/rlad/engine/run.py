@@ -1,0 +1,187 @@
+"""The run directory contract (DESIGN.md): config.yaml, model.pt, checkpoints/, metrics.json,
+log.jsonl, report.html. Every file that could be half-written when a process is killed is written
+to a temporary file first and renamed, so a kill never leaves a corrupt checkpoint behind."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rlad.errors import ConfigError
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path | str) -> None:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _json_default(value):
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def dumps(obj: Any, **kwargs) -> str:
+    return json.dumps(obj, default=_json_default, **kwargs)
+
+
+class RunDir:
+    """One training run's folder. Creating it never deletes anything already there."""
+
+    CONFIG = "config.yaml"
+    MODEL = "model.pt"
+    METRICS = "metrics.json"
+    LOG = "log.jsonl"
+    REPORT = "report.html"
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    # --- layout -------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.MODEL
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / self.LOG
+
+    def create(self) -> "RunDir":
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path}: exists and is not a directory")
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def require_model(self) -> "RunDir":
+        """For commands that read a finished run (test, predict, export, serve)."""
+        if not self.path.is_dir():
+            raise ConfigError(f"{self.path}: run directory not found")
+        if not self.config_path.is_file():
+            raise ConfigError(f"{self.path}: not an rlad run directory (no {self.CONFIG})")
+        if not self.model_path.is_file():
+            raise ConfigError(
+                f"{self.path}: has no {self.MODEL}; training did not finish (rerun `rlad fit` with the same --out to resume)"
+            )
+        return self
+
+    # --- config -------------------------------------------------------------------------------
+    def save_config(self, data: dict) -> None:
+        import yaml
+
+        atomic_write_bytes(self.config_path, yaml.safe_dump(data, sort_keys=False).encode())
+
+    def load_config(self) -> dict:
+        from rlad.config import load_yaml
+
+        return load_yaml(self.config_path)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, state: dict, step: int, keep: int = 2) -> Path:
+        target = self.checkpoint_dir / f"step_{step:08d}.pt"
+        atomic_torch_save(state, target)
+        for old in self.checkpoints()[:-keep]:
+            old.unlink(missing_ok=True)
+        return target
+
+    def checkpoints(self) -> list[Path]:
+        if not self.checkpoint_dir.is_dir():
+            return []
+        return sorted(self.checkpoint_dir.glob("step_*.pt"))
+
+    def latest_checkpoint(self) -> dict | None:
+        """The newest checkpoint that loads; a corrupt newest one falls back to the previous."""
+        import torch
+
+        for path in reversed(self.checkpoints()):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False)
+            except Exception:  # a truncated file from a crash mid-write of an older rlad
+                continue
+        return None
+
+    def save_model(self, state: dict) -> None:
+        atomic_torch_save(state, self.model_path)
+
+    def load_model(self) -> dict:
+        import torch
+
+        return torch.load(self.model_path, map_location="cpu", weights_only=False)
+
+    # --- logs and metrics -----------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        record = {"time": round(time.time(), 3), **record}
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as handle:
+            handle.write(dumps(record) + "\n")
+
+    def read_log(self) -> list[dict]:
+        if not self.log_path.is_file():
+            return []
+        rows = []
+        for line in self.log_path.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut by a kill; the rest is still useful
+                    continue
+        return rows
+
+    def save_metrics(self, metrics: dict, key: str | None = None) -> None:
+        """Merge `metrics` into metrics.json (under `key` when given)."""
+        current = {}
+        if self.metrics_path.is_file():
+            try:
+                current = json.loads(self.metrics_path.read_text())
+            except json.JSONDecodeError:
+                current = {}
+        if key is None:
+            current.update(metrics)
+        else:
+            current[key] = metrics
+        atomic_write_bytes(self.metrics_path, dumps(current, indent=2).encode())
