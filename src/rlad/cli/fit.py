@@ -14,6 +14,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--pairs", metavar="PAIRS.jsonl", help="pair file (compact grounder only)")
     fit.add_argument("--out", metavar="RUN", required=True, help="run directory; an existing one resumes")
     fit.add_argument("--seed", type=int, default=None, help="random seed (default: the config's)")
+    fit.add_argument(
+        "--labeled-per-type",
+        type=int,
+        default=None,
+        metavar="N",
+        help="defective images per type taken from test/ as labelled training data and removed from "
+        "evaluation (nbs default 5; unsupervised methods default 0)",
+    )
     add_config_args(fit)
     add_json_arg(fit)
     fit.set_defaults(func=lazy("rlad.models.api", "cli_fit"))

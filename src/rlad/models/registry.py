@@ -1,0 +1,27 @@
+"""Model names -> classes, imported lazily so one model's import cost is not paid by the others."""
+
+from __future__ import annotations
+
+import importlib
+
+from rlad.errors import ConfigError
+
+_MODELS = {
+    "nbs": "rlad.models.nbs.trainer:NBSModel",
+    "supervised": "rlad.models.nbs.supervised:SupervisedControl",
+    "patchcore": "rlad.models.patchcore:PatchCore",
+    "padim": "rlad.models.padim:PaDiM",
+    "ae": "rlad.models.ae:AutoencoderBaseline",
+    "pixelstats": "rlad.models.pixelstats:PixelStats",
+}
+MODEL_NAMES = tuple(_MODELS)
+
+
+def get_model_class(name: str):
+    if name not in _MODELS:
+        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(MODEL_NAMES)}, compact")
+    module, attr = _MODELS[name].split(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"method {name!r} is not available in this build ({exc})") from None
