@@ -156,8 +156,15 @@ class RunDir:
     def log(self, record: dict) -> None:
         record = {"time": round(time.time(), 3), **record}
         self.path.mkdir(parents=True, exist_ok=True)
+        line = dumps(record) + "\n"
+        # A kill mid-write leaves a partial last line; start on a fresh line so this record survives.
+        if self.log_path.is_file() and self.log_path.stat().st_size:
+            with open(self.log_path, "rb") as existing:
+                existing.seek(-1, os.SEEK_END)
+                if existing.read(1) != b"\n":
+                    line = "\n" + line
         with open(self.log_path, "a") as handle:
-            handle.write(dumps(record) + "\n")
+            handle.write(line)
 
     def read_log(self) -> list[dict]:
         if not self.log_path.is_file():

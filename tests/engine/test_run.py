@@ -1,0 +1,46 @@
+import json
+
+import pytest
+import torch
+
+from rlad.engine import RunDir, atomic_torch_save
+from rlad.errors import ConfigError
+
+
+def test_checkpoints_keep_the_newest_and_skip_corrupt(tmp_path):
+    run = RunDir(tmp_path / "run").create()
+    for step in (1, 2, 3):
+        run.save_checkpoint({"step": step}, step, keep=2)
+    assert [p.name for p in run.checkpoints()] == ["step_00000002.pt", "step_00000003.pt"]
+    # A checkpoint cut short (e.g. by a full disk) must not stop a resume: fall back to the previous one.
+    run.checkpoints()[-1].write_bytes(b"truncated")
+    assert run.latest_checkpoint() == {"step": 2}
+
+
+def test_atomic_save_leaves_no_temp_files(tmp_path):
+    atomic_torch_save({"w": torch.ones(2)}, tmp_path / "m.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    assert torch.equal(torch.load(tmp_path / "m.pt")["w"], torch.ones(2))
+
+
+def test_log_and_metrics_merge(tmp_path):
+    run = RunDir(tmp_path).create()
+    run.log({"step": 1, "loss": 0.5})
+    with open(run.log_path, "a") as handle:
+        handle.write('{"step": 2, "lo')  # a line cut by a kill
+    run.log({"step": 3})
+    assert [r["step"] for r in run.read_log()] == [1, 3]
+    run.save_metrics({"a": 1})
+    run.save_metrics({"b": 2}, key="test:x")
+    assert json.loads(run.metrics_path.read_text()) == {"a": 1, "test:x": {"b": 2}}
+
+
+def test_require_model_messages(tmp_path):
+    with pytest.raises(ConfigError, match="run directory not found"):
+        RunDir(tmp_path / "nope").require_model()
+    with pytest.raises(ConfigError, match="not an rlad run directory"):
+        RunDir(tmp_path).require_model()
+    run = RunDir(tmp_path)
+    run.save_config({"method": "x"})
+    with pytest.raises(ConfigError, match="did not finish"):
+        run.require_model()
