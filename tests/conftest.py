@@ -1,0 +1,123 @@
+"""Shared fixtures.
+
+`tiny_mvtec(tmp_path) -> Path` writes a small valid MVTec-AD-layout category and returns its folder
+(`tmp_path / "tiny"`). Keep its signature and contents stable; other tests rely on them:
+
+    train/good/000.png .. 005.png                 6 normal images
+    test/good/000.png .. 002.png                  3 normal images
+    test/hole/000.png, 001.png                    dark filled disc
+    test/scratch/000.png, 001.png                 dark diagonal line
+    ground_truth/{hole,scratch}/00N_mask.png      exact masks, mode L, values {0, 255}
+
+Every image is an RGB PNG of width 64 and height 48 (`Sample.size == (48, 64)`): a smooth
+seeded texture (normal images differ only by noise), defects drawn with PIL on top, so a model can
+tell them apart. Deterministic: the same bytes on every call.
+
+`tiny_mvtec_factory(root, **options) -> Path` writes the same layout under any folder (e.g. several
+categories under one root); options: `n_train`, `n_test_good`, `defect_types`, `n_per_type`, `size`
+as (height, width).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+TINY_SIZE = (48, 64)  # (height, width)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress(monkeypatch):
+    """Progress bars off in every test (they go to stderr and would clutter captured output)."""
+    monkeypatch.setenv("RLAD_PROGRESS", "0")
+
+
+def _texture(rng: np.random.Generator, size_hw: tuple[int, int]) -> np.ndarray:
+    height, width = size_hw
+    rows, cols = np.mgrid[0:height, 0:width]
+    base = 150 + 30 * np.sin(cols / 5.0) * np.cos(rows / 7.0)
+    noisy = base[:, :, None] + rng.normal(0, 6, size=(height, width, 3)) + np.array([10, 0, -10])
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def _draw_defect(kind: str, index: int, size_hw: tuple[int, int]) -> Image.Image:
+    """The defect's mask (mode L, {0, 255}); the same shape is painted on the image."""
+    height, width = size_hw
+    mask = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(mask)
+    if kind == "hole":
+        cx, cy, r = width // 3 + 12 * index, height // 2, 6
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+    else:
+        x0 = 8 + 10 * index
+        draw.line((x0, 6, x0 + 30, height - 6), fill=255, width=3)
+    return mask
+
+
+def write_tiny_mvtec(
+    root: Path,
+    *,
+    n_train: int = 6,
+    n_test_good: int = 3,
+    defect_types: tuple[str, ...] = ("hole", "scratch"),
+    n_per_type: int = 2,
+    size: tuple[int, int] = TINY_SIZE,
+    seed: int = 0,
+) -> Path:
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for split, count in (("train", n_train), ("test", n_test_good)):
+        folder = root / split / "good"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.fromarray(_texture(rng, size)).save(folder / f"{i:03d}.png")
+    for kind in defect_types:
+        images = root / "test" / kind
+        masks = root / "ground_truth" / kind
+        images.mkdir(parents=True, exist_ok=True)
+        masks.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_type):
+            pixels = _texture(rng, size)
+            mask = _draw_defect(kind, i, size)
+            pixels[np.asarray(mask) > 0] = (30, 25, 20)
+            Image.fromarray(pixels).save(images / f"{i:03d}.png")
+            mask.save(masks / f"{i:03d}_mask.png")
+    return root
+
+
+@pytest.fixture
+def tiny_mvtec(tmp_path) -> Path:
+    return write_tiny_mvtec(tmp_path / "tiny")
+
+
+@pytest.fixture
+def tiny_mvtec_factory():
+    return write_tiny_mvtec
+
+
+@pytest.fixture
+def real_data_dir():
+    """`../shared/data` next to the repository; tests marked realdata skip when it is absent."""
+    return REAL_DATA
+
+
+def real_folder(name: str) -> Path:
+    path = REAL_DATA / name
+    if not (path / "train").is_dir():
+        pytest.skip(f"real dataset {path} not found (read by path from ../shared/data)")
+    return path
+
+
+@pytest.fixture
+def magnetic_tile() -> Path:
+    return real_folder("magnetic_tile")
+
+
+@pytest.fixture
+def mpdd_metal_plate() -> Path:
+    return real_folder("mpdd_metal_plate_512")
