@@ -31,6 +31,17 @@ REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_SIZE = (48, 64)  # (height, width)
 
 
+def pytest_configure(config):
+    # Under pytest-xdist each worker gets one core; torch's default (all cores per process) would
+    # oversubscribe the 2-core CI machine and slow every test down.
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_progress(monkeypatch):
     """Progress bars off in every test (they go to stderr and would clutter captured output)."""
