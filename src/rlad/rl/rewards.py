@@ -1,0 +1,294 @@
+"""Rewards: plain functions `reward(completion: str, target: PairTarget) -> float`.
+
+Box rewards compare the first valid box of the answer block with `target.box`, both in the policy's
+coordinate convention (the box in the completion is never converted here). Choice rewards compare
+letters. Adapters at the bottom expose any of them to TRL (`f(completions, **columns)`) and verl
+(`compute_score(data_source, solution_str, ground_truth, extra_info)`).
+
+Decisions worth knowing (also in docs/methods.md):
+
+* Letters are read by a strict parser (`extract_choice`): an upper-case letter that is the whole
+  block or line, or is followed by '.' or ')' or by the end of a line, optionally in parentheses;
+  the last such letter in the block wins. The English article "A" (always followed by a word) is
+  therefore never read as a choice, unlike in the released AnomalyR1 code.
+* The answer letter must be unambiguous: an answer block naming two different letters ("A) or C)")
+  has no answer letter, so listing options never pays.
+* ROAM with no letter in the answer at all is 0 (the table's 0.05 case needs a wrong *answer*).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+from rlad.boxes import (box_area, box_center, box_diagonal, box_iou, is_degenerate, is_zero_box,
+                        parse_answer, split_blocks)
+from rlad.errors import ConfigError, DataError
+
+# A letter that is a choice: not glued to other letters, digits or a preceding dot, optionally "(X", and followed by
+# ".", ")" or the end of a line. The article "A" is followed by a word, so it never matches.
+_LETTER_RE = re.compile(r"(?<![A-Za-z0-9.])\(?([A-Z])(?:[.)]|(?=[ \t]*(?:\n|$)))(?![A-Za-z0-9])")
+
+
+@dataclass(frozen=True)
+class PairTarget:
+    """What a reward compares a completion with."""
+
+    box: tuple | None = None  # ground truth in the SAME coordinate convention as the completion
+    choice: str | None = None  # correct letter for multiple-choice tasks
+
+
+# ------------------------------------------------------------------------------------- format
+def format_reward(completion: str, target: PairTarget | None = None) -> float:
+    """1 iff a <think> block precedes an <answer> block holding exactly one box of integers."""
+    parsed = parse_answer(completion)
+    ok = (parsed.has_think and parsed.has_answer and parsed.n_boxes == 1 and parsed.box is not None
+          and parsed.integer_coords)
+    return 1.0 if ok else 0.0
+
+
+# --------------------------------------------------------------------------------- box rewards
+def _target_box(target: PairTarget | None, reward: str) -> tuple:
+    if target is None or target.box is None:
+        raise DataError(f"the {reward!r} reward needs a ground-truth box (target.box), got {target!r}")
+    if len(target.box) != 4:
+        raise DataError(f"the {reward!r} reward: ground-truth box {target.box!r} does not have 4 numbers")
+    return tuple(target.box)
+
+
+def dclr_from_boxes(pred, gt) -> float:
+    """Dual-Consistency Localization Reward of DifferAD-R1 (range 0..1).
+
+    Zero-box ground truth: 1 iff the prediction is the zero box. Otherwise a missing or zero
+    prediction earns 0, and a real one `IoU + (1 - IoU) * CA` with
+    `CA = clip(0.6 * center + 0.4 * area, 0, 1)` (0 when either box is degenerate), so a box with
+    IoU 0 still earns something for being near and of the right size.
+    """
+    if is_zero_box(gt):
+        return 1.0 if is_zero_box(pred) else 0.0
+    if pred is None or is_zero_box(pred):
+        return 0.0
+    iou = box_iou(pred, gt)
+    return iou + (1.0 - iou) * _consistency(pred, gt)
+
+
+def _consistency(pred, gt) -> float:
+    if is_degenerate(pred) or is_degenerate(gt):
+        return 0.0
+    (px, py), (gx, gy) = box_center(pred), box_center(gt)
+    distance = math.hypot(px - gx, py - gy)
+    center = 1.0 - min(1.0, distance / (max(box_diagonal(gt), box_diagonal(pred), 1.0) + 1e-6))
+    area_gt = box_area(gt)
+    area = 1.0 - min(1.0, abs(box_area(pred) - area_gt) / (area_gt + 1e-6))
+    return min(1.0, max(0.0, 0.6 * center + 0.4 * area))
+
+
+def dclr_reward(completion: str, target: PairTarget) -> float:
+    return dclr_from_boxes(parse_answer(completion).box, _target_box(target, "dclr"))
+
+
+def iou_from_boxes(pred, gt) -> float:
+    """The plain ablation reward: IoU, times `1 / (1 + |A(p) - A(g)| / A(g))` when 0 < IoU < 0.3.
+
+    Normal queries follow the same rule as DCLR (1 iff the zero box is predicted).
+    """
+    if is_zero_box(gt):
+        return 1.0 if is_zero_box(pred) else 0.0
+    if pred is None or is_zero_box(pred):
+        return 0.0
+    iou = box_iou(pred, gt)
+    if 0.0 < iou < 0.3:
+        area_gt = box_area(gt)
+        iou *= 1.0 / (1.0 + abs(box_area(pred) - area_gt) / area_gt)
+    return iou
+
+
+def iou_reward(completion: str, target: PairTarget) -> float:
+    return iou_from_boxes(parse_answer(completion).box, _target_box(target, "iou"))
+
+
+# ------------------------------------------------------------------------------ choice rewards
+def extract_choice(text: str | None) -> str | None:
+    """The last strict choice letter in `text` (see module docstring), or None."""
+    if not text:
+        return None
+    letters = _LETTER_RE.findall(text)
+    return letters[-1] if letters else None
+
+
+def _answer_letter(answer: str) -> str | None:
+    letters = set(_LETTER_RE.findall(answer))
+    return letters.pop() if len(letters) == 1 else None
+
+
+def _target_letter(target: PairTarget | None, reward: str) -> str:
+    choice = None if target is None else target.choice
+    letter = None if choice is None else str(choice).strip().strip("().").strip().upper()
+    if not letter or len(letter) != 1 or not letter.isalpha():
+        raise DataError(f"the {reward!r} reward needs a correct letter (target.choice), got {choice!r}")
+    return letter
+
+
+def _choice_blocks(completion: str) -> tuple[str, str] | None:
+    """(think text, first answer text) when the think/answer structure is present, else None."""
+    if not isinstance(completion, str):
+        return None
+    think, answers = split_blocks(completion)
+    if think is None or not answers:
+        return None
+    return think, answers[0]
+
+
+def choice_reward(completion: str, target: PairTarget) -> float:
+    """1 iff the think/answer structure is present and the answer letter is the correct one."""
+    truth = _target_letter(target, "choice")
+    blocks = _choice_blocks(completion)
+    if blocks is None:
+        return 0.0
+    return 1.0 if _answer_letter(blocks[1]) == truth else 0.0
+
+
+def roam_reward(completion: str, target: PairTarget) -> float:
+    """AnomalyR1's reasoning-answer consistency reward (t: letter concluded in the reasoning,
+    a: letter answered, s: correct letter).
+
+    t = a = s: 1.0; no t and a = s: 0.8; no t and a wrong: 0.05; t = a but wrong: 0.1; else 0
+    (including a right answer that contradicts its reasoning, and no answer letter at all).
+    """
+    truth = _target_letter(target, "roam")
+    blocks = _choice_blocks(completion)
+    if blocks is None:
+        return 0.0
+    reasoned, answered = extract_choice(blocks[0]), _answer_letter(blocks[1])
+    if answered is None:
+        return 0.0
+    if reasoned is None:
+        return 0.8 if answered == truth else 0.05
+    if reasoned == answered:
+        return 1.0 if answered == truth else 0.1
+    return 0.0
+
+
+# ------------------------------------------------------------------------------------ registry
+RewardFn = Callable[[str, PairTarget], float]
+
+REWARDS: dict[str, RewardFn] = {
+    "format": format_reward,
+    "dclr": dclr_reward,
+    "iou": iou_reward,
+    "choice": choice_reward,
+    "roam": roam_reward,
+}
+LOCALIZATION_REWARDS = {"dclr", "iou"}
+
+
+def get_reward(name: str) -> RewardFn:
+    try:
+        return REWARDS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown reward {name!r}; valid rewards: {', '.join(sorted(REWARDS))}") from None
+
+
+# ------------------------------------------------------------------------------------ adapters
+def completion_text(completion: Any) -> str:
+    """Plain text of a completion given as a string or as TRL's conversational form
+    (`[{"role": "assistant", "content": str | [{"type": "text", "text": ...}, ...]}]`)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Mapping):
+        completion = [completion]
+    if isinstance(completion, (list, tuple)):
+        messages = [m for m in completion if isinstance(m, Mapping)]
+        assistant = [m for m in messages if m.get("role", "assistant") == "assistant"]
+        if assistant:
+            content = assistant[-1].get("content", "")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, (list, tuple)):
+                return "".join(part.get("text", "") for part in content
+                               if isinstance(part, Mapping) and part.get("type", "text") == "text")
+    raise DataError(f"cannot read a completion of type {type(completion).__name__}")
+
+
+def _as_box(value) -> tuple | None:
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            value = json.loads(value)
+        box = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise DataError(f"cannot read a box from {value!r}") from None
+    if len(box) != 4:
+        raise DataError(f"a box needs 4 numbers, got {value!r}")
+    return box
+
+
+def as_trl_reward(fn: RewardFn | str, target_columns: Mapping[str, str] | None = None) -> Callable:
+    """Wrap a reward for TRL's GRPOTrainer: `f(completions, **columns) -> list[float]`.
+
+    `target_columns` maps PairTarget fields to dataset column names (default: the column "box" feeds
+    `box`, "choice" feeds `choice`); absent columns leave the field None. The wrapper keeps the
+    reward's name, which TRL uses in its logs (`rewards/<name>/mean`).
+    """
+    if isinstance(fn, str):
+        fn = get_reward(fn)
+    columns = dict(target_columns) if target_columns is not None else {"box": "box", "choice": "choice"}
+    unknown = set(columns) - {"box", "choice"}
+    if unknown:
+        raise ConfigError(f"target_columns: {sorted(unknown)} are not PairTarget fields (box, choice)")
+
+    def reward(completions, **kwargs) -> list[float]:
+        n = len(completions)
+        values = {"box": [None] * n, "choice": [None] * n}
+        for field, column in columns.items():
+            if kwargs.get(column) is not None:
+                values[field] = list(kwargs[column])
+                if len(values[field]) != n:
+                    raise DataError(f"column {column!r} has {len(values[field])} values for {n} completions")
+        targets = [PairTarget(box=_as_box(b), choice=c) for b, c in zip(values["box"], values["choice"])]
+        return [float(fn(completion_text(c), t)) for c, t in zip(completions, targets)]
+
+    reward.__name__ = getattr(fn, "__name__", "reward")
+    reward.__qualname__ = reward.__name__
+    return reward
+
+
+def _verl_target(ground_truth) -> PairTarget:
+    """verl's `ground_truth` column as a PairTarget: a dict (or its JSON) with "box" / "choice",
+    a list of 4 numbers (a box) or a letter."""
+    value = ground_truth
+    if isinstance(value, str):
+        stripped = value.strip()
+        if not stripped:
+            raise DataError("empty ground_truth: expected a box, a letter or a JSON object")
+        if stripped[0] not in "[{":
+            return PairTarget(choice=stripped)
+        try:
+            value = json.loads(stripped)
+        except ValueError:
+            raise DataError(f"ground_truth is not valid JSON: {stripped[:80]!r}") from None
+    if isinstance(value, Mapping):
+        return PairTarget(box=_as_box(value.get("box")), choice=value.get("choice"))
+    if isinstance(value, Iterable):
+        return PairTarget(box=_as_box(list(value)))
+    raise DataError(f"cannot read a reward target from ground_truth={ground_truth!r}")
+
+
+def as_verl_compute_score(names: Iterable[str] | str) -> Callable:
+    """A verl `compute_score(data_source, solution_str, ground_truth, extra_info=None) -> float`
+    that sums the named rewards (e.g. ["format", "dclr"] for DifferAD-R1's 0..2 total)."""
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ConfigError("as_verl_compute_score needs at least one reward name")
+    fns = [get_reward(name) for name in names]
+
+    def compute_score(data_source, solution_str, ground_truth, extra_info=None) -> float:
+        target = _verl_target(ground_truth)
+        text = completion_text(solution_str)
+        return float(sum(fn(text, target) for fn in fns))
+
+    return compute_score
