@@ -181,3 +181,15 @@ def test_mask_to_box_empty_and_bad_input():
         mask_to_box(np.ones((2, 3, 4)))
     with pytest.raises(ConfigError):
         mask_to_box(np.ones((4, 4)), mode="biggest")
+
+
+def test_mask_to_boxes_lists_every_component_largest_first():
+    from rlad.boxes import mask_to_boxes
+
+    mask = np.zeros((10, 12), bool)
+    mask[1:3, 1:3] = True  # 4 pixels
+    mask[5:9, 6:11] = True  # 20 pixels
+    mask[0, 11] = True  # 1 pixel
+    assert mask_to_boxes(mask) == [(6, 5, 11, 9), (1, 1, 3, 3), (11, 0, 12, 1)]
+    assert mask_to_boxes(mask, min_area=2) == [(6, 5, 11, 9), (1, 1, 3, 3)]
+    assert mask_to_boxes(np.zeros((4, 4))) == []

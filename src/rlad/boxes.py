@@ -328,3 +328,23 @@ def mask_to_box(mask: np.ndarray, mode: str = "largest", connectivity: int = 8) 
     rows = np.flatnonzero(fg.any(axis=1))
     cols = np.flatnonzero(fg.any(axis=0))
     return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+
+
+def mask_to_boxes(mask: np.ndarray, min_area: int = 1, connectivity: int = 8) -> list[Box]:
+    """One box per connected component of `mask` (largest first), skipping components smaller than
+    `min_area` pixels; same pixel convention as `mask_to_box`. Empty mask -> []."""
+    from scipy import ndimage
+
+    fg = np.asarray(mask) > 0
+    if not fg.any():
+        return []
+    structure = ndimage.generate_binary_structure(2, 2 if connectivity == 8 else 1)
+    labels, n = ndimage.label(fg, structure=structure)
+    sizes = np.bincount(labels.ravel())[1:]
+    boxes = []
+    for index, region in enumerate(ndimage.find_objects(labels)):
+        if region is None or sizes[index] < min_area:
+            continue
+        rows, cols = region
+        boxes.append((sizes[index], (cols.start, rows.start, cols.stop, rows.stop)))
+    return [tuple(int(v) for v in box) for _, box in sorted(boxes, key=lambda item: -item[0])]
