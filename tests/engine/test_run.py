@@ -44,3 +44,11 @@ def test_require_model_messages(tmp_path):
     run.save_config({"method": "x"})
     with pytest.raises(ConfigError, match="did not finish"):
         run.require_model()
+
+
+def test_undefined_metrics_are_written_as_null(tmp_path):
+    import numpy as np
+
+    run = RunDir(tmp_path).create()
+    run.save_metrics({"image_auroc": float("nan"), "x": np.float32(np.inf), "ok": 0.5})
+    assert json.loads(run.metrics_path.read_text()) == {"image_auroc": None, "x": None, "ok": 0.5}

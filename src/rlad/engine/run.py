@@ -54,8 +54,26 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def _finite_or_none(obj: Any) -> Any:
+    """NaN/inf -> None: strict JSON has no NaN, and an undefined metric should read as null."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.floating):
+            return _finite_or_none(float(obj))
+    except ImportError:  # pragma: no cover
+        pass
+    return obj
+
+
 def dumps(obj: Any, **kwargs) -> str:
-    return json.dumps(obj, default=_json_default, **kwargs)
+    return json.dumps(_finite_or_none(obj), default=_json_default, allow_nan=False, **kwargs)
 
 
 class RunDir:
