@@ -1,0 +1,241 @@
+"""Pair building, JSONL round trip and validation (rlad.data.pairs, `rlad data pairs`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rlad.boxes import mask_to_box
+from rlad.data.folder import discover, load_image, load_mask
+from rlad.data.pairs import (PairRecord, build_pairs, filter_pairs, images_dir_for, load_pairs, real_pairs,
+                             split_by_category, split_fraction, synthetic_pairs, write_pairs)
+from rlad.errors import DataError
+
+
+def test_real_pairs_have_one_pair_per_test_image_with_exact_boxes(tiny_mvtec, tmp_path):
+    records, summary = build_pairs(tiny_mvtec, tmp_path / "pairs.jsonl", reference="random", seed=1)
+    folder = discover(tiny_mvtec)
+    assert len(records) == len(folder.test) == summary.n_pairs
+    train_paths = {str(s.path) for s in folder.train}
+    by_query = {r.query: r for r in records}
+    for sample in folder.test:
+        record = by_query[str(sample.path)]
+        assert record.reference in train_paths
+        assert record.query_size == sample.size
+        if sample.label == 0:
+            assert record.box == (0, 0, 0, 0) and record.label == 0
+        else:
+            expected = mask_to_box(load_mask(sample.mask_path))
+            assert record.box == tuple(expected) and record.label == 1
+            assert record.defect_type == sample.defect_type
+
+
+def test_similar_reference_picks_the_identical_normal_image(tiny_mvtec):
+    query = tiny_mvtec / "test" / "good" / "001.png"
+    shutil.copy(query, tiny_mvtec / "train" / "good" / "zz_twin.png")
+    records = real_pairs(discover(tiny_mvtec), reference="similar")
+    twin = next(r for r in records if r.query == str(query))
+    assert Path(twin.reference).name == "zz_twin.png"
+
+
+def test_jsonl_round_trip_and_flat_schema(tiny_mvtec, tmp_path):
+    out = tmp_path / "sets" / "pairs.jsonl"
+    out.parent.mkdir()
+    records, _ = build_pairs(tiny_mvtec, out, synthetic=4, seed=3)
+    assert load_pairs(out) == records
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    for row in rows:  # flat: scalars and short lists of scalars only (TRL/verl exporters read it as a table)
+        assert all(not isinstance(v, (dict, list)) or all(not isinstance(x, (dict, list)) for x in v) for v in row.values())
+        assert row["label"] == int(row["box"] != [0, 0, 0, 0])
+    synthetic = [row for row in rows if row["source"] != "real"]
+    assert len(synthetic) == 4
+    assert all(not Path(row["query"]).is_absolute() for row in synthetic)  # inside the pair folder: relative
+    assert all(Path(row["reference"]).is_absolute() for row in rows)
+
+
+def test_pair_folder_can_move_as_a_whole(tiny_mvtec, tmp_path):
+    out = tmp_path / "a" / "pairs.jsonl"
+    out.parent.mkdir()
+    records, _ = build_pairs(tiny_mvtec, out, synthetic=2)
+    moved = tmp_path / "b"
+    shutil.copytree(out.parent, moved)
+    shutil.rmtree(out.parent)
+    again = load_pairs(moved / "pairs.jsonl")
+    assert [r.id for r in again] == [r.id for r in records]
+    assert all(Path(r.query).is_file() for r in again)
+
+
+def test_synthetic_pairs_change_only_pixels_inside_their_box(tiny_mvtec, tmp_path):
+    folder = discover(tiny_mvtec)
+    records = synthetic_pairs(folder, 6, tmp_path / "images", seed=0, synthetic_reference="same")
+    assert {r.source for r in records} == {"paste", "perlin"}
+    for r in records:
+        assert r.label == 1 and r.reference != r.query
+        h, w = r.query_size
+        x1, y1, x2, y2 = r.box
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        diff = np.abs(load_image(r.query) - load_image(r.reference)).max(axis=2) > 1.5 / 255
+        assert diff.any(), "a synthetic defect must change the image"
+        # Perlin blends have a 1-pixel anti-aliasing fringe around their mask (rlad.data.synth).
+        fringe = 1 if r.source == "perlin" else 0
+        inside = np.zeros_like(diff)
+        inside[max(0, y1 - fringe):y2 + fringe, max(0, x1 - fringe):x2 + fringe] = True
+        assert not (diff & ~inside).any(), f"{r.id}: pixels changed outside the box {r.box}"
+        if r.source == "paste":
+            assert Path(r.origin).is_file()
+
+
+def test_synthetic_reference_similar_is_another_normal_image(tiny_mvtec, tmp_path):
+    folder = discover(tiny_mvtec)
+    records = synthetic_pairs(folder, 3, tmp_path / "images", synthetic_reference="similar")
+    for r in records:
+        assert r.reference in {str(s.path) for s in folder.train}
+
+
+def test_synthetic_pairs_are_deterministic(tiny_mvtec, tmp_path):
+    a, _ = build_pairs(tiny_mvtec, tmp_path / "a.jsonl", synthetic=3, seed=5)
+    b, _ = build_pairs(tiny_mvtec, tmp_path / "b.jsonl", synthetic=3, seed=5)
+    assert [r.box for r in a] == [r.box for r in b]
+    for ra, rb in zip(a[-3:], b[-3:]):
+        assert np.array_equal(load_image(ra.query), load_image(rb.query))
+
+
+def test_root_of_several_categories_and_category_splits(tiny_mvtec_factory, tmp_path):
+    root = tmp_path / "root"
+    tiny_mvtec_factory(root / "alpha", seed=1)
+    tiny_mvtec_factory(root / "beta", seed=2, defect_types=("hole",))
+    records, summary = build_pairs(root, tmp_path / "p.jsonl", synthetic=4, reference="random")
+    assert set(summary.per_category) == {"alpha", "beta"}
+    assert sum(r.source != "real" for r in records if r.category == "alpha") == 2
+    train, evaluation = split_by_category(records, ["beta"])
+    assert {r.category for r in train} == {"alpha"} and {r.category for r in evaluation} == {"beta"}
+    assert len(train) + len(evaluation) == len(records)
+    with pytest.raises(DataError, match="gamma"):
+        filter_pairs(records, include=["gamma"])
+    assert all(r.source == "real" for r in filter_pairs(records, sources=["real"]))
+
+
+def test_split_fraction_is_stratified_and_disjoint(tiny_mvtec, tmp_path):
+    records, _ = build_pairs(tiny_mvtec, tmp_path / "p.jsonl", reference="random")
+    first, rest = split_fraction(records, 0.3, seed=0)
+    assert {r.id for r in first}.isdisjoint({r.id for r in rest})
+    assert len(first) + len(rest) == len(records)
+    assert sum(r.label for r in first) == round(0.3 * sum(r.label for r in records))
+
+
+def _rewrite_line(path: Path, index: int, change) -> None:
+    lines = path.read_text().splitlines()
+    row = json.loads(lines[index])
+    change(row)
+    lines[index] = json.dumps(row) if isinstance(row, dict) else row
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda row: row.update(box=[0, 0, 500, 10]), "outside the query image"),
+        (lambda row: row.update(box=[10, 10, 5, 20]), "not a box"),
+        (lambda row: row.update(query="missing/nowhere.png"), "query image not found"),
+        (lambda row: row.update(label=0), "contradicts box"),
+        (lambda row: row.pop("reference"), "missing field"),
+        (lambda row: row.update(query_size=[48, 64, 3]), "query_size must be a list of 2"),
+        (lambda row: row.update(extra=1), "unknown field"),
+    ],
+)
+def test_bad_records_are_reported_with_their_line_number(tiny_mvtec, tmp_path, change, message):
+    out = tmp_path / "p.jsonl"
+    build_pairs(tiny_mvtec, out, reference="random")
+    defective_line = next(i for i, line in enumerate(out.read_text().splitlines()) if '"label": 1' in line)
+    _rewrite_line(out, defective_line, change)
+    with pytest.raises(DataError) as info:
+        load_pairs(out)
+    assert f"line {defective_line + 1}:" in str(info.value)
+    assert message in str(info.value)
+
+
+def test_invalid_json_and_empty_files(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1\n')
+    with pytest.raises(DataError, match="line 1: not valid JSON"):
+        load_pairs(bad)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match="no pair records"):
+        load_pairs(empty)
+    with pytest.raises(DataError, match="not found"):
+        load_pairs(tmp_path / "absent.jsonl")
+
+
+def test_duplicate_ids_are_refused(tmp_path, tiny_mvtec):
+    records, _ = build_pairs(tiny_mvtec, tmp_path / "p.jsonl", reference="random")
+    with pytest.raises(DataError, match="more than once"):
+        write_pairs([records[0], records[0]], tmp_path / "dup.jsonl")
+
+
+def test_a_foreign_images_folder_is_never_overwritten(tiny_mvtec, tmp_path):
+    out = tmp_path / "p.jsonl"
+    foreign = images_dir_for(out)
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("mine")
+    with pytest.raises(DataError, match="not written by"):
+        build_pairs(tiny_mvtec, out, synthetic=2)
+    assert (foreign / "precious.txt").read_text() == "mine"
+    shutil.rmtree(foreign)
+    build_pairs(tiny_mvtec, out, synthetic=2)
+    build_pairs(tiny_mvtec, out, synthetic=1)  # our own folder: rewritten
+    assert len(list(foreign.rglob("*.png"))) == 1
+
+
+def test_cli_pairs_and_its_errors(tiny_mvtec, tmp_path, capsys):
+    from rlad.cli.main import main
+
+    out = tmp_path / "p.jsonl"
+    assert main(["data", "pairs", str(tiny_mvtec), "--out", str(out), "--synthetic", "2", "--seed", "1"]) == 0
+    assert "wrote 9 pairs" in capsys.readouterr().out
+    assert len(load_pairs(out)) == 9
+    code = subprocess.run([sys.executable, "-m", "rlad", "data", "pairs", str(tmp_path / "nope"), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert code.returncode == 2
+    assert "not found" in code.stderr and "Traceback" not in code.stderr
+
+
+def test_record_sizes_must_match_the_image(tiny_mvtec, tmp_path):
+    out = tmp_path / "p.jsonl"
+    build_pairs(tiny_mvtec, out, reference="random")
+    _rewrite_line(out, 0, lambda row: row.update(reference_size=[10, 10]))
+    with pytest.raises(DataError, match="line 1: reference_size"):
+        load_pairs(out)
+    assert load_pairs(out, check_files=False)[0].reference_size == (10, 10)
+
+
+def test_pair_record_label_follows_the_box():
+    record = PairRecord("x", "r.png", "q.png", (0, 0, 0, 0), (4, 4), (4, 4), "c", "good")
+    assert record.label == 0
+    assert PairRecord("y", "r.png", "q.png", (0, 0, 2, 2), (4, 4), (4, 4), "c", "d").label == 1
+
+
+@pytest.mark.realdata
+def test_real_datasets_give_one_pair_per_test_image(magnetic_tile, mpdd_metal_plate, tmp_path):
+    records, summary = build_pairs(mpdd_metal_plate, tmp_path / "mp.jsonl", reference="random")
+    assert summary.per_category["mpdd_metal_plate_512"] == {"normal": 26, "defective": 71, "synthetic": 0}
+    tile_folder = discover(magnetic_tile)
+    assert sum(1 for s in tile_folder.test if s.label) == 388
+    sample = next(s for s in tile_folder.test if s.defect_type == "blowhole")
+    (record,) = [r for r in real_pairs(_one_query(tile_folder, sample), reference="random")]
+    h, w = sample.size
+    assert 0 < record.box[2] <= w and 0 < record.box[3] <= h
+    assert Image.open(record.query).size == (w, h)
+
+
+def _one_query(folder, sample):
+    from dataclasses import replace
+
+    return replace(folder, test=[sample])
