@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from typing import Any, Callable
 
@@ -55,10 +54,20 @@ def print_table(rows: list[dict], columns: list[str] | None = None, floatfmt: st
 def lazy(module: str, name: str) -> Callable:
     """Import a command's implementation only when it runs, so `rlad --help` stays fast."""
 
-    @functools.wraps(lambda args: None)
     def run(args):
         import importlib
 
-        return getattr(importlib.import_module(module), name)(args)
+        from rlad.errors import RladError
+
+        try:
+            target = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and (exc.name == module or module.startswith(exc.name + ".")):
+                raise RladError(f"this command is not implemented in rlad yet ({module} is missing)") from None
+            raise RladError(
+                f"this command needs the optional package {exc.name!r}; install the matching extra, "
+                f"e.g. pip install 'rlad[export,serve,vlm]'"
+            ) from None
+        return getattr(target, name)(args)
 
     return run
