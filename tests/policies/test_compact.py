@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from rlad.boxes import parse_answer
 from rlad.data.pairs import PairRecord
@@ -30,33 +29,6 @@ def make_policy(**changes) -> CompactPolicy:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random trunk warning: expected in tests
         return CompactPolicy(small_config(**changes))
-
-
-def write_square_pairs(root: Path, n: int, seed: int = 0) -> list[PairRecord]:
-    """Flat noisy references; the query is its reference plus a bright square in one of four
-    corners (or nothing, for every fourth pair): a trivially learnable difference."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    corners = [(4, 4), (36, 4), (4, 36), (36, 36)]
-    records = []
-    for i in range(n):
-        base = np.clip(0.45 + rng.normal(0, 0.03, size=(SIZE, SIZE, 3)), 0, 1)
-        query = base.copy()
-        box = (0, 0, 0, 0)
-        if i % 4 != 3:
-            x, y = corners[int(rng.integers(4))]
-            query[y:y + 24, x:x + 24] = 0.95
-            box = (x, y, x + 24, y + 24)
-        for name, image in (("r", base), ("q", query)):
-            Image.fromarray((image * 255).astype(np.uint8)).save(root / f"{i:03d}{name}.png")
-        records.append(PairRecord(f"sq{i}", str(root / f"{i:03d}r.png"), str(root / f"{i:03d}q.png"), box,
-                                  (SIZE, SIZE), (SIZE, SIZE), "squares", "square" if any(box) else "good"))
-    return records
-
-
-@pytest.fixture(scope="module")
-def square_pairs(tmp_path_factory):
-    return write_square_pairs(tmp_path_factory.mktemp("squares"), 16)
 
 
 # ------------------------------------------------------------------------------------ tokens

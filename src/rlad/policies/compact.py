@@ -61,7 +61,7 @@ class CompactConfig:
     width: int = 32
     """Channels of the fused comparison map and of the coordinate heads."""
     project: int = 16
-    """Channels of the learned shared projection compared per stage."""
+    """Channels of the learned shared projection compared per stage (0 = fixed comparisons only)."""
     bins: int = 32
     """Quantisation levels per axis for box coordinates."""
     temperature: float = 1.0
@@ -74,8 +74,8 @@ class CompactConfig:
             raise ConfigError(f"policy.image_size must be a multiple of 16 and >= 32, got {self.image_size}")
         if self.bins < 2 or self.bins > 1000:
             raise ConfigError(f"policy.bins must be in 2..1000, got {self.bins}")
-        if self.width < 4 or self.project < 1:
-            raise ConfigError(f"policy.width must be >= 4 and policy.project >= 1, got {self.width}, {self.project}")
+        if self.width < 4 or self.project < 0:
+            raise ConfigError(f"policy.width must be >= 4 and policy.project >= 0, got {self.width}, {self.project}")
         if not self.temperature > 0:
             raise ConfigError(f"policy.temperature must be > 0, got {self.temperature}")
         from rlad.models.backbones import checked_stages
@@ -263,8 +263,8 @@ class CompactHead(nn.Module):
         self.grid, self.bins = cfg.grid, cfg.bins
         n_fixed = HANDCRAFTED_PER_STAGE * len(channels)
         width = cfg.width
-        self.project = nn.ModuleList(nn.Conv2d(c, cfg.project, 1) for c in channels)
-        in_channels = 2 * cfg.project * len(channels) + n_fixed + 2
+        self.project = nn.ModuleList(nn.Conv2d(c, cfg.project, 1) for c in channels) if cfg.project else nn.ModuleList()
+        in_channels = 2 * cfg.project * len(self.project) + n_fixed + 2
         self.fuse = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, width, 3, padding=2, dilation=2), nn.ReLU(),
