@@ -39,3 +39,56 @@ def overlay(image: np.ndarray, normalised_map: np.ndarray, mask: np.ndarray | No
 
 def save_overlay(image: np.ndarray, normalised_map: np.ndarray, mask: np.ndarray | None, path: Path) -> None:
     Image.fromarray(overlay(image, normalised_map, mask)).save(path)
+
+
+def png_data_uri(path_or_array) -> str:
+    """A PNG file or uint8 array as a data: URI, so a report is one self-contained HTML file."""
+    import base64
+    import io
+
+    if isinstance(path_or_array, (str, Path)):
+        data = Path(path_or_array).read_bytes()
+    else:
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(path_or_array)).save(buffer, format="PNG")
+        data = buffer.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def figure_png(fig) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def html_table(rows: list[dict], columns: list[str], floatfmt: str = "{:.3f}") -> str:
+    from html import escape
+
+    def cell(value):
+        if isinstance(value, float):
+            return floatfmt.format(value)
+        return escape("" if value is None else str(value))
+
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> None:
+    """One self-contained HTML page: `sections` are (heading, HTML body) pairs."""
+    from html import escape
+
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+        "img{max-width:100%;margin:4px}.grid img{width:256px}figure{display:inline-block;margin:4px}"
+        "figcaption{font-size:12px;color:#555;max-width:256px}"
+    )
+    body = "".join(f"<h2>{escape(h)}</h2>\n{html}\n" for h, html in sections)
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>{style}</style></head><body><h1>{escape(title)}</h1>\n{body}</body></html>"
+    from rlad.engine.run import atomic_write_bytes
+
+    atomic_write_bytes(path, page.encode())
