@@ -60,8 +60,9 @@ class CompactConfig:
     """Trunk stages compared (rlad.models.backbones numbering: 1 = stride 4, 2 = stride 8, 4 = stride 16)."""
     width: int = 32
     """Channels of the fused comparison map and of the coordinate heads."""
-    project: int = 16
-    """Channels of the learned shared projection compared per stage (0 = fixed comparisons only)."""
+    project: int = 0
+    """Channels of a learned shared projection of both images compared per stage (|Pq - Pr|, Pq * Pr);
+    0 = the fixed comparisons only, which transferred better to unseen domains (docs/grounding.md)."""
     bins: int = 32
     """Quantisation levels per axis for box coordinates."""
     temperature: float = 1.0
