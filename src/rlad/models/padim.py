@@ -22,7 +22,7 @@ from rlad.engine import progress
 from rlad.errors import ConfigError
 from rlad.models.backbones import BackboneConfig, FeatureExtractor, build_feature_extractor
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
-from rlad.models.pixelstats import gaussian_blur
+from rlad.models.patchcore import upsample_and_smooth
 
 
 @dataclass
@@ -174,8 +174,8 @@ class PaDiM(AnomalyModel):
         images = images.float()
         embeddings, (h, w) = self._embed(images)
         distances = mahalanobis(embeddings, self.mean, self.precision)
-        maps = F.interpolate(distances.view(-1, 1, h, w), size=images.shape[-2:], mode="bilinear", align_corners=False)
-        maps = gaussian_blur(maps, self.config.blur_sigma * images.shape[-1] / 256.0)[:, 0]
+        sigma = self.config.blur_sigma * images.shape[-1] / 256.0
+        maps = upsample_and_smooth(distances.view(-1, h, w), tuple(images.shape[-2:]), sigma)
         return AnomalyMap(maps.numpy(), maps.flatten(1).amax(1).numpy())
 
     def state_dict(self) -> dict:
