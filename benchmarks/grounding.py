@@ -27,7 +27,6 @@ import argparse
 import copy
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -62,13 +61,15 @@ def parse_args(argv=None):
     parser.add_argument("--eval", nargs="+", default=list(DOMAINS), choices=list(DOMAINS), help="held-out domains")
     parser.add_argument("--work", default="/tmp/rlad_grounding_bench", help="pairs, demo data, pixel-model runs")
     parser.add_argument("--synthetic", type=int, default=150, help="synthetic pairs per domain (spread over categories)")
-    parser.add_argument("--warm-epochs", type=int, default=30)
+    parser.add_argument("--warm-epochs", type=int, default=20)
     parser.add_argument("--steps", type=int, default=300, help="GRPO steps per variant")
-    parser.add_argument("--lr", type=float, default=1e-4, help="GRPO learning rate")
+    parser.add_argument("--lr", type=float, default=3e-4, help="GRPO learning rate")
     parser.add_argument("--project", type=int, default=0, help="policy.project (0: fixed comparisons only)")
     parser.add_argument("--pixel-models", nargs="*", default=["patchcore", "padim"])
     parser.add_argument("--jobs", type=int, default=1, help="parallel worker processes (one torch thread each)")
     parser.add_argument("--no-write", action="store_true", help="print the table, do not touch docs/benchmarks.md")
+    parser.add_argument("--from-results", action="store_true",
+                        help="do not train: render WORK/results.json of an earlier run (same options) again")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.eval, args.steps, args.warm_epochs, args.pixel_models = [0], ["mpdd_metal_plate"], 60, 15, []
@@ -217,6 +218,27 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+def diagnostics(rows: list[dict]) -> list[dict]:
+    """What GRPO did on the training pairs (means over seeds)."""
+    out = []
+    for held_out in sorted({r["held_out"] for r in rows}):
+        for method in VARIANTS:
+            group = [r for r in rows if r["held_out"] == held_out and r["method"] == method]
+            if not group:
+                continue
+
+            def mean(key, fmt="{:.3f}"):
+                return fmt.format(np.mean([r[key] for r in group]))
+
+            out.append({"held out": held_out, "method": method,
+                        "train reward, first 10 steps": mean("train_reward_first"),
+                        "train reward, last 10 steps": mean("train_reward_last"),
+                        "zero-variance groups": mean("frac_zero_variance"),
+                        "groups resampled / step": mean("groups_resampled_per_step", "{:.2f}"),
+                        "KL (last 10 steps)": mean("final_kl")})
+    return out
+
+
 def claims(rows: list[dict]) -> list[str]:
     """Plain statements: which of the paper's claims held here."""
     lines = []
@@ -256,19 +278,30 @@ def main(argv=None) -> int:
         print(f"warning: {SHARED_WEIGHTS} not found, using a random trunk", file=sys.stderr)
     load_before = os.getloadavg()
     started = time.perf_counter()
-    domains = prepare_domains(work, args.synthetic)
-    held_outs = [d for d in args.eval if d in domains]
-    jobs = [{"domains": domains, "held_out": h, "seed": s, "weights": weights, "project": args.project,
-             "warm_epochs": args.warm_epochs, "steps": args.steps, "lr": args.lr} for h in held_outs for s in args.seeds]
-    rows: list[dict] = []
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(policy_unit, job) for job in jobs]
-        futures += [pool.submit(baseline_rows, domains, h, work, weights, args.pixel_models) for h in held_outs]
-        for future in futures:
-            rows += future.result()
-            print(f"[{time.perf_counter() - started:.0f} s] {len(rows)} rows", file=sys.stderr, flush=True)
-    (work / "results.json").write_text(json.dumps(rows, indent=1))
-    load_after = os.getloadavg()
+    if args.from_results:
+        rows = json.loads((work / "results.json").read_text())
+        meta = json.loads((work / "meta.json").read_text())
+        args = parse_args([*meta["argv"][1:], "--no-write"] if args.no_write else meta["argv"][1:])
+        args.no_write = "--no-write" in sys.argv
+        load_before, load_after, total = meta["load_before"], meta["load_after"], meta["seconds"]
+        command = " ".join(["python", *meta["argv"]]) + "  (rendered again with --from-results)"
+    else:
+        domains = prepare_domains(work, args.synthetic)
+        held_outs = [d for d in args.eval if d in domains]
+        jobs = [{"domains": domains, "held_out": h, "seed": s, "weights": weights, "project": args.project,
+                 "warm_epochs": args.warm_epochs, "steps": args.steps, "lr": args.lr} for h in held_outs for s in args.seeds]
+        rows: list[dict] = []
+        with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            futures = [pool.submit(policy_unit, job) for job in jobs]
+            futures += [pool.submit(baseline_rows, domains, h, work, weights, args.pixel_models) for h in held_outs]
+            for future in futures:
+                rows += future.result()
+                print(f"[{time.perf_counter() - started:.0f} s] {len(rows)} rows", file=sys.stderr, flush=True)
+        load_after, total = os.getloadavg(), time.perf_counter() - started
+        command = None
+        (work / "results.json").write_text(json.dumps(rows, indent=1))
+        (work / "meta.json").write_text(json.dumps({"load_before": load_before, "load_after": load_after,
+                                                    "seconds": total, "argv": sys.argv}))
     table = markdown_table(aggregate(rows))
     statements = claims(rows)
     body = (
@@ -278,12 +311,16 @@ def main(argv=None) -> int:
         f"policy.project={args.project}; warm start {args.warm_epochs} epochs; GRPO {args.steps} steps x 8 prompts x "
         f"G=8, lr {args.lr}, beta 0.04, eps 0.2, 1 resampling round. Seeds {args.seeds} (mean ± std). "
         f"{args.jobs} worker process(es), 1 torch thread each. Load average {load_before[0]:.1f} before, "
-        f"{load_after[0]:.1f} after; total {time.perf_counter() - started:.0f} s.\n\n"
-        f"{table}\nWhat held (Acc@0.3 differences, points):\n\n" + "\n".join(statements) + "\n"
+        f"{load_after[0]:.1f} after; total {total:.0f} s.\n\n"
+        f"{table}\nGRPO on the training pairs (reward = format + localization, 0..2; means over seeds):\n\n"
+        f"{markdown_table(diagnostics(rows))}\nWhat held (Acc@0.3 differences, points):\n\n" + "\n".join(statements) + "\n"
     )
     print(body)
     if not args.no_write:
-        append_section("Difference grounding: compact grounder + GRPO, unseen domains", body)
+        title = "Difference grounding: compact grounder + GRPO, unseen domains"
+        if args.warm_epochs != 20:
+            title += f" (warm start {args.warm_epochs} epochs)"
+        append_section(title, body, command=command)
     return 0
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from rlad.boxes import parse_answer
-from rlad.data.pairs import PairRecord
 from rlad.errors import ConfigError
 from rlad.policies.base import policy_from_payload
 from rlad.policies.compact import (CompactConfig, CompactPolicy, WarmStartConfig, box_to_tokens, comparison_maps,

@@ -63,14 +63,16 @@ def _with_seed(overrides: Sequence[str], seed: int | None) -> list[str]:
     return list(overrides or []) + ([f"seed={seed}"] if seed is not None else [])
 
 
-def build_fit_config(config_file: str | None = None, overrides: Sequence[str] = (), seed: int | None = None) -> CompactFitConfig:
+def build_fit_config(config_file: str | None = None, overrides: Sequence[str] = (),
+                     seed: int | None = None) -> CompactFitConfig:
     cfg = cfgmod.build(CompactFitConfig, config_file, _with_seed(overrides, seed))
     cfg.policy.seed = cfg.seed
     cfg.policy.validate()
     return cfg
 
 
-def build_grpo_config(config_file: str | None = None, overrides: Sequence[str] = (), seed: int | None = None) -> GRPORunConfig:
+def build_grpo_config(config_file: str | None = None, overrides: Sequence[str] = (),
+                      seed: int | None = None) -> GRPORunConfig:
     cfg = cfgmod.build(GRPORunConfig, config_file, _with_seed(overrides, seed))
     cfg.policy.seed = cfg.seed
     cfg.grpo.seed = cfg.seed

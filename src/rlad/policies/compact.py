@@ -43,7 +43,7 @@ from rlad.boxes import CoordinateMode, format_answer, is_zero_box
 from rlad.config import from_dict, to_dict
 from rlad.data.pairs import PairRecord
 from rlad.errors import ConfigError
-from rlad.policies.base import Completion, Policy, TokenLogProbs, flatten, padded
+from rlad.policies.base import Completion, Policy, TokenLogProbs, flatten
 
 NEG = -1e9  # "impossible" logit; finite so masked positions never produce inf/nan in the loss
 N_TOKENS = 5  # presence, x1, x2, y1, y2
@@ -76,7 +76,8 @@ class CompactConfig:
         if self.bins < 2 or self.bins > 1000:
             raise ConfigError(f"policy.bins must be in 2..1000, got {self.bins}")
         if self.width < 4 or self.project < 0:
-            raise ConfigError(f"policy.width must be >= 4 and policy.project >= 0, got {self.width}, {self.project}")
+            raise ConfigError(f"policy.width must be >= 4 and policy.project >= 0, "
+                              f"got {self.width}, {self.project}")
         if not self.temperature > 0:
             raise ConfigError(f"policy.temperature must be > 0, got {self.temperature}")
         from rlad.models.backbones import checked_stages
@@ -367,7 +368,8 @@ class CompactPolicy(Policy):
     name = "compact"
     coordinate_mode = CoordinateMode.RELATIVE_1000
 
-    def __init__(self, cfg: CompactConfig | None = None, trunk_state: dict | None = None, head_state: dict | None = None):
+    def __init__(self, cfg: CompactConfig | None = None, trunk_state: dict | None = None,
+                 head_state: dict | None = None):
         from rlad.models.backbones import FeatureExtractor, MobileNetV2, load_mobilenet_v2
 
         self.cfg = (cfg or CompactConfig()).validate()

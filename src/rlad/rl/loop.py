@@ -79,7 +79,8 @@ class GRPOConfig:
         if self.beta < 0 or self.eps_low < 0 or self.eps_high < 0 or self.lr <= 0:
             problems.append("grpo.beta, eps_low, eps_high must be >= 0 and grpo.lr > 0")
         if self.advantage_scale not in ADVANTAGE_SCALES:
-            problems.append(f"grpo.advantage_scale {self.advantage_scale!r} is not one of {', '.join(ADVANTAGE_SCALES)}")
+            problems.append(f"grpo.advantage_scale {self.advantage_scale!r} is not one of "
+                            f"{', '.join(ADVANTAGE_SCALES)}")
         if self.aggregation not in AGGREGATIONS:
             problems.append(f"grpo.aggregation {self.aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
         if not self.rewards:
@@ -87,15 +88,16 @@ class GRPOConfig:
         for name in self.rewards:
             get_reward(name)  # ConfigError listing the valid names
         if (self.reweighting or self.resampling) and not set(self.rewards) & LOCALIZATION_REWARDS:
-            problems.append(f"grpo.reweighting/resampling need a localization reward ({', '.join(sorted(LOCALIZATION_REWARDS))}) "
-                            f"in grpo.rewards, got {self.rewards}")
+            problems.append(f"grpo.reweighting/resampling need a localization reward "
+                            f"({', '.join(sorted(LOCALIZATION_REWARDS))}) in grpo.rewards, got {self.rewards}")
         if problems:
             raise ConfigError("; ".join(problems))
         return self
 
 
 # --------------------------------------------------------------------------------- pure helpers
-def score_groups(groups: Sequence[Sequence], targets: Sequence[PairTarget], reward_fns: Sequence[Callable]) -> torch.Tensor:
+def score_groups(groups: Sequence[Sequence], targets: Sequence[PairTarget],
+                 reward_fns: Sequence[Callable]) -> torch.Tensor:
     """(B, G, R) rewards: every reward function on every completion's text."""
     return torch.tensor([[[float(fn(c.text, t)) for fn in reward_fns] for c in group]
                          for group, t in zip(groups, targets)], dtype=torch.float32)
