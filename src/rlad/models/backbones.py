@@ -165,10 +165,9 @@ def load_mobilenet_v2(weights: str | Path | None, seed: int = 0) -> MobileNetV2:
             "Set --set model.backbone.weights=PATH to torchvision's ImageNet mobilenet_v2 .pth file.",
             stacklevel=2,
         )
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        net = MobileNetV2()
-        torch.random.set_rng_state(generator_state)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
+            torch.manual_seed(seed)
+            net = MobileNetV2()
     return net.eval()
 
 
@@ -235,7 +234,8 @@ class FeatureExtractor(nn.Module):
     @classmethod
     def from_weights_state(cls, stages, state: dict[str, torch.Tensor], micro_batch: int = 2) -> "FeatureExtractor":
         """Rebuild from `weights_state()` (a saved run): no weight file needed."""
-        network = MobileNetV2()
+        with torch.random.fork_rng(devices=[]):  # the random init is overwritten; do not consume RNG
+            network = MobileNetV2()
         result = network.load_state_dict(state, strict=False)
         needed = STAGE_LAST_FEATURE[checked_stages(stages)[-1]]
         missing = [k for k in result.missing_keys if k.startswith("features.") and int(k.split(".")[1]) <= needed]
