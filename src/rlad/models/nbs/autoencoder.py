@@ -1,0 +1,122 @@
+"""The patch autoencoder whose *learning curve* is NBS's feature (METHODS.md section 3).
+
+A fresh autoencoder learns normal texture quickly and anomalous pixels slowly or erratically, so the
+sequence of per-pixel reconstruction errors over its first steps after a reset (the loss profile)
+separates the two. The network works on square patches; full images are scored by tiling them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BOTTLENECK_SIDE = 8  # the encoder stops at 8x8 before collapsing to 1x1, as in the paper
+
+
+NORMS = ("none", "batch")
+
+
+def _norm(channels: int, kind: str) -> nn.Module:
+    """"batch" is the paper's BatchNorm without affine parameters. Its eval-mode statistics after the
+    few steps of a reset cycle are poor estimates (cumulative averages over very different early
+    batches), which made the error maps of magnetic tile nearly useless (docs/nbs.md); "none" avoids
+    the train/eval mismatch altogether and is the default."""
+    if kind == "none":
+        return nn.Identity()
+    if kind == "batch":
+        return nn.BatchNorm2d(channels, affine=False, momentum=None)
+    raise ValueError(f"unknown autoencoder norm {kind!r}; choose one of {NORMS}")
+
+
+def encoder_widths(patch: int, width: int, max_width: int = 256) -> list[int]:
+    """Channels of each stride-2 level from `patch` down to 8x8 (doubling from `width`)."""
+    if patch < BOTTLENECK_SIDE * 2 or patch & (patch - 1):
+        raise ValueError(f"patch size must be a power of two >= 16, got {patch}")
+    levels = int(math.log2(patch // BOTTLENECK_SIDE))
+    return [min(width * 2**i, max_width) for i in range(levels)]
+
+
+class PatchAutoencoder(nn.Module):
+    """Strided 4x4 convolutions to 8x8, a 1x1 bottleneck, transposed convolutions back, with one skip
+    connection at the 8x8 level; optional BatchNorm without affine parameters, LeakyReLU(0.2); linear
+    output."""
+
+    def __init__(self, patch: int = 64, width: int = 32, bottleneck: int = 200, in_channels: int = 3, norm: str = "none"):
+        super().__init__()
+        self.patch = patch
+        widths = encoder_widths(patch, width)
+        encoder: list[nn.Module] = []
+        previous = in_channels
+        for channels in widths:
+            encoder += [nn.Conv2d(previous, channels, 4, 2, 1), _norm(channels, norm), nn.LeakyReLU(0.2)]
+            previous = channels
+        self.encoder = nn.Sequential(*encoder)
+        self.squeeze = nn.Sequential(
+            nn.Conv2d(previous, bottleneck, BOTTLENECK_SIDE), _norm(bottleneck, norm), nn.LeakyReLU(0.2)
+        )
+        self.expand = nn.Sequential(
+            nn.ConvTranspose2d(bottleneck, previous, BOTTLENECK_SIDE), _norm(previous, norm), nn.LeakyReLU(0.2)
+        )
+        decoder: list[nn.Module] = []
+        previous = 2 * previous  # the skip connection doubles the 8x8 channels
+        for channels in reversed(widths[:-1]):
+            decoder += [nn.ConvTranspose2d(previous, channels, 4, 2, 1), _norm(channels, norm), nn.LeakyReLU(0.2)]
+            previous = channels
+        decoder.append(nn.ConvTranspose2d(previous, in_channels, 4, 2, 1))
+        self.decoder = nn.Sequential(*decoder)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        skip = self.encoder(patches)
+        code = self.squeeze(skip)
+        return self.decoder(torch.cat([self.expand(code), skip], dim=1))
+
+
+def tile(images: torch.Tensor, patch: int, offset: int = 0) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(B, C, H, W) -> (B * rows * cols, C, patch, patch) non-overlapping tiles of the image shifted by
+    `offset` pixels (reflect-padded so every pixel is covered); returns the layout for `untile`."""
+    batch, channels, height, width = images.shape
+    pad_top = offset
+    pad_bottom = (-(height + offset)) % patch
+    pad_left = offset
+    pad_right = (-(width + offset)) % patch
+    padded = F.pad(images, (pad_left, pad_right, pad_top, pad_bottom), mode="replicate")
+    rows, cols = padded.shape[-2] // patch, padded.shape[-1] // patch
+    tiles = padded.reshape(batch, channels, rows, patch, cols, patch).permute(0, 2, 4, 1, 3, 5)
+    return tiles.reshape(-1, channels, patch, patch), (batch, rows, cols, height, width, offset)
+
+
+def untile(tiles: torch.Tensor, layout: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of `tile` for (N, C, p, p) tiles -> (B, C, H, W), cropping the padding."""
+    batch, rows, cols, height, width, offset = layout
+    patch = tiles.shape[-1]
+    channels = tiles.shape[1]
+    full = tiles.reshape(batch, rows, cols, channels, patch, patch).permute(0, 3, 1, 4, 2, 5)
+    full = full.reshape(batch, channels, rows * patch, cols * patch)
+    return full[:, :, offset : offset + height, offset : offset + width]
+
+
+@torch.no_grad()
+def error_maps(model: PatchAutoencoder, images: torch.Tensor, offsets: tuple[int, ...] = (0,)) -> torch.Tensor:
+    """Per-pixel reconstruction error |x - AE(x)| averaged over channels: (B, 3, H, W) -> (B, H, W).
+
+    With several tiling `offsets` the errors are averaged, which hides the seams between tiles."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(images.shape[0], images.shape[-2], images.shape[-1])
+    for offset in offsets:
+        tiles, layout = tile(images, model.patch, offset)
+        recon = untile(model(tiles), layout)
+        total += (images - recon).abs().mean(1)
+    model.train(was_training)
+    return total / len(offsets)
+
+
+def crop_patches(images: torch.Tensor, index: torch.Tensor, top: torch.Tensor, left: torch.Tensor, patch: int) -> torch.Tensor:
+    """Gather (N, C, patch, patch) patches: image `index[i]` at (top[i], left[i]) (inside the image)."""
+    rows = top.view(-1, 1) + torch.arange(patch).view(1, -1)  # (N, p)
+    cols = left.view(-1, 1) + torch.arange(patch).view(1, -1)
+    gathered = images[index.view(-1, 1, 1), :, rows.view(-1, patch, 1), cols.view(-1, 1, patch)]  # (N, p, p, C)
+    return gathered.permute(0, 3, 1, 2).contiguous()

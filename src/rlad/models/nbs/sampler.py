@@ -1,0 +1,232 @@
+"""The neural batch sampler (the RL agent) and its uniform-random counterpart.
+
+An episode walks over one image: it starts at a random position; each step the policy sees a crop of
+six maps around the current position (RGB, the current autoencoder error, the visit counter, the fused
+prior) and either stops or moves `move` pixels in one of 8 directions; every move adds the patch at the
+new position to the autoencoder's next batch. Several episodes run side by side and a finished one is
+replaced by a new episode on another image until the batch is full.
+
+Per-move rewards are computed here (R_struct, R_cover); the task reward R_pred comes from the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from rlad.models.nbs.autoencoder import PatchAutoencoder, error_maps
+from rlad.models.nbs.profiles import fused_prior
+
+STOP = 0
+DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))  # actions 1..8
+N_ACTIONS = 1 + len(DIRECTIONS)
+STATE_CHANNELS = 6
+
+
+class SamplerPolicy(nn.Module):
+    """Five stride-2 conv blocks 6 -> 16 -> 32 -> 32 -> 64 -> 64, FC 256, FC 9 (logits)."""
+
+    def __init__(self, crop: int, channels: tuple[int, ...] = (16, 32, 32, 64, 64), hidden: int = 256):
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = STATE_CHANNELS
+        side = crop
+        for width in channels:
+            layers += [nn.Conv2d(previous, width, 3, stride=2, padding=1), nn.ReLU()]
+            previous = width
+            side = (side + 1) // 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(previous * side * side, hidden), nn.ReLU(), nn.Linear(hidden, N_ACTIONS))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(states))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes in pixels of the image the autoencoder works on."""
+
+    patch: int
+    crop: int
+    move: int
+
+
+def patch_origin(centre_y: int, centre_x: int, patch: int, height: int, width: int) -> tuple[int, int]:
+    """Top-left corner of the patch centred at (y, x), pushed inside the image."""
+    top = min(max(centre_y - patch // 2, 0), height - patch)
+    left = min(max(centre_x - patch // 2, 0), width - patch)
+    return top, left
+
+
+def move_centre(centre: tuple[int, int], action: int, step: int, patch: int, height: int, width: int) -> tuple[int, int]:
+    """Centre after moving in direction `action` (1..8), clamped so the patch stays in the image."""
+    dy, dx = DIRECTIONS[action - 1]
+    half = patch // 2
+    y = min(max(centre[0] + dy * step, half), height - (patch - half))
+    x = min(max(centre[1] + dx * step, half), width - (patch - half))
+    return y, x
+
+
+def crop_around(stack: torch.Tensor, centre: tuple[int, int], crop: int) -> torch.Tensor:
+    """(C, H, W) -> (C, crop, crop) window centred at `centre`, zero outside the image."""
+    channels, height, width = stack.shape
+    out = torch.zeros(channels, crop, crop, dtype=stack.dtype)
+    top, left = centre[0] - crop // 2, centre[1] - crop // 2
+    src_top, src_left = max(top, 0), max(left, 0)
+    src_bottom, src_right = min(top + crop, height), min(left + crop, width)
+    if src_bottom > src_top and src_right > src_left:
+        out[:, src_top - top : src_bottom - top, src_left - left : src_right - left] = stack[
+            :, src_top:src_bottom, src_left:src_right
+        ]
+    return out
+
+
+def uniform_patches(rng: np.random.Generator, n_images: int, height: int, width: int, patch: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`count` patches, each from a random image at a random position: (image index, top, left)."""
+    index = rng.integers(0, n_images, size=count)
+    top = rng.integers(0, height - patch + 1, size=count)
+    left = rng.integers(0, width - patch + 1, size=count)
+    return index, top, left
+
+
+@dataclass
+class Transitions:
+    """What the policy did during one batch collection (kept only on steps that update the sampler)."""
+
+    states: list[torch.Tensor] = field(default_factory=list)
+    actions: list[int] = field(default_factory=list)
+    log_probs: list[float] = field(default_factory=list)
+    struct: list[float] = field(default_factory=list)
+    cover: list[float] = field(default_factory=list)
+    episode: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def extend(self, other: "Transitions") -> None:
+        for name in ("states", "actions", "log_probs", "struct", "cover", "episode"):
+            getattr(self, name).extend(getattr(other, name))
+
+
+@dataclass
+class _Episode:
+    image: int
+    centre: tuple[int, int]
+    stack: torch.Tensor  # (6, H, W); the visit channel is refreshed from the shared visit map
+    moves: int = 0
+    uid: int = 0
+
+
+class EpisodeRunner:
+    """Runs the policy's episodes to fill one autoencoder batch."""
+
+    def __init__(
+        self,
+        policy: SamplerPolicy,
+        geometry: Geometry,
+        parallel: int = 4,
+        max_moves: int = 8,
+    ):
+        self.policy = policy
+        self.geometry = geometry
+        self.parallel = parallel
+        self.max_moves = max_moves
+        self._next_uid = 0
+
+    def _start(self, images, structure, ae, visits, rng) -> _Episode:
+        height, width = images.shape[-2:]
+        index = int(rng.integers(0, images.shape[0]))
+        half = self.geometry.patch // 2
+        centre = (
+            int(rng.integers(half, height - (self.geometry.patch - half) + 1)),
+            int(rng.integers(half, width - (self.geometry.patch - half) + 1)),
+        )
+        image = images[index : index + 1]
+        error = error_maps(ae, image)[:, None]
+        prior = fused_prior(error, image)
+        visit = visits.setdefault(index, torch.zeros(height, width))
+        stack = torch.cat([image[0], error[0], visit[None], prior[0]], dim=0)
+        self._next_uid += 1
+        return _Episode(index, centre, stack, uid=self._next_uid)
+
+    def _add_patch(self, episode: _Episode, structure, visits, height: int, width: int) -> tuple[float, float, tuple[int, int]]:
+        """R_struct and R_cover of the patch at the episode's position, then count the visit."""
+        patch = self.geometry.patch
+        top, left = patch_origin(*episode.centre, patch, height, width)
+        window = (slice(top, top + patch), slice(left, left + patch))
+        struct = float(torch.sigmoid(structure[episode.image, 0][window].mean()))
+        visit = visits[episode.image]
+        cover = -float(torch.sigmoid(visit[window].mean()))
+        visit[window] += 1.0
+        return struct, cover, (top, left)
+
+    @torch.no_grad()
+    def collect(
+        self,
+        images: torch.Tensor,
+        structure: torch.Tensor,
+        ae: PatchAutoencoder,
+        visits: dict[int, torch.Tensor],
+        batch: int,
+        rng: np.random.Generator,
+        generator: torch.Generator,
+        record: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Transitions]:
+        """Patches (image index, top, left) for one batch, and the transitions when `record`.
+
+        images (N, 3, H, W) and structure (N, 1, H, W) at the autoencoder's resolution; `visits` maps an
+        image index to its visit counter for the current cycle (updated in place)."""
+        geometry = self.geometry
+        height, width = images.shape[-2:]
+        episodes = [self._start(images, structure, ae, visits, rng) for _ in range(self.parallel)]
+        picked: list[tuple[int, int, int]] = []
+        recorded = Transitions()
+        was_training = self.policy.training
+        self.policy.eval()
+        for _ in range(batch):  # every decision adds one patch, so this always fills the batch
+            if len(picked) >= batch:
+                break
+            states = []
+            for episode in episodes:
+                episode.stack[4] = visits[episode.image]
+                states.append(crop_around(episode.stack, episode.centre, geometry.crop))
+            states_t = torch.stack(states)
+            log_probs = torch.log_softmax(self.policy(states_t), dim=-1)
+            actions = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
+            for slot, episode in enumerate(episodes):
+                if len(picked) >= batch:
+                    break
+                action = int(actions[slot])
+                if action == STOP:
+                    # Stop = leave this image: a new episode starts at a random place and its first
+                    # patch is this action's patch (a stop that added nothing would earn a free 0).
+                    finished = episode
+                    episode = episodes[slot] = self._start(images, structure, ae, visits, rng)
+                else:
+                    finished = None
+                    episode.centre = move_centre(episode.centre, action, geometry.move, geometry.patch, height, width)
+                struct, cover, origin = self._add_patch(episode, structure, visits, height, width)
+                picked.append((episode.image, *origin))
+                episode.moves += 1
+                if record:
+                    recorded.states.append(states_t[slot])
+                    recorded.actions.append(action)
+                    recorded.log_probs.append(float(log_probs[slot, action]))
+                    recorded.struct.append(struct)
+                    recorded.cover.append(cover)
+                    recorded.episode.append((finished or episode).uid)
+                if finished is None and episode.moves >= self.max_moves:
+                    episodes[slot] = self._start(images, structure, ae, visits, rng)
+        self.policy.train(was_training)
+        arr = np.asarray(picked, dtype=np.int64)
+        return arr[:, 0], arr[:, 1], arr[:, 2], recorded
+
+
+def mark_visits(visits: dict[int, torch.Tensor], index: np.ndarray, top: np.ndarray, left: np.ndarray, patch: int, height: int, width: int) -> None:
+    """Visit bookkeeping for patches not chosen by the policy (uniform sampler), for the cover statistic."""
+    for i, t, l in zip(index.tolist(), top.tolist(), left.tolist()):
+        visit = visits.setdefault(i, torch.zeros(height, width))
+        visit[t : t + patch, l : l + patch] += 1.0

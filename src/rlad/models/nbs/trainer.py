@@ -1,0 +1,492 @@
+"""NBS training loop and the `nbs` AnomalyModel (METHODS.md section 3).
+
+One reset cycle of K autoencoder steps:
+1. every step the sampler (learned policy, uniform, or a frozen untrained policy) picks `batch_patches`
+   patches from the unlabelled normal images and the autoencoder takes one Adam step on them;
+2. on the last `window` steps, the error maps of this cycle's profile set (a fixed reward subset and a
+   rotating subset of the augmented labelled images, plus a few normal images) are recorded, and the
+   autoencoder weights are kept as snapshots;
+3. at the end of the cycle the profiles give R_pred (the predictor's loss on the reward subset, before
+   it trains on them), the predictor trains on a replay buffer of profiles, the sampler takes policy-
+   gradient steps on the transitions of steps `sampler_update_from..sampler_update_to`, and the
+   autoencoder is reset to fresh weights (unless `reset` is off).
+Inference replays the final cycle's snapshots on the image to get its profile, then runs the predictor.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rlad.errors import ConfigError, DataError
+from rlad.models.base import AnomalyMap, AnomalyModel, FitData
+from rlad.models.nbs.autoencoder import PatchAutoencoder, crop_patches, error_maps
+from rlad.models.nbs.predictor import Predictor, random_crops, weighted_bce
+from rlad.models.nbs.profiles import SnapshotBank, profile_features, resize, structure_map
+from rlad.models.nbs.sampler import EpisodeRunner, Geometry, SamplerPolicy, Transitions, mark_visits, uniform_patches
+from rlad.rl.reinforce import MovingBaseline, discounted_returns, linear_anneal, reinforce_loss
+
+GEOMETRY_REFERENCE = 256  # the paper's patch/crop/move sizes are pixels of a 256x256 image
+
+
+@dataclass
+class NBSConfig:
+    image_size: int = 256
+    # --- the paper's schedule constants (METHODS.md section 3) ---------------------------------
+    reset_every: int = 20
+    """K: autoencoder steps per reset cycle."""
+    window: int = 10
+    """Loss-profile length: error maps of the last `window` steps of a cycle (also the inference passes)."""
+    patch_size: int = 64
+    """Autoencoder patch side, in pixels of a 256x256 image (scaled to `profile_size`)."""
+    crop_size: int = 128
+    """Sampler state crop side, in pixels of a 256x256 image."""
+    move_px: int = 24
+    """Sampler move length, in pixels of a 256x256 image."""
+    batch_patches: int = 32
+    beta_anneal_steps: int = 5000
+    """R = beta (R_struct + R_cover) + (1 - beta) R_pred, beta 1 -> 0 over this many autoencoder steps."""
+    alpha_anneal_steps: int = 9000
+    """Predictor BCE weight on normal pixels, alpha 1 -> alpha_end over this many steps."""
+    alpha_end: float = 0.0
+    sampler_update_from: int = 15
+    """The sampler learns from its decisions on cycle steps from..to (1-based)."""
+    sampler_update_to: int = 19
+    predictor_epochs: int = 2
+    predictor_buffer: int = 80
+    """Profiles kept for predictor training (replay buffer)."""
+    bottleneck: int = 200
+    ae_lr: float = 1e-3
+    predictor_lr: float = 1e-3
+    # --- budget (deviations from the paper, see docs/nbs.md) -----------------------------------
+    steps: int = 2000
+    """Total autoencoder steps (the paper runs thousands more; see docs/nbs.md for the cost)."""
+    profile_size: int = 128
+    """Resolution the autoencoder, sampler and profiles work at (maps are upsampled to image_size)."""
+    ae_width: int = 16
+    """Channels of the autoencoder's first level (doubling per level)."""
+    labeled_per_cycle: int = 12
+    """Augmented labelled images profiled per cycle, rotating through all of them."""
+    reward_images: int = 6
+    """Fixed labelled images profiled every cycle; R_pred is measured on them (a stable yardstick)."""
+    normals_per_cycle: int = 4
+    """Unlabelled normal images profiled per cycle as all-normal predictor examples (0: paper)."""
+    augment_copies: int = 6
+    """Each labelled image becomes this many: itself plus copies-1 random flips/rotations/shifts/shears."""
+    predictor_image: bool = True
+    """Also feed the (grey) image to the predictor next to the profile (False: the paper's input)."""
+    predictor_widths: list[int] = field(default_factory=lambda: [32, 16, 8, 4])
+    predictor_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    predictor_batch: int = 8
+    predictor_crop: int = 64
+    """Predictor trains on random crops of this side (profile pixels; 0 = whole profiles)."""
+    # --- the sampler (RL) ----------------------------------------------------------------------
+    sampler: Literal["learned", "uniform", "frozen"] = "learned"
+    """learned: REINFORCE policy; uniform: random image and position per patch; frozen: the policy's
+    episodes without any update (separates 'episodes' from 'learning')."""
+    reset: bool = True
+    """Reset the autoencoder to fresh weights every cycle (False: the 'no reset' ablation)."""
+    sampler_lr: float = 3e-4
+    entropy_coef: float = 0.01
+    gamma: float = 0.9
+    baseline_momentum: float = 0.9
+    parallel_episodes: int = 4
+    max_moves: int = 8
+    # --- bookkeeping -----------------------------------------------------------------------------
+    checkpoint_every: int = 5
+    """Cycles between checkpoints."""
+    score_pool: int = 5
+    """Image score = max of the map after a score_pool x score_pool mean filter (profile pixels)."""
+
+
+def scaled_geometry(cfg: NBSConfig) -> Geometry:
+    scale = cfg.profile_size / GEOMETRY_REFERENCE
+    return Geometry(
+        patch=int(round(cfg.patch_size * scale)),
+        crop=int(round(cfg.crop_size * scale)),
+        move=max(1, int(round(cfg.move_px * scale))),
+    )
+
+
+def validate_config(cfg: NBSConfig) -> None:
+    """ConfigError naming the `model.*` option for every value the loop cannot run with."""
+    geometry = scaled_geometry(cfg)
+    problems = []
+    if geometry.patch < 16 or geometry.patch & (geometry.patch - 1):
+        problems.append(
+            f"model.patch_size={cfg.patch_size} at model.profile_size={cfg.profile_size} gives {geometry.patch} px patches; "
+            "need a power of two >= 16 (patch_size * profile_size / 256)"
+        )
+    if geometry.patch > cfg.profile_size:
+        problems.append(f"model.patch_size={cfg.patch_size} is larger than the image at model.profile_size={cfg.profile_size}")
+    if not 1 <= cfg.window <= cfg.reset_every:
+        problems.append(f"model.window={cfg.window} must be between 1 and model.reset_every={cfg.reset_every}")
+    if not 1 <= cfg.sampler_update_from <= cfg.sampler_update_to <= cfg.reset_every:
+        problems.append(
+            f"model.sampler_update_from/to={cfg.sampler_update_from}/{cfg.sampler_update_to} must satisfy "
+            f"1 <= from <= to <= reset_every={cfg.reset_every}"
+        )
+    if cfg.steps < cfg.reset_every:
+        problems.append(f"model.steps={cfg.steps} is shorter than one cycle (model.reset_every={cfg.reset_every})")
+    for name in ("batch_patches", "labeled_per_cycle", "augment_copies", "predictor_batch", "checkpoint_every", "parallel_episodes", "max_moves"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"model.{name}={getattr(cfg, name)} must be at least 1")
+    if cfg.reward_images < 0 or cfg.normals_per_cycle < 0:
+        problems.append("model.reward_images and model.normals_per_cycle must be >= 0")
+    if len(cfg.predictor_widths) != len(cfg.predictor_dilations) or not cfg.predictor_widths:
+        problems.append("model.predictor_widths and model.predictor_dilations need the same (non-zero) length")
+    if cfg.sampler not in ("learned", "uniform", "frozen"):
+        problems.append(f"model.sampler={cfg.sampler!r} is not one of learned, uniform, frozen")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+# --- data preparation (shared with the supervised control) ---------------------------------------
+
+
+def augment_labeled(images: np.ndarray, masks: np.ndarray, copies: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each labelled image and mask, then copies-1 jointly warped versions (flips, +-30 deg rotation,
+    10% shift, 20 deg shear): uint8 (M * copies, 3, S, S) and (M * copies, S, S)."""
+    from rlad.data.transforms import augment_pair
+
+    rng = np.random.default_rng([seed, 7919])
+    out_images, out_masks = [], []
+    for image, mask in zip(images, masks):
+        out_images.append(image)
+        out_masks.append(mask)
+        for _ in range(copies - 1):
+            warped, warped_mask = augment_pair(image, mask, rng, flip=True, max_rotation=30, max_shift=0.1, max_shear=20)
+            out_images.append(warped)
+            out_masks.append(warped_mask)
+    return np.stack(out_images), np.stack(out_masks)
+
+
+def to_float_at(images_uint8: np.ndarray, size: int, chunk: int = 64) -> torch.Tensor:
+    """uint8 (N, C, S, S) -> float (N, C, size, size) in [0, 1], converted in chunks (bounded memory)."""
+    parts = [resize(FitData.to_tensor(images_uint8[i : i + chunk]), size) for i in range(0, len(images_uint8), chunk)]
+    if not parts:
+        return torch.zeros(0, images_uint8.shape[1] if images_uint8.ndim == 4 else 1, size, size)
+    return torch.cat(parts)
+
+
+def masks_at(masks_uint8: np.ndarray, size: int) -> torch.Tensor:
+    """Binary masks (N, S, S) -> soft masks (N, 1, size, size): the share of defect pixels per cell."""
+    return resize(torch.from_numpy(np.ascontiguousarray(masks_uint8 > 0)).float()[:, None], size)
+
+
+def require_labels(data: FitData, method: str) -> None:
+    if len(data.labeled_images) == 0 or not np.asarray(data.labeled_masks).any():
+        raise DataError(
+            f"{method} is semi-supervised and needs labelled defective images with non-empty masks: "
+            "run with --labeled-per-type N (N >= 1) on a dataset whose test/ has defect folders with masks"
+        )
+    if len(data.normal) == 0:
+        raise DataError(f"{method} needs normal training images (train/good is empty)")
+
+
+def image_score(prob_maps: torch.Tensor, pool: int) -> torch.Tensor:
+    """(B, 1, h, w) probabilities -> (B,) scores: max of the locally averaged map."""
+    if pool > 1:
+        prob_maps = F.avg_pool2d(prob_maps, pool, stride=1, padding=pool // 2, count_include_pad=False)
+    return prob_maps.flatten(1).amax(1)
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
+    rng.bit_generator.state = state
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
+class NBSModel(AnomalyModel):
+    name = "nbs"
+    Config = NBSConfig
+    uses_labels = True
+    default_labeled_per_type = 5
+
+    def __init__(self, config: NBSConfig):
+        super().__init__(config)
+        self.geometry = scaled_geometry(config)
+        self.predictor: Predictor | None = None
+        self.bank: SnapshotBank | None = None
+        self.history: list[dict] = []
+
+    # --- building blocks --------------------------------------------------------------------------
+    def _new_autoencoder(self, seed: int, cycle: int) -> PatchAutoencoder:
+        with torch.random.fork_rng():
+            torch.manual_seed(int(seed) * 1_000_003 + cycle)
+            return PatchAutoencoder(self.geometry.patch, self.config.ae_width, self.config.bottleneck)
+
+    def _predictor_channels(self) -> int:
+        return self.config.window + (1 if self.config.predictor_image else 0)
+
+    def _new_predictor(self) -> Predictor:
+        return Predictor(self._predictor_channels(), tuple(self.config.predictor_widths), tuple(self.config.predictor_dilations))
+
+    def features(self, errors: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Predictor input from raw errors (B, W, h, w) and the images at profile size (B, 3, h, w)."""
+        parts = [profile_features(errors)]
+        if self.config.predictor_image:
+            from rlad.models.nbs.profiles import grey
+
+            parts.append(grey(images))
+        return torch.cat(parts, dim=1)
+
+    # --- fit --------------------------------------------------------------------------------------
+    def fit(self, data: FitData, run=None) -> None:
+        from rlad.engine import progress
+
+        cfg = self.config
+        validate_config(cfg)
+        require_labels(data, self.name)
+        size = cfg.profile_size
+        geometry = self.geometry
+        seed = int(data.seed)
+
+        pool = to_float_at(data.normal, size)  # the sampler's images (unlabelled normals)
+        structure = structure_map(pool)
+        lab_images_u8, lab_masks_u8 = augment_labeled(data.labeled_images, data.labeled_masks, cfg.augment_copies, seed)
+        lab_images = to_float_at(lab_images_u8, size)
+        lab_masks = masks_at(lab_masks_u8, size)
+        n_originals = len(data.labeled_images)
+        # The reward subset: un-augmented originals spread over the labelled set (fixed for the run).
+        reward_ids = [i * cfg.augment_copies for i in np.linspace(0, n_originals - 1, min(cfg.reward_images, n_originals)).round().astype(int)]
+        reward_ids = sorted(set(reward_ids))
+
+        rng = np.random.default_rng([seed, 104729])
+        generator = torch.Generator().manual_seed(seed)
+        predictor = self._new_predictor()
+        pred_opt = torch.optim.Adam(predictor.parameters(), lr=cfg.predictor_lr)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + 17)
+            policy = SamplerPolicy(geometry.crop) if cfg.sampler != "uniform" else None
+        policy_opt = torch.optim.Adam(policy.parameters(), lr=cfg.sampler_lr) if policy is not None else None
+        baseline = MovingBaseline(cfg.baseline_momentum)
+        runner = EpisodeRunner(policy, geometry, cfg.parallel_episodes, cfg.max_moves) if policy is not None else None
+        ae = self._new_autoencoder(seed, 0)
+        ae_opt = torch.optim.Adam(ae.parameters(), lr=cfg.ae_lr)
+        buffer: list[tuple[torch.Tensor, torch.Tensor]] = []  # (features fp16, soft mask)
+        rotation: list[int] = []
+        bank = SnapshotBank(template=ae)
+        history: list[dict] = []
+        total_cycles = cfg.steps // cfg.reset_every
+        start_cycle = 0
+
+        checkpoint = run.latest_checkpoint() if run is not None else None
+        if checkpoint is not None:
+            if checkpoint.get("kind") != "nbs":
+                raise ConfigError(f"{run.path}: its checkpoint is not from an nbs run; use a new --out")
+            predictor.load_state_dict(checkpoint["predictor"])
+            pred_opt.load_state_dict(checkpoint["pred_opt"])
+            if policy is not None:
+                policy.load_state_dict(checkpoint["policy"])
+                policy_opt.load_state_dict(checkpoint["policy_opt"])
+            baseline.load_state_dict(checkpoint["baseline"])
+            ae.load_state_dict(checkpoint["ae"])
+            ae_opt.load_state_dict(checkpoint["ae_opt"])
+            buffer = [(f, m) for f, m in checkpoint["buffer"]]
+            rotation = list(checkpoint["rotation"])
+            bank = SnapshotBank(checkpoint["snapshots"], template=ae)
+            history = list(checkpoint["history"])
+            _set_rng_state(rng, checkpoint["rng"])
+            generator.set_state(checkpoint["generator"])
+            start_cycle = int(checkpoint["cycle"]) + 1
+            run.log({"event": "resume", "step": start_cycle * cfg.reset_every, "cycle": start_cycle})
+
+        bar = progress(total=total_cycles * cfg.reset_every, desc=f"nbs ({cfg.sampler})", initial=start_cycle * cfg.reset_every)
+        for cycle in range(start_cycle, total_cycles):
+            started = time.perf_counter()
+            if cfg.reset and cycle > 0:
+                ae = self._new_autoencoder(seed, cycle)
+                ae_opt = torch.optim.Adam(ae.parameters(), lr=cfg.ae_lr)
+            # This cycle's profile set: reward subset + rotating labelled subset + a few normals.
+            if len(rotation) < cfg.labeled_per_cycle:
+                rotation += [int(i) for i in rng.permutation(len(lab_images))]
+            rotating, rotation = rotation[: cfg.labeled_per_cycle], rotation[cfg.labeled_per_cycle :]
+            profile_ids = reward_ids + [i for i in rotating if i not in reward_ids]
+            normal_ids = rng.choice(len(pool), size=min(cfg.normals_per_cycle, len(pool)), replace=False).tolist()
+            profile_images = torch.cat([lab_images[profile_ids], pool[normal_ids]])
+            profile_masks = torch.cat([lab_masks[profile_ids], torch.zeros(len(normal_ids), 1, size, size)])
+            errors: list[torch.Tensor] = []
+            bank = SnapshotBank(template=ae)
+            visits: dict[int, torch.Tensor] = {}
+            recorded: dict[int, Transitions] = {}
+            ae_losses = []
+            for t in range(1, cfg.reset_every + 1):
+                record = runner is not None and cfg.sampler == "learned" and cfg.sampler_update_from <= t <= cfg.sampler_update_to
+                if runner is not None:
+                    index, top, left, transitions = runner.collect(
+                        pool, structure, ae, visits, cfg.batch_patches, rng, generator, record
+                    )
+                    if record:
+                        recorded[t] = transitions
+                else:
+                    index, top, left = uniform_patches(rng, len(pool), size, size, geometry.patch, cfg.batch_patches)
+                    mark_visits(visits, index, top, left, geometry.patch, size, size)
+                batch = crop_patches(pool, torch.from_numpy(index), torch.from_numpy(top), torch.from_numpy(left), geometry.patch)
+                ae.train()
+                loss = F.mse_loss(ae(batch), batch)
+                ae_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                ae_opt.step()
+                ae_losses.append(float(loss))
+                if t > cfg.reset_every - cfg.window:
+                    errors.append(error_maps(ae, profile_images))
+                    bank.add(ae)
+                bar.update(1)
+            step = (cycle + 1) * cfg.reset_every
+            alpha = linear_anneal(step, cfg.alpha_anneal_steps, 1.0, cfg.alpha_end)
+            beta = linear_anneal(step, cfg.beta_anneal_steps, 1.0, 0.0)
+            feats = self.features(torch.stack(errors, dim=1), profile_images)
+
+            # R_pred: the predictor's loss on this cycle's reward-subset profiles before it learns from them.
+            predictor.eval()
+            with torch.no_grad():
+                n_reward = len(reward_ids)
+                reward_loss = float(weighted_bce(predictor(feats[:n_reward]), profile_masks[:n_reward], alpha)) if n_reward else 0.0
+            r_pred = -reward_loss
+
+            buffer += [(feats[i].half(), profile_masks[i]) for i in range(len(feats))]
+            buffer = buffer[-cfg.predictor_buffer :]
+            pred_loss = self._train_predictor(predictor, pred_opt, buffer, alpha, generator)
+
+            sampler_stats = {}
+            if cfg.sampler == "learned" and recorded:
+                sampler_stats = self._update_sampler(policy, policy_opt, baseline, recorded, beta, r_pred)
+
+            row = {
+                "event": "cycle",
+                "cycle": cycle,
+                "step": step,
+                "ae_loss": float(np.mean(ae_losses)),
+                "ae_loss_last": ae_losses[-1],
+                "r_pred": r_pred,
+                "pred_loss": pred_loss,
+                "alpha": alpha,
+                "beta": beta,
+                "seconds": time.perf_counter() - started,
+                **sampler_stats,
+            }
+            history.append(row)
+            bar.set_postfix(
+                ae=f"{row['ae_loss_last']:.4f}", pred=f"{pred_loss:.3f}", r_pred=f"{r_pred:.3f}",
+                reward=f"{sampler_stats.get('reward', float('nan')):.3f}",
+            )
+            if run is not None:
+                run.log(row)
+                last = cycle == total_cycles - 1
+                if not last and (cycle + 1) % cfg.checkpoint_every == 0:
+                    run.save_checkpoint(
+                        {
+                            "kind": "nbs",
+                            "cycle": cycle,
+                            "step": step,
+                            "predictor": predictor.state_dict(),
+                            "pred_opt": pred_opt.state_dict(),
+                            "policy": policy.state_dict() if policy is not None else None,
+                            "policy_opt": policy_opt.state_dict() if policy_opt is not None else None,
+                            "baseline": baseline.state_dict(),
+                            "ae": ae.state_dict(),
+                            "ae_opt": ae_opt.state_dict(),
+                            "buffer": buffer,
+                            "rotation": rotation,
+                            "snapshots": bank.snapshots,
+                            "history": history,
+                            "rng": _rng_state(rng),
+                            "generator": generator.get_state(),
+                        },
+                        step,
+                    )
+        bar.close()
+        predictor.eval()
+        self.predictor = predictor
+        self.bank = bank
+        self.history = history
+        self.policy = policy
+
+    def _train_predictor(self, predictor, optimizer, buffer, alpha: float, generator: torch.Generator) -> float:
+        cfg = self.config
+        predictor.train()
+        losses = []
+        for _ in range(cfg.predictor_epochs):
+            order = torch.randperm(len(buffer), generator=generator).tolist()
+            for start in range(0, len(order), cfg.predictor_batch):
+                ids = order[start : start + cfg.predictor_batch]
+                if len(ids) < 2:  # BatchNorm needs more than one value per channel
+                    continue
+                feats = torch.stack([buffer[i][0] for i in ids]).float()
+                masks = torch.stack([buffer[i][1] for i in ids])
+                if cfg.predictor_crop:
+                    feats, masks = random_crops([feats, masks], cfg.predictor_crop, generator)
+                loss = weighted_bce(predictor(feats), masks, alpha)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss))
+        predictor.eval()
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def _update_sampler(self, policy, optimizer, baseline, recorded: dict[int, Transitions], beta: float, r_pred: float) -> dict:
+        cfg = self.config
+        stats = {"reward": [], "entropy": [], "log_prob": [], "stop_share": []}
+        for t in sorted(recorded):
+            trans = recorded[t]
+            if not len(trans):
+                continue
+            struct = torch.tensor(trans.struct)
+            cover = torch.tensor(trans.cover)
+            rewards = beta * (struct + cover) + (1.0 - beta) * r_pred
+            returns = discounted_returns(rewards, torch.tensor(trans.episode), cfg.gamma)
+            advantages = baseline.advantages(returns)
+            policy.train()
+            logits = policy(torch.stack(trans.states))
+            loss, info = reinforce_loss(logits, torch.tensor(trans.actions), advantages, cfg.entropy_coef)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            stats["reward"].append(float(rewards.mean()))
+            stats["entropy"].append(info["entropy"])
+            stats["log_prob"].append(info["log_prob"])
+            stats["stop_share"].append(float(np.mean([a == 0 for a in trans.actions])))
+        return {k: float(np.mean(v)) for k, v in stats.items() if v}
+
+    # --- inference --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> AnomalyMap:
+        if self.predictor is None or self.bank is None:
+            raise RuntimeError("NBSModel.predict before fit/load_state_dict")
+        small = resize(images.float(), self.config.profile_size)
+        feats = self.features(self.bank.profile(small), small)
+        probs = torch.sigmoid(self.predictor(feats))
+        scores = image_score(probs, self.config.score_pool)
+        maps = F.interpolate(probs, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return AnomalyMap(maps.numpy(), scores.numpy())
+
+    def state_dict(self) -> dict:
+        return {
+            "predictor": self.predictor.state_dict(),
+            "snapshots": self.bank.snapshots,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        predictor = self._new_predictor()
+        predictor.load_state_dict(state["predictor"])
+        self.predictor = predictor.eval()
+        template = PatchAutoencoder(self.geometry.patch, self.config.ae_width, self.config.bottleneck)
+        self.bank = SnapshotBank(state["snapshots"], template=template)
+        self.history = list(state.get("history", []))
+
+    def extra_files(self) -> dict:
+        import json
+
+        return {"nbs_history.json": json.dumps(self.history, indent=1).encode()}
