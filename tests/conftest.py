@@ -46,6 +46,8 @@ def pytest_configure(config):
 def _quiet_progress(monkeypatch):
     """Progress bars off in every test (they go to stderr and would clutter captured output)."""
     monkeypatch.setenv("RLAD_PROGRESS", "0")
+    # Tests decide themselves whether a backbone has real weights.
+    monkeypatch.delenv("RLAD_BACKBONE_WEIGHTS", raising=False)
 
 
 def _texture(rng: np.random.Generator, size_hw: tuple[int, int]) -> np.ndarray:

@@ -22,6 +22,7 @@ anomalib peer runs used ("stages 2+4" for PatchCore, "1+2+4" for PaDiM):
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,8 +143,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+WEIGHTS_ENV = "RLAD_BACKBONE_WEIGHTS"
+
+
 def load_mobilenet_v2(weights: str | Path | None, seed: int = 0) -> MobileNetV2:
-    """The full network in eval mode: ImageNet weights from `weights` (strict), or random when empty."""
+    """The full network in eval mode: ImageNet weights from `weights` (strict); when empty, from the
+    file named by $RLAD_BACKBONE_WEIGHTS if set, else random (with a warning)."""
+    weights = weights or os.environ.get(WEIGHTS_ENV, "")
     if weights:
         net = MobileNetV2()
         state = read_state_dict(weights)
@@ -162,7 +168,8 @@ def load_mobilenet_v2(weights: str | Path | None, seed: int = 0) -> MobileNetV2:
     else:
         warnings.warn(
             "model.backbone.weights is empty: using a RANDOMLY initialised MobileNetV2 (features will be poor). "
-            "Set --set model.backbone.weights=PATH to torchvision's ImageNet mobilenet_v2 .pth file.",
+            "Set --set model.backbone.weights=PATH (or the environment variable RLAD_BACKBONE_WEIGHTS) to "
+            "torchvision's ImageNet mobilenet_v2 .pth file.",
             stacklevel=2,
         )
         with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched

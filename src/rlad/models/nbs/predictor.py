@@ -13,19 +13,37 @@ from torch import nn
 
 
 class Predictor(nn.Module):
-    """Returns logits (B, 1, H, W); `torch.sigmoid` of them is the defect probability."""
+    """Returns logits (B, 1, H, W); `torch.sigmoid` of them is the defect probability.
+
+    rlad additions (all off gives the paper's network): `project` > 0 puts a 1x1 convolution to that
+    many channels in front (many context channels would otherwise make the first 3x3 layer the
+    costliest of the model); `dropout` drops whole input channels while training (few labelled
+    images: the head must not lean on any one feature); `prior_residual` treats the last input
+    channel as a standardised unsupervised anomaly map and predicts a correction of it: logits =
+    body(x) + w * prior + b, with the body's last layer starting at zero, so training starts from
+    the prior's ranking instead of from noise.
+    """
 
     def __init__(
         self,
         in_channels: int,
         widths: tuple[int, ...] = (32, 16, 8, 4),
         dilations: tuple[int, ...] = (1, 2, 4, 8),
+        project: int = 0,
+        dropout: float = 0.0,
+        prior_residual: bool = False,
+        prior_offset: float = -3.0,
     ):
         super().__init__()
         if len(widths) != len(dilations):
             raise ValueError(f"predictor widths {widths} and dilations {dilations} differ in length")
         layers: list[nn.Module] = []
+        if dropout > 0:
+            layers.append(nn.Dropout2d(dropout))
         previous = in_channels
+        if project > 0:
+            layers += [nn.Conv2d(previous, project, 1), nn.BatchNorm2d(project), nn.LeakyReLU(0.2)]
+            previous = project
         for channels, dilation in zip(widths, dilations):
             layers += [
                 nn.Conv2d(previous, channels, 3, padding=dilation, dilation=dilation, padding_mode="replicate"),
@@ -35,9 +53,19 @@ class Predictor(nn.Module):
             previous = channels
         layers.append(nn.Conv2d(previous, 1, 1))
         self.body = nn.Sequential(*layers)
+        self.prior_residual = prior_residual
+        if prior_residual:
+            nn.init.zeros_(self.body[-1].weight)
+            nn.init.zeros_(self.body[-1].bias)
+            # A standardised prior of ~3 (three normal-image standard deviations) starts at p = 0.5.
+            self.prior_weight = nn.Parameter(torch.tensor(1.0))
+            self.prior_bias = nn.Parameter(torch.tensor(float(prior_offset)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.body(features)
+        logits = self.body(features)
+        if self.prior_residual:
+            logits = logits + self.prior_weight * features[:, -1:] + self.prior_bias
+        return logits
 
 
 def weighted_bce(logits: torch.Tensor, target: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -64,3 +92,39 @@ def random_crops(tensors: list[torch.Tensor], size: int, generator: torch.Genera
             torch.stack([tensor[i, :, t : t + size_h, l : l + size_w] for i, (t, l) in enumerate(zip(tops.tolist(), lefts.tolist()))])
         )
     return out
+
+
+def train_epochs(
+    predictor: Predictor,
+    optimizer: torch.optim.Optimizer,
+    examples: list[tuple[torch.Tensor, torch.Tensor]],
+    epochs: int,
+    batch: int,
+    crop: int,
+    alpha: float,
+    generator: torch.Generator,
+) -> float:
+    """`epochs` passes over (features (C, h, w), soft mask (1, h, w)) examples in random order, on
+    random `crop` windows (0 = whole maps), with the alpha-weighted BCE; returns the mean loss.
+
+    Shared by NBS (examples = profiles + context) and the supervised control (context only), so the
+    two differ in their inputs and nothing else."""
+    predictor.train()
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        for start in range(0, len(order), batch):
+            ids = order[start : start + batch]
+            if len(ids) < 2:  # BatchNorm needs more than one value per channel
+                continue
+            feats = torch.stack([examples[i][0] for i in ids]).float()
+            masks = torch.stack([examples[i][1] for i in ids]).float()
+            if crop:
+                feats, masks = random_crops([feats, masks], crop, generator)
+            loss = weighted_bce(predictor(feats), masks, alpha)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss))
+    predictor.eval()
+    return float(sum(losses) / len(losses)) if losses else float("nan")

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from rlad.errors import ConfigError, DataError
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
 from rlad.models.nbs.autoencoder import PatchAutoencoder, crop_patches, error_maps
-from rlad.models.nbs.predictor import Predictor, random_crops, weighted_bce
+from rlad.models.nbs.context import CONTEXTS, ContextConfig, ContextEncoder
+from rlad.models.nbs.predictor import Predictor, train_epochs, weighted_bce
 from rlad.models.nbs.profiles import SnapshotBank, profile_features, resize, structure_map
 from rlad.models.nbs.sampler import EpisodeRunner, Geometry, SamplerPolicy, Transitions, mark_visits, uniform_patches
 from rlad.rl.reinforce import MovingBaseline, discounted_returns, linear_anneal, reinforce_loss
@@ -78,13 +79,22 @@ class NBSConfig:
     """Unlabelled normal images profiled per cycle as all-normal predictor examples (0: paper)."""
     augment_copies: int = 6
     """Each labelled image becomes this many: itself plus copies-1 random flips/rotations/shifts/shears."""
-    predictor_image: bool = True
-    """Also feed the (grey) image to the predictor next to the profile (False: the paper's input)."""
+    context: ContextConfig = field(default_factory=ContextConfig)
+    """Per-pixel context next to the profile (context.kind=none is the paper's input; docs/nbs.md)."""
+    predictor_grid: int = 64
+    """Side of the grid the predictor works on (profiles are area-averaged to it; maps upsampled)."""
     predictor_widths: list[int] = field(default_factory=lambda: [32, 16, 8, 4])
     predictor_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    predictor_project: int = 32
+    """1x1 projection of the predictor input to this many channels first (0 = none, the paper)."""
+    predictor_dropout: float = 0.1
+    """Channel dropout on the predictor input while training."""
+    predictor_weight_decay: float = 1e-4
     predictor_batch: int = 8
-    predictor_crop: int = 64
-    """Predictor trains on random crops of this side (profile pixels; 0 = whole profiles)."""
+    predictor_crop: int = 32
+    """Predictor trains on random crops of this side (grid pixels; 0 = whole maps)."""
+    predictor_normals: int = 32
+    """Fixed subset of unlabelled normal images that can be profiled as all-normal examples."""
     # --- the sampler (RL) ----------------------------------------------------------------------
     sampler: Literal["learned", "uniform", "frozen"] = "learned"
     """learned: REINFORCE policy; uniform: random image and position per patch; frozen: the policy's
@@ -100,8 +110,8 @@ class NBSConfig:
     # --- bookkeeping -----------------------------------------------------------------------------
     checkpoint_every: int = 5
     """Cycles between checkpoints."""
-    score_pool: int = 5
-    """Image score = max of the map after a score_pool x score_pool mean filter (profile pixels)."""
+    score_pool: int = 3
+    """Image score = max of the map after a score_pool x score_pool mean filter (grid pixels)."""
 
 
 def scaled_geometry(cfg: NBSConfig) -> Geometry:
@@ -140,6 +150,14 @@ def validate_config(cfg: NBSConfig) -> None:
         problems.append("model.reward_images and model.normals_per_cycle must be >= 0")
     if len(cfg.predictor_widths) != len(cfg.predictor_dilations) or not cfg.predictor_widths:
         problems.append("model.predictor_widths and model.predictor_dilations need the same (non-zero) length")
+    if cfg.predictor_grid < 8 or cfg.predictor_grid > cfg.image_size:
+        problems.append(f"model.predictor_grid={cfg.predictor_grid} must be between 8 and image_size={cfg.image_size}")
+    if not 0 <= cfg.predictor_crop <= cfg.predictor_grid:
+        problems.append(f"model.predictor_crop={cfg.predictor_crop} must be between 0 (whole maps) and model.predictor_grid={cfg.predictor_grid}")
+    if not 0 <= cfg.predictor_dropout < 1:
+        problems.append(f"model.predictor_dropout={cfg.predictor_dropout} must be in [0, 1)")
+    if cfg.context.kind not in CONTEXTS:
+        problems.append(f"model.context.kind={cfg.context.kind!r} is not one of {', '.join(CONTEXTS)}")
     if cfg.sampler not in ("learned", "uniform", "frozen"):
         problems.append(f"model.sampler={cfg.sampler!r} is not one of learned, uniform, frozen")
     if problems:
@@ -207,6 +225,73 @@ def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
 # --- the model -----------------------------------------------------------------------------------
 
 
+@dataclass
+class LabelledSet:
+    """What both NBS and the supervised control train on, prepared once per fit.
+
+    images: augmented labelled images at profile size (float); masks: their soft masks on the
+    predictor grid; context: their context maps (float16); negative_* the same for a fixed subset of
+    unlabelled normal images (all-normal examples); reward_ids: un-augmented originals spread over
+    the labelled set (R_pred's fixed yardstick)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    context: torch.Tensor
+    negative_ids: list[int]
+    negative_images: torch.Tensor
+    negative_context: torch.Tensor
+    reward_ids: list[int]
+
+
+def prepare_labelled(cfg: NBSConfig, data: FitData, encoder: ContextEncoder, pool: torch.Tensor, seed: int) -> LabelledSet:
+    lab_images_u8, lab_masks_u8 = augment_labeled(data.labeled_images, data.labeled_masks, cfg.augment_copies, seed)
+    n_originals = len(data.labeled_images)
+    spread = np.linspace(0, n_originals - 1, min(cfg.reward_images, n_originals)).round().astype(int)
+    reward_ids = sorted({int(i) * cfg.augment_copies for i in spread}) if cfg.reward_images else []
+    rng = np.random.default_rng([seed, 31337])
+    negative_ids = sorted(rng.choice(len(pool), size=min(cfg.predictor_normals, len(pool)), replace=False).tolist())
+    return LabelledSet(
+        images=to_float_at(lab_images_u8, cfg.profile_size),
+        masks=masks_at(lab_masks_u8, cfg.predictor_grid),
+        context=encoder.encode_uint8(lab_images_u8),
+        negative_ids=negative_ids,
+        negative_images=pool[negative_ids],
+        negative_context=encoder.encode_uint8(data.normal[negative_ids]),
+        reward_ids=reward_ids,
+    )
+
+
+def new_predictor(cfg: NBSConfig, encoder: ContextEncoder, profile_channels: int) -> Predictor:
+    return Predictor(
+        profile_channels + encoder.channels,
+        tuple(cfg.predictor_widths),
+        tuple(cfg.predictor_dilations),
+        project=cfg.predictor_project,
+        dropout=cfg.predictor_dropout,
+        prior_residual=encoder.has_prior,
+    )
+
+
+def predictor_optimizer(cfg: NBSConfig, predictor: Predictor) -> torch.optim.Optimizer:
+    return torch.optim.Adam(predictor.parameters(), lr=cfg.predictor_lr, weight_decay=cfg.predictor_weight_decay)
+
+
+def fit_context(cfg: NBSConfig, data: FitData, seed: int) -> ContextEncoder:
+    encoder = ContextEncoder(cfg.context, cfg.predictor_grid)
+    encoder.fit(data.normal, seed)
+    return encoder
+
+
+def probability_maps(logits: torch.Tensor, size: tuple[int, int], score_pool: int) -> AnomalyMap:
+    probs = torch.sigmoid(logits)
+    scores = image_score(probs, score_pool)
+    maps = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)[:, 0]
+    return AnomalyMap(maps.numpy(), scores.numpy())
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
 class NBSModel(AnomalyModel):
     name = "nbs"
     Config = NBSConfig
@@ -218,32 +303,22 @@ class NBSModel(AnomalyModel):
         self.geometry = scaled_geometry(config)
         self.predictor: Predictor | None = None
         self.bank: SnapshotBank | None = None
+        self.encoder: ContextEncoder | None = None
         self.history: list[dict] = []
 
-    # --- building blocks --------------------------------------------------------------------------
     def _new_autoencoder(self, seed: int, cycle: int) -> PatchAutoencoder:
         with torch.random.fork_rng():
             torch.manual_seed(int(seed) * 1_000_003 + cycle)
             return PatchAutoencoder(self.geometry.patch, self.config.ae_width, self.config.bottleneck)
 
-    def _predictor_channels(self) -> int:
-        return self.config.window + (1 if self.config.predictor_image else 0)
-
-    def _new_predictor(self) -> Predictor:
-        return Predictor(self._predictor_channels(), tuple(self.config.predictor_widths), tuple(self.config.predictor_dilations))
-
-    def features(self, errors: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Predictor input from raw errors (B, W, h, w) and the images at profile size (B, 3, h, w)."""
-        parts = [profile_features(errors)]
-        if self.config.predictor_image:
-            from rlad.models.nbs.profiles import grey
-
-            parts.append(grey(images))
-        return torch.cat(parts, dim=1)
+    def profile_input(self, errors: torch.Tensor) -> torch.Tensor:
+        """Raw errors (B, W, h, w) at profile size -> log errors on the predictor grid."""
+        grid = self.config.predictor_grid
+        return profile_features(resize(errors, grid))
 
     # --- fit --------------------------------------------------------------------------------------
     def fit(self, data: FitData, run=None) -> None:
-        from rlad.engine import progress
+        from rlad.engine import progress, status
 
         cfg = self.config
         validate_config(cfg)
@@ -254,18 +329,17 @@ class NBSModel(AnomalyModel):
 
         pool = to_float_at(data.normal, size)  # the sampler's images (unlabelled normals)
         structure = structure_map(pool)
-        lab_images_u8, lab_masks_u8 = augment_labeled(data.labeled_images, data.labeled_masks, cfg.augment_copies, seed)
-        lab_images = to_float_at(lab_images_u8, size)
-        lab_masks = masks_at(lab_masks_u8, size)
-        n_originals = len(data.labeled_images)
-        # The reward subset: un-augmented originals spread over the labelled set (fixed for the run).
-        reward_ids = [i * cfg.augment_copies for i in np.linspace(0, n_originals - 1, min(cfg.reward_images, n_originals)).round().astype(int)]
-        reward_ids = sorted(set(reward_ids))
+        status(f"nbs: context ({cfg.context.kind}) for {len(data.labeled_images)} labelled image(s) x {cfg.augment_copies}")
+        encoder = fit_context(cfg, data, seed)
+        lab = prepare_labelled(cfg, data, encoder, pool, seed)
+        reward_ids = lab.reward_ids
 
         rng = np.random.default_rng([seed, 104729])
         generator = torch.Generator().manual_seed(seed)
-        predictor = self._new_predictor()
-        pred_opt = torch.optim.Adam(predictor.parameters(), lr=cfg.predictor_lr)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + 29)
+            predictor = new_predictor(cfg, encoder, cfg.window)
+        pred_opt = predictor_optimizer(cfg, predictor)
         with torch.random.fork_rng():
             torch.manual_seed(seed + 17)
             policy = SamplerPolicy(geometry.crop) if cfg.sampler != "uniform" else None
@@ -274,7 +348,8 @@ class NBSModel(AnomalyModel):
         runner = EpisodeRunner(policy, geometry, cfg.parallel_episodes, cfg.max_moves) if policy is not None else None
         ae = self._new_autoencoder(seed, 0)
         ae_opt = torch.optim.Adam(ae.parameters(), lr=cfg.ae_lr)
-        buffer: list[tuple[torch.Tensor, torch.Tensor]] = []  # (features fp16, soft mask)
+        # Replay buffer: (profile input fp16, ("lab" | "neg", index)) -- context is looked up, not copied.
+        buffer: list[tuple[torch.Tensor, tuple[str, int]]] = []
         rotation: list[int] = []
         bank = SnapshotBank(template=ae)
         history: list[dict] = []
@@ -293,7 +368,7 @@ class NBSModel(AnomalyModel):
             baseline.load_state_dict(checkpoint["baseline"])
             ae.load_state_dict(checkpoint["ae"])
             ae_opt.load_state_dict(checkpoint["ae_opt"])
-            buffer = [(f, m) for f, m in checkpoint["buffer"]]
+            buffer = [(f, (k, int(i))) for f, (k, i) in checkpoint["buffer"]]
             rotation = list(checkpoint["rotation"])
             bank = SnapshotBank(checkpoint["snapshots"], template=ae)
             history = list(checkpoint["history"])
@@ -301,6 +376,12 @@ class NBSModel(AnomalyModel):
             generator.set_state(checkpoint["generator"])
             start_cycle = int(checkpoint["cycle"]) + 1
             run.log({"event": "resume", "step": start_cycle * cfg.reset_every, "cycle": start_cycle})
+
+        def example(entry):
+            profile, (kind, index) = entry
+            if kind == "lab":
+                return torch.cat([profile, lab.context[index]]), lab.masks[index]
+            return torch.cat([profile, lab.negative_context[index]]), torch.zeros_like(lab.masks[0])
 
         bar = progress(total=total_cycles * cfg.reset_every, desc=f"nbs ({cfg.sampler})", initial=start_cycle * cfg.reset_every)
         for cycle in range(start_cycle, total_cycles):
@@ -310,12 +391,12 @@ class NBSModel(AnomalyModel):
                 ae_opt = torch.optim.Adam(ae.parameters(), lr=cfg.ae_lr)
             # This cycle's profile set: reward subset + rotating labelled subset + a few normals.
             if len(rotation) < cfg.labeled_per_cycle:
-                rotation += [int(i) for i in rng.permutation(len(lab_images))]
+                rotation += [int(i) for i in rng.permutation(len(lab.images))]
             rotating, rotation = rotation[: cfg.labeled_per_cycle], rotation[cfg.labeled_per_cycle :]
             profile_ids = reward_ids + [i for i in rotating if i not in reward_ids]
-            normal_ids = rng.choice(len(pool), size=min(cfg.normals_per_cycle, len(pool)), replace=False).tolist()
-            profile_images = torch.cat([lab_images[profile_ids], pool[normal_ids]])
-            profile_masks = torch.cat([lab_masks[profile_ids], torch.zeros(len(normal_ids), 1, size, size)])
+            negatives = rng.choice(len(lab.negative_ids), size=min(cfg.normals_per_cycle, len(lab.negative_ids)), replace=False).tolist()
+            profile_images = torch.cat([lab.images[profile_ids], lab.negative_images[negatives]])
+            keys = [("lab", i) for i in profile_ids] + [("neg", i) for i in negatives]
             errors: list[torch.Tensor] = []
             bank = SnapshotBank(template=ae)
             visits: dict[int, torch.Tensor] = {}
@@ -346,18 +427,25 @@ class NBSModel(AnomalyModel):
             step = (cycle + 1) * cfg.reset_every
             alpha = linear_anneal(step, cfg.alpha_anneal_steps, 1.0, cfg.alpha_end)
             beta = linear_anneal(step, cfg.beta_anneal_steps, 1.0, 0.0)
-            feats = self.features(torch.stack(errors, dim=1), profile_images)
+            profiles = self.profile_input(torch.stack(errors, dim=1)).half()
+            entries = list(zip(profiles, keys))
 
             # R_pred: the predictor's loss on this cycle's reward-subset profiles before it learns from them.
             predictor.eval()
             with torch.no_grad():
                 n_reward = len(reward_ids)
-                reward_loss = float(weighted_bce(predictor(feats[:n_reward]), profile_masks[:n_reward], alpha)) if n_reward else 0.0
+                if n_reward:
+                    feats, masks = zip(*[example(e) for e in entries[:n_reward]])
+                    reward_loss = float(weighted_bce(predictor(torch.stack(feats).float()), torch.stack(masks), alpha))
+                else:
+                    reward_loss = 0.0
             r_pred = -reward_loss
 
-            buffer += [(feats[i].half(), profile_masks[i]) for i in range(len(feats))]
-            buffer = buffer[-cfg.predictor_buffer :]
-            pred_loss = self._train_predictor(predictor, pred_opt, buffer, alpha, generator)
+            buffer = (buffer + entries)[-cfg.predictor_buffer :]
+            pred_loss = train_epochs(
+                predictor, pred_opt, [example(e) for e in buffer], cfg.predictor_epochs,
+                cfg.predictor_batch, cfg.predictor_crop, alpha, generator,
+            )
 
             sampler_stats = {}
             if cfg.sampler == "learned" and recorded:
@@ -410,32 +498,12 @@ class NBSModel(AnomalyModel):
         predictor.eval()
         self.predictor = predictor
         self.bank = bank
+        self.encoder = encoder
         self.history = history
         self.policy = policy
 
-    def _train_predictor(self, predictor, optimizer, buffer, alpha: float, generator: torch.Generator) -> float:
-        cfg = self.config
-        predictor.train()
-        losses = []
-        for _ in range(cfg.predictor_epochs):
-            order = torch.randperm(len(buffer), generator=generator).tolist()
-            for start in range(0, len(order), cfg.predictor_batch):
-                ids = order[start : start + cfg.predictor_batch]
-                if len(ids) < 2:  # BatchNorm needs more than one value per channel
-                    continue
-                feats = torch.stack([buffer[i][0] for i in ids]).float()
-                masks = torch.stack([buffer[i][1] for i in ids])
-                if cfg.predictor_crop:
-                    feats, masks = random_crops([feats, masks], cfg.predictor_crop, generator)
-                loss = weighted_bce(predictor(feats), masks, alpha)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss))
-        predictor.eval()
-        return float(np.mean(losses)) if losses else float("nan")
-
     def _update_sampler(self, policy, optimizer, baseline, recorded: dict[int, Transitions], beta: float, r_pred: float) -> dict:
+        """REINFORCE on the stored decisions of the update window (the released code had no gradient here)."""
         cfg = self.config
         stats = {"reward": [], "entropy": [], "log_prob": [], "stop_share": []}
         for t in sorted(recorded):
@@ -462,24 +530,25 @@ class NBSModel(AnomalyModel):
     # --- inference --------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> AnomalyMap:
-        if self.predictor is None or self.bank is None:
+        if self.predictor is None or self.bank is None or self.encoder is None:
             raise RuntimeError("NBSModel.predict before fit/load_state_dict")
-        small = resize(images.float(), self.config.profile_size)
-        feats = self.features(self.bank.profile(small), small)
-        probs = torch.sigmoid(self.predictor(feats))
-        scores = image_score(probs, self.config.score_pool)
-        maps = F.interpolate(probs, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return AnomalyMap(maps.numpy(), scores.numpy())
+        images = images.float()
+        small = resize(images, self.config.profile_size)
+        feats = torch.cat([self.profile_input(self.bank.profile(small)), self.encoder(images)], dim=1)
+        return probability_maps(self.predictor(feats), tuple(images.shape[-2:]), self.config.score_pool)
 
     def state_dict(self) -> dict:
         return {
             "predictor": self.predictor.state_dict(),
             "snapshots": self.bank.snapshots,
+            "context": self.encoder.state_dict(),
             "history": self.history,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        predictor = self._new_predictor()
+        self.encoder = ContextEncoder(self.config.context, self.config.predictor_grid)
+        self.encoder.load_state_dict(state["context"])
+        predictor = new_predictor(self.config, self.encoder, self.config.window)
         predictor.load_state_dict(state["predictor"])
         self.predictor = predictor.eval()
         template = PatchAutoencoder(self.geometry.patch, self.config.ae_width, self.config.bottleneck)

@@ -1,0 +1,155 @@
+"""Per-image context maps fed to the NBS predictor next to the loss profile (a deviation, docs/nbs.md).
+
+The paper's predictor sees only the 10-step loss profile. On real data that signal is weak (on
+magnetic tile the profile alone ranks defect pixels barely above chance), so rlad can add, per
+pixel of the predictor grid:
+
+- `none`: nothing (the paper's input);
+- `image`: the grey image;
+- `backbone`: frozen ImageNet MobileNetV2 features of several stages, resized to the grid;
+- `patchcore`: those features plus a PatchCore map (nearest-normal-patch distance, standardised on
+  normal training images) as the last channel. The predictor then learns a *correction* of that
+  unsupervised prior from the labelled defects (`Predictor(prior_residual=True)`), so five labelled
+  images refine a strong starting point instead of having to find defects from scratch.
+
+Every channel is computed once per image from the image alone (no profile), so the supervised
+control (`rlad.models.nbs.supervised`) can use exactly the same context without the profile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rlad.models.backbones import BackboneConfig, FeatureExtractor, build_feature_extractor
+from rlad.models.base import FitData
+
+CONTEXTS = ("none", "image", "backbone", "patchcore")
+
+
+@dataclass
+class ContextConfig:
+    kind: str = "patchcore"
+    """none (the paper: profile only) | image | backbone | patchcore (backbone + PatchCore prior)."""
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(stages=[1, 2, 4]))
+    """Frozen features for `backbone`/`patchcore` (set backbone.weights to the ImageNet file)."""
+    prior_stages: list[int] = field(default_factory=lambda: [2, 4])
+    """Stages of the PatchCore prior (anomalib's default pair)."""
+    prior_coreset_ratio: float = 0.1
+    prior_max_patches: int = 100_000
+
+
+def grey(images: torch.Tensor) -> torch.Tensor:
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True)
+
+
+class ContextEncoder:
+    """fit(normal images) once; then images (B, 3, S, S) in [0, 1] -> (B, channels, grid, grid)."""
+
+    def __init__(self, config: ContextConfig, grid: int):
+        if config.kind not in CONTEXTS:
+            from rlad.errors import ConfigError
+
+            raise ConfigError(f"model.context.kind={config.kind!r}: choose one of {', '.join(CONTEXTS)}")
+        self.config = config
+        self.grid = grid
+        self.extractor: FeatureExtractor | None = None
+        self.prior = None  # a fitted PatchCore
+        self.prior_mean = 0.0
+        self.prior_std = 1.0
+
+    @property
+    def channels(self) -> int:
+        kind = self.config.kind
+        if kind == "none":
+            return 0
+        if kind == "image":
+            return 1
+        from rlad.models.backbones import STAGE_CHANNELS
+
+        features = sum(STAGE_CHANNELS[s] for s in self.config.backbone.stages)
+        return features + (1 if kind == "patchcore" else 0)
+
+    @property
+    def has_prior(self) -> bool:
+        return self.config.kind == "patchcore"
+
+    def fit(self, normal_uint8: np.ndarray, seed: int, prior_reference: np.ndarray | None = None) -> None:
+        """Load the backbone; for `patchcore`, fit the prior on `normal_uint8` and standardise its
+        maps on `prior_reference` (normal images the prior was not fitted on; default: a subset of
+        the training normals, whose distances are optimistic but still set a sensible scale)."""
+        kind = self.config.kind
+        if kind in ("none", "image"):
+            return
+        self.extractor = build_feature_extractor(self.config.backbone, seed=seed)
+        if kind == "patchcore":
+            from rlad.models.patchcore import PatchCore, PatchCoreConfig
+
+            cfg = PatchCoreConfig(
+                image_size=normal_uint8.shape[-1],
+                backbone=BackboneConfig(
+                    weights=self.config.backbone.weights,
+                    stages=list(self.config.prior_stages),
+                    micro_batch=self.config.backbone.micro_batch,
+                ),
+                coreset_ratio=self.config.prior_coreset_ratio,
+                max_patches=self.config.prior_max_patches,
+            )
+            self.prior = PatchCore(cfg)
+            self.prior.fit(FitData(normal_uint8, normal_uint8[:0], np.zeros((0,) + normal_uint8.shape[2:], np.uint8), seed))
+            reference = prior_reference if prior_reference is not None and len(prior_reference) else normal_uint8[:32]
+            maps = torch.cat([self._prior_maps(FitData.to_tensor(reference[i : i + 8])) for i in range(0, len(reference), 8)])
+            self.prior_mean = float(maps.mean())
+            self.prior_std = float(maps.std().clamp_min(1e-6))
+
+    def _prior_maps(self, images: torch.Tensor) -> torch.Tensor:
+        maps = torch.from_numpy(self.prior.predict(images).maps)[:, None]
+        return F.interpolate(maps, size=(self.grid, self.grid), mode="area")
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        kind = self.config.kind
+        batch = images.shape[0]
+        if kind == "none":
+            return torch.zeros(batch, 0, self.grid, self.grid)
+        if kind == "image":
+            return F.interpolate(grey(images), size=(self.grid, self.grid), mode="area")
+        levels = self.extractor(images)
+        parts = [F.interpolate(level, size=(self.grid, self.grid), mode="bilinear", align_corners=False) for level in levels]
+        if kind == "patchcore":
+            parts.append((self._prior_maps(images) - self.prior_mean) / self.prior_std)
+        return torch.cat(parts, dim=1)
+
+    def encode_uint8(self, images_uint8: np.ndarray, chunk: int = 16) -> torch.Tensor:
+        """Context of many uint8 images, stored as float16 (bounded memory)."""
+        parts = [self(FitData.to_tensor(images_uint8[i : i + chunk])).half() for i in range(0, len(images_uint8), chunk)]
+        if not parts:
+            return torch.zeros(0, self.channels, self.grid, self.grid, dtype=torch.float16)
+        return torch.cat(parts)
+
+    def state_dict(self) -> dict:
+        state: dict = {"prior_mean": self.prior_mean, "prior_std": self.prior_std}
+        if self.extractor is not None:
+            state["backbone"] = self.extractor.weights_state()
+        if self.prior is not None:
+            state["prior"] = self.prior.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prior_mean = float(state.get("prior_mean", 0.0))
+        self.prior_std = float(state.get("prior_std", 1.0))
+        if "backbone" in state:
+            self.extractor = FeatureExtractor.from_weights_state(
+                self.config.backbone.stages, state["backbone"], self.config.backbone.micro_batch
+            )
+        if "prior" in state:
+            from rlad.models.patchcore import PatchCore, PatchCoreConfig
+
+            self.prior = PatchCore(
+                PatchCoreConfig(backbone=BackboneConfig(stages=list(self.config.prior_stages), micro_batch=self.config.backbone.micro_batch))
+            )
+            self.prior.load_state_dict(state["prior"])

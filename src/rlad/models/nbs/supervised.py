@@ -1,0 +1,96 @@
+"""The supervised control for NBS: the same labelled images, augmentation, normal examples, context
+channels, predictor network and number of predictor updates, but no loss profile (no autoencoder,
+no sampler). Whatever NBS scores above this control is what the loss-profile idea adds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rlad.models.base import AnomalyMap, AnomalyModel, FitData
+from rlad.models.nbs.context import ContextEncoder
+from rlad.models.nbs.predictor import train_epochs
+from rlad.models.nbs.trainer import (
+    NBSConfig,
+    fit_context,
+    new_predictor,
+    predictor_optimizer,
+    prepare_labelled,
+    probability_maps,
+    require_labels,
+    to_float_at,
+    validate_config,
+)
+from rlad.rl.reinforce import linear_anneal
+
+
+class SupervisedControl(AnomalyModel):
+    name = "supervised"
+    Config = NBSConfig  # one config, so `--set model.*` means the same for both
+    uses_labels = True
+    default_labeled_per_type = 5
+
+    def __init__(self, config: NBSConfig):
+        super().__init__(config)
+        self.predictor = None
+        self.encoder: ContextEncoder | None = None
+        self.history: list[dict] = []
+
+    def fit(self, data: FitData, run=None) -> None:
+        from rlad.engine import progress
+
+        cfg = self.config
+        validate_config(cfg)
+        require_labels(data, self.name)
+        seed = int(data.seed)
+        encoder = fit_context(cfg, data, seed)
+        if encoder.channels == 0:
+            from rlad.errors import ConfigError
+
+            raise ConfigError("supervised: model.context.kind=none leaves the control with no input; use image, backbone or patchcore")
+        lab = prepare_labelled(cfg, data, encoder, to_float_at(data.normal, cfg.profile_size), seed)
+        examples = [(lab.context[i], lab.masks[i]) for i in range(len(lab.context))]
+        examples += [(lab.negative_context[i], torch.zeros_like(lab.masks[0])) for i in range(len(lab.negative_context))]
+        # NBS's predictor sees about predictor_buffer examples, predictor_epochs times, per cycle.
+        rng = np.random.default_rng([seed, 104729])
+        generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + 29)
+            predictor = new_predictor(cfg, encoder, 0)
+        optimizer = predictor_optimizer(cfg, predictor)
+        cycles = cfg.steps // cfg.reset_every
+        per_round = min(cfg.predictor_buffer, len(examples))
+        bar = progress(total=cycles, desc="supervised control")
+        for cycle in range(cycles):
+            alpha = linear_anneal((cycle + 1) * cfg.reset_every, cfg.alpha_anneal_steps, 1.0, cfg.alpha_end)
+            chosen = rng.choice(len(examples), size=per_round, replace=False)
+            loss = train_epochs(
+                predictor, optimizer, [examples[i] for i in chosen], cfg.predictor_epochs,
+                cfg.predictor_batch, cfg.predictor_crop, alpha, generator,
+            )
+            self.history.append({"cycle": cycle, "pred_loss": loss, "alpha": alpha})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+        bar.close()
+        predictor.eval()
+        self.predictor = predictor
+        self.encoder = encoder
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> AnomalyMap:
+        if self.predictor is None or self.encoder is None:
+            raise RuntimeError("SupervisedControl.predict before fit/load_state_dict")
+        images = images.float()
+        return probability_maps(self.predictor(self.encoder(images)), tuple(images.shape[-2:]), self.config.score_pool)
+
+    def state_dict(self) -> dict:
+        return {"predictor": self.predictor.state_dict(), "context": self.encoder.state_dict(), "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.encoder = ContextEncoder(self.config.context, self.config.predictor_grid)
+        self.encoder.load_state_dict(state["context"])
+        predictor = new_predictor(self.config, self.encoder, 0)
+        predictor.load_state_dict(state["predictor"])
+        self.predictor = predictor.eval()
+        self.history = list(state.get("history", []))
