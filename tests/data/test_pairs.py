@@ -14,8 +14,9 @@ from PIL import Image
 
 from rlad.boxes import mask_to_box
 from rlad.data.folder import discover, load_image, load_mask
-from rlad.data.pairs import (PairRecord, build_pairs, filter_pairs, images_dir_for, load_pairs, real_pairs,
-                             split_by_category, split_fraction, synthetic_pairs, write_pairs)
+from rlad.data.pairs import (PairRecord, adaptation_pairs, build_pairs, filter_pairs, images_dir_for, load_pairs,
+                             normal_pairs, real_pairs, split_by_category, split_fraction, synthetic_pairs,
+                             write_pairs)
 from rlad.errors import DataError
 
 
@@ -97,6 +98,43 @@ def test_synthetic_reference_similar_is_another_normal_image(tiny_mvtec, tmp_pat
     records = synthetic_pairs(folder, 3, tmp_path / "images", synthetic_reference="similar")
     for r in records:
         assert r.reference in {str(s.path) for s in folder.train}
+
+
+def test_adaptation_pairs_read_nothing_but_train_good(tiny_mvtec, tmp_path):
+    # The unseen category's test split (images, masks, labels) must not be needed at all: remove it.
+    shutil.rmtree(tiny_mvtec / "test")
+    shutil.rmtree(tiny_mvtec / "ground_truth")
+    train_paths = {str(p.resolve()) for p in (tiny_mvtec / "train" / "good").iterdir()}
+    out = tmp_path / "adapt.jsonl"
+    records = adaptation_pairs(tiny_mvtec, out, perlin=3, normal=2, seed=0)
+    assert load_pairs(out) == records
+    normals = [r for r in records if r.source == "normal"]
+    perlins = [r for r in records if r.source == "perlin"]
+    assert len(normals) == 2 and len(perlins) == 3 and len(records) == 5
+    for r in normals:
+        assert r.box == (0, 0, 0, 0) and r.defect_type == "good"
+        assert r.query in train_paths and r.reference in train_paths and r.query != r.reference
+    assert len({r.query for r in normals}) == 2  # distinct queries
+    for r in perlins:
+        assert r.label == 1 and r.reference in train_paths and r.query not in train_paths
+        base = load_image(r.query)
+        assert base.shape[:2] == r.query_size
+
+
+def test_perlin_only_synthetic_pairs_ignore_defect_donors(tiny_mvtec, tmp_path):
+    records = synthetic_pairs(discover(tiny_mvtec), 4, tmp_path / "images", kinds=("perlin",))
+    assert {r.source for r in records} == {"perlin"} and not any(r.origin for r in records)
+    with pytest.raises(DataError, match="kinds"):
+        synthetic_pairs(discover(tiny_mvtec), 1, tmp_path / "images", kinds=("scratch",))
+
+
+def test_normal_pairs_need_two_normal_images(tiny_mvtec):
+    folder = discover(tiny_mvtec)
+    many = normal_pairs(folder, 1000, reference="random")
+    assert len(many) == len(folder.train)  # at most one pair per train/good image
+    lonely = type(folder)(root=folder.root, category=folder.category, train=folder.train[:1], test=[])
+    with pytest.raises(DataError, match="at least 2"):
+        normal_pairs(lonely, 1)
 
 
 def test_synthetic_pairs_are_deterministic(tiny_mvtec, tmp_path):

@@ -13,7 +13,7 @@ One line per pair; every field is a JSON scalar or a short list, so TRL/verl exp
     category        dataset category (folder name); use it to keep training and evaluation disjoint
     defect_type     "good" for normal queries, else the defect folder ("paste"/"perlin" kinds are
                     synthetic)
-    source          "real" | "paste" | "perlin"
+    source          "real" | "paste" | "perlin" | "normal" (a train/good query: normal/normal pair)
     origin          provenance: for pastes, the real defective image the defect was cut from
 
 Boxes follow `rlad.boxes` (continuous coordinates, x2 = last column + 1); a real query's box is the
@@ -35,6 +35,11 @@ defective image of the category, rescaled 0.6-1.4x and Poisson-blended onto a no
 "perlin")`). Following the paper, the reference of a synthetic pair is the very normal image the
 defect was blended onto (`synthetic_reference="same"`); `"similar"` picks another normal image
 instead, which makes synthetic pairs look like real ones (the reference is then never pixel-aligned).
+
+Adapting to a new category from its normal images only (`adaptation_pairs`): no test image, mask or
+label of that category is read. Normal/normal pairs (`normal_pairs`: a train/good query against the
+most similar *other* train/good image, zero box) show what normal variation looks like there, and
+Perlin pairs (`synthetic_pairs(..., kinds=("perlin",))`) on its train/good images give boxes.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from rlad.errors import DataError
 
 FIELDS = ("id", "reference", "query", "box", "label", "query_size", "reference_size", "category",
           "defect_type", "source", "origin")
-SOURCES = ("real", "paste", "perlin")
+SOURCES = ("real", "paste", "perlin", "normal")
 REFERENCE_MODES = ("random", "similar")
 IMAGES_MARKER = ".rlad-pair-images"
 THUMBNAIL = 32
@@ -369,12 +374,15 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 
 
 def synthetic_pairs(folder, n: int, image_dir: Path, seed: int = 0, synthetic_reference: str = "same",
-                    reference: str = "similar", scale_range: tuple[float, float] = (0.6, 1.4)) -> list[PairRecord]:
+                    reference: str = "similar", scale_range: tuple[float, float] = (0.6, 1.4),
+                    kinds: Sequence[str] = ("paste", "perlin")) -> list[PairRecord]:
     """`n` synthetic defective pairs for one category, images written under `image_dir/<category>/`.
 
-    Even indices are cut-paste pairs (when the category has defective images with masks), odd ones
-    Perlin blends; without donors every pair is a Perlin blend. Boxes are exact: the bounding box of
-    the blended mask (largest component, which for these single-blob masks is the whole mask).
+    Even indices are cut-paste pairs (when the category has defective images with masks and "paste"
+    is in `kinds`), odd ones Perlin blends; without donors every pair is a Perlin blend.
+    `kinds=("perlin",)` reads nothing but the category's train/good images (no test image, mask or
+    label). Boxes are exact: the bounding box of the blended mask (largest component, which for these
+    single-blob masks is the whole mask).
     """
     from rlad.boxes import mask_to_box
     from rlad.data.folder import load_image, load_mask
@@ -385,17 +393,22 @@ def synthetic_pairs(folder, n: int, image_dir: Path, seed: int = 0, synthetic_re
         return []
     if synthetic_reference not in ("same", "similar"):
         raise DataError(f"synthetic_reference {synthetic_reference!r} is not one of 'same', 'similar'")
+    unknown = sorted(set(kinds) - {"paste", "perlin"})
+    if unknown or not kinds:
+        raise DataError(f"synthetic kinds {list(kinds)}: choose from 'paste', 'perlin'")
     rng = np.random.default_rng([seed, 7919])
     normals = list(folder.train)
     if not normals:
         raise DataError(f"{folder.root}: train/good has no images to paste defects onto")
-    donors = [s for s in folder.test if s.label == 1 and s.mask_path is not None]
+    donors = [s for s in folder.test if s.label == 1 and s.mask_path is not None] if "paste" in kinds else []
+    if "perlin" not in kinds and not donors:
+        raise DataError(f"{folder.category}: no defective test images with masks to cut pastes from")
     picker = _ReferencePicker(normals, reference, rng, folder.category) if synthetic_reference == "similar" else None
     records = []
     for index in progress(range(n), desc=f"{folder.category}: synthetic"):
         base = normals[int(rng.integers(len(normals)))]
         normal = load_image(base.path)
-        kind = "paste" if donors and index % 2 == 0 else "perlin"
+        kind = "paste" if donors and (index % 2 == 0 or "perlin" not in kinds) else "perlin"
         origin = ""
         if kind == "paste":
             donor = donors[int(rng.integers(len(donors)))]
@@ -415,6 +428,74 @@ def synthetic_pairs(folder, n: int, image_dir: Path, seed: int = 0, synthetic_re
             query_size=tuple(base.size), reference_size=tuple(ref.size), category=folder.category,
             defect_type=kind, source=kind, origin=origin,
         ))
+    return records
+
+
+def normal_pairs(folder, n: int, seed: int = 0, reference: str = "similar") -> list[PairRecord]:
+    """Up to `n` normal/normal pairs of one category from its train/good images alone: each query is
+    a distinct train/good image (in a seeded random order), its reference another train/good image
+    (most similar, or random), the box is the zero box. Needs at least two train/good images."""
+    if n <= 0:
+        return []
+    normals = list(folder.train)
+    if len(normals) < 2:
+        raise DataError(f"{folder.category}: normal/normal pairs need at least 2 train/good images, "
+                        f"found {len(normals)}")
+    rng = np.random.default_rng([seed, 6007])
+    picker = _ReferencePicker(normals, reference, rng, folder.category)
+    features = picker.features
+    records = []
+    for i in rng.permutation(len(normals))[:n]:
+        query = normals[int(i)]
+        ref = picker.pick(query.path, query.size, exclude=query.path,
+                          query_feature=None if features is None else features[int(i)])
+        records.append(PairRecord(
+            id=f"{folder.category}/normal/good/{query.path.stem}", reference=str(ref.path), query=str(query.path),
+            box=(0, 0, 0, 0), query_size=tuple(query.size), reference_size=tuple(ref.size),
+            category=folder.category, defect_type="good", source="normal",
+        ))
+    return records
+
+
+def normal_images(category_dir: Path | str):
+    """A category's train/good images only (a `DatasetFolder` with an empty test split): what the
+    adaptation pairs may read. The folder needs no test/ or ground_truth/ at all."""
+    from rlad.data.folder import IMAGE_EXTENSIONS, NORMAL, DatasetFolder, Sample
+
+    root = Path(category_dir)
+    good = root / "train" / NORMAL
+    paths = sorted(p for p in good.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if good.is_dir() else []
+    if not paths:
+        raise DataError(f"{root}: no images in train/good")
+    train = [Sample(path=p, split="train", label=0, defect_type=NORMAL, mask_path=None, size=image_hw(p))
+             for p in paths]
+    return DatasetFolder(root=root, category=root.name, train=train, test=[])
+
+
+def adaptation_pairs(root: Path | str, out: Path | str, perlin: int, normal: int, seed: int = 0,
+                     reference: str = "similar") -> list[PairRecord]:
+    """Pairs for adapting a grounder to the categories under `root` from their train/good images only:
+    `normal` normal/normal pairs and `perlin` Perlin pairs in total (spread over the categories; the
+    Perlin pair's reference is another, similar normal image, as for real queries). Nothing of the
+    test split (images, masks, labels) is read. Written to `out` (images in `<stem>_images/`)."""
+    from rlad.data.folder import discover_categories
+
+    out = Path(out)
+    if perlin < 0 or normal < 0:
+        raise DataError(f"perlin and normal pair counts must be >= 0, got {perlin}, {normal}")
+    folders = [normal_images(p) for p in discover_categories(root)]
+
+    def share(total, i):
+        return total // len(folders) + (1 if i < total % len(folders) else 0)
+
+    records: list[PairRecord] = []
+    image_dir = images_dir_for(out)
+    _prepare_images_dir(image_dir)
+    for i, folder in enumerate(folders):
+        records += normal_pairs(folder, share(normal, i), seed=seed + 1000 * i, reference=reference)
+        records += synthetic_pairs(folder, share(perlin, i), image_dir, seed=seed + 1000 * i,
+                                   synthetic_reference="similar", reference=reference, kinds=("perlin",))
+    write_pairs(records, out)
     return records
 
 
