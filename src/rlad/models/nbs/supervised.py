@@ -59,6 +59,7 @@ class SupervisedControl(AnomalyModel):
             torch.manual_seed(seed + 29)
             predictor = new_predictor(cfg, encoder, 0)
         optimizer = predictor_optimizer(cfg, predictor)
+        torch.manual_seed(seed + 7)  # dropout
         cycles = cfg.steps // cfg.reset_every
         per_round = min(cfg.predictor_buffer, len(examples))
         bar = progress(total=cycles, desc="supervised control")

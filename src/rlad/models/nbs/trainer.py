@@ -356,6 +356,7 @@ class NBSModel(AnomalyModel):
         total_cycles = cfg.steps // cfg.reset_every
         start_cycle = 0
 
+        torch.manual_seed(seed + 7)  # the predictor's dropout: a seeded run repeats exactly
         checkpoint = run.latest_checkpoint() if run is not None else None
         if checkpoint is not None:
             if checkpoint.get("kind") != "nbs":
@@ -374,6 +375,7 @@ class NBSModel(AnomalyModel):
             history = list(checkpoint["history"])
             _set_rng_state(rng, checkpoint["rng"])
             generator.set_state(checkpoint["generator"])
+            torch.set_rng_state(checkpoint["torch_rng"])  # predictor dropout draws from it
             start_cycle = int(checkpoint["cycle"]) + 1
             run.log({"event": "resume", "step": start_cycle * cfg.reset_every, "cycle": start_cycle})
 
@@ -491,6 +493,7 @@ class NBSModel(AnomalyModel):
                             "history": history,
                             "rng": _rng_state(rng),
                             "generator": generator.get_state(),
+                            "torch_rng": torch.get_rng_state(),
                         },
                         step,
                     )

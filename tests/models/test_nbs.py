@@ -1,0 +1,333 @@
+"""NBS: its pieces (autoencoder tiling, sampler episodes, predictor, snapshot bank) and the whole
+method through the harness and the CLI on the tiny generated dataset: fit, a real kill and resume,
+predict, test, and the ablation switches."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rlad.errors import ConfigError, DataError
+from rlad.models import api
+from rlad.models.base import FitData
+from rlad.models.nbs.autoencoder import PatchAutoencoder, crop_patches, error_maps, tile, untile
+from rlad.models.nbs.context import ContextConfig, ContextEncoder
+from rlad.models.nbs.predictor import Predictor, weighted_bce
+from rlad.models.nbs.profiles import SnapshotBank, fused_prior
+from rlad.models.nbs.sampler import (
+    STOP,
+    EpisodeRunner,
+    Geometry,
+    SamplerPolicy,
+    crop_around,
+    move_centre,
+    patch_origin,
+)
+from rlad.models.nbs.trainer import NBSConfig, NBSModel, augment_labeled, validate_config
+
+# A few cycles on 64 px images: every part of the loop runs, in seconds.
+TINY = [
+    "image_size=64",
+    "model.profile_size=64",
+    "model.predictor_grid=32",
+    "model.predictor_crop=16",
+    "model.steps=60",
+    "model.reset_every=10",
+    "model.window=4",
+    "model.sampler_update_from=6",
+    "model.sampler_update_to=9",
+    "model.batch_patches=8",
+    "model.ae_width=8",
+    "model.bottleneck=16",
+    "model.augment_copies=2",
+    "model.labeled_per_cycle=2",
+    "model.predictor_buffer=8",
+    "model.checkpoint_every=1",
+    "model.context.backbone.stages=[1]",
+    "model.context.prior_stages=[1,2]",
+]
+
+
+def _fit(method, data, out, extra=()):
+    cfg = api.build_config(method, None, TINY + list(extra))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-weight backbone warning
+        return api.fit(method, data, out, cfg)
+
+
+# --- pieces --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [0, 5])
+def test_tile_untile_round_trip(offset):
+    images = torch.rand(2, 3, 40, 56)
+    tiles, layout = tile(images, 16, offset)
+    assert tiles.shape[1:] == (3, 16, 16)
+    assert torch.equal(untile(tiles, layout), images)
+
+
+def test_autoencoder_shapes_and_error_maps():
+    ae = PatchAutoencoder(patch=32, width=8, bottleneck=12)
+    patches = torch.rand(4, 3, 32, 32)
+    assert ae(patches).shape == patches.shape
+    errors = error_maps(ae, torch.rand(2, 3, 48, 64), offsets=(0, 8))
+    assert errors.shape == (2, 48, 64) and (errors >= 0).all()
+    assert ae.training  # error_maps restores the mode it found
+
+
+def test_crop_patches_gathers_the_right_windows():
+    images = torch.arange(2 * 3 * 10 * 12, dtype=torch.float32).view(2, 3, 10, 12)
+    patches = crop_patches(images, torch.tensor([1, 0]), torch.tensor([2, 0]), torch.tensor([3, 5]), 4)
+    assert torch.equal(patches[0], images[1, :, 2:6, 3:7])
+    assert torch.equal(patches[1], images[0, :, 0:4, 5:9])
+
+
+def test_moves_stay_inside_and_crops_pad_with_zeros():
+    assert move_centre((8, 8), 1, 24, 16, 64, 64) == (8, 8)  # up-left from the corner: clamped
+    assert move_centre((32, 32), 8, 10, 16, 64, 64) == (42, 42)
+    assert patch_origin(2, 60, 16, 64, 64) == (0, 48)
+    stack = torch.ones(2, 10, 10)
+    crop = crop_around(stack, (0, 0), 6)
+    assert crop[:, :3, :3].sum() == 0 and crop[:, 3:, 3:].sum() == 2 * 9
+
+
+def test_episode_runner_fills_the_batch_and_records_log_probs():
+    torch.manual_seed(0)
+    geometry = Geometry(patch=16, crop=32, move=6)
+    policy = SamplerPolicy(geometry.crop)
+    runner = EpisodeRunner(policy, geometry, parallel=3, max_moves=4)
+    images = torch.rand(5, 3, 48, 48)
+    structure = torch.rand(5, 1, 48, 48)
+    ae = PatchAutoencoder(16, 8, 8)
+    visits: dict = {}
+    index, top, left, trans = runner.collect(
+        images, structure, ae, visits, 10, np.random.default_rng(0), torch.Generator().manual_seed(0), record=True
+    )
+    assert len(index) == len(trans) == 10
+    assert ((top >= 0) & (top <= 32) & (left >= 0) & (left <= 32)).all()
+    assert sum(float(v.sum()) for v in visits.values()) == 10 * 16 * 16  # every patch counted once
+    with torch.no_grad():
+        logits = policy(torch.stack(trans.states))
+    replayed = torch.log_softmax(logits, -1).gather(1, torch.tensor(trans.actions).view(-1, 1)).squeeze(1)
+    assert torch.allclose(replayed, torch.tensor(trans.log_probs), atol=1e-5)
+    assert all(-1.0 <= c <= 0.0 for c in trans.cover) and all(0.0 <= s <= 1.0 for s in trans.struct)
+    assert STOP == 0
+
+
+def test_fused_prior_is_min_max_scaled():
+    prior = fused_prior(torch.rand(2, 1, 20, 20), torch.rand(2, 3, 20, 20))
+    flat = prior.flatten(1)
+    assert torch.allclose(flat.min(1).values, torch.zeros(2), atol=1e-6)
+    assert torch.allclose(flat.max(1).values, torch.ones(2), atol=1e-5)
+
+
+def test_weighted_bce_matches_the_formula():
+    logits = torch.tensor([[-1.0, 0.5], [2.0, 0.0]]).view(1, 1, 2, 2)
+    target = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).view(1, 1, 2, 2)
+    p = torch.sigmoid(logits)
+    for alpha in (1.0, 0.3, 0.0):
+        expected = -(target * torch.log(p) + alpha * (1 - target) * torch.log(1 - p)).mean()
+        assert torch.allclose(weighted_bce(logits, target, alpha), expected, atol=1e-6)
+
+
+def test_prior_residual_predictor_starts_from_the_prior():
+    predictor = Predictor(5, (8, 4), (1, 2), project=6, dropout=0.1, prior_residual=True).eval()
+    features = torch.randn(2, 5, 12, 12)
+    assert torch.allclose(predictor(features), features[:, -1:] - 3.0, atol=1e-6)
+    paper = Predictor(10)  # the published network: dilations 1, 2, 4, 8; widths 32, 16, 8, 4
+    convs = [m for m in paper.body if isinstance(m, torch.nn.Conv2d)]
+    assert [c.dilation[0] for c in convs[:4]] == [1, 2, 4, 8] and [c.out_channels for c in convs] == [32, 16, 8, 4, 1]
+
+
+def test_snapshot_bank_replays_the_stored_weights():
+    torch.manual_seed(0)
+    ae = PatchAutoencoder(16, 8, 8)
+    bank = SnapshotBank(template=ae)
+    images = torch.rand(2, 3, 32, 32)
+    expected = []
+    for _ in range(3):
+        with torch.no_grad():
+            for p in ae.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        bank.add(ae)
+        expected.append(error_maps(ae, images))
+    rebuilt = SnapshotBank(bank.snapshots, template=PatchAutoencoder(16, 8, 8))
+    assert torch.allclose(rebuilt.profile(images), torch.stack(expected, 1), atol=1e-6)
+
+
+def test_augmentation_keeps_originals_first_and_masks_binary():
+    images = np.random.default_rng(0).integers(0, 255, (2, 3, 32, 32), dtype=np.uint8)
+    masks = np.zeros((2, 32, 32), np.uint8)
+    masks[:, 10:20, 8:14] = 1
+    out_images, out_masks = augment_labeled(images, masks, 3, seed=0)
+    assert out_images.shape == (6, 3, 32, 32) and out_masks.shape == (6, 32, 32)
+    assert np.array_equal(out_images[0], images[0]) and np.array_equal(out_images[3], images[1])
+    assert set(np.unique(out_masks)) <= {0, 1} and out_masks[1].sum() > 0
+
+
+def test_context_channels_match_their_count():
+    images = torch.rand(2, 3, 64, 64)
+    normal = (np.random.default_rng(0).random((4, 3, 64, 64)) * 255).astype(np.uint8)
+    for kind in ("none", "image", "backbone", "patchcore"):
+        encoder = ContextEncoder(ContextConfig(kind=kind, prior_stages=[1, 2]), grid=16)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            encoder.fit(normal, seed=0)
+        out = encoder(images)
+        assert out.shape == (2, encoder.channels, 16, 16), kind
+        if kind == "patchcore":  # the prior is standardised on normal images
+            normals = encoder(FitData.to_tensor(normal))[:, -1]
+            assert abs(float(normals.mean())) < 1.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"window": 30}, "model.window"),
+        ({"patch_size": 48}, "power of two"),
+        ({"sampler_update_to": 25}, "sampler_update_from/to"),
+        ({"sampler": "clever"}, "model.sampler"),
+        ({"predictor_crop": 100}, "model.predictor_crop"),
+        ({"steps": 5}, "shorter than one cycle"),
+    ],
+)
+def test_config_errors_name_the_option(override, message):
+    cfg = NBSConfig(**override)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
+
+
+def test_unsupervised_data_is_refused_with_a_hint(tiny_mvtec, tmp_path):
+    with pytest.raises(DataError, match="--labeled-per-type"):
+        _fit("nbs", tiny_mvtec, tmp_path / "run", ["protocol.labeled_per_type=0"])
+
+
+# --- the whole method ----------------------------------------------------------------------------
+
+
+def test_fit_test_predict_and_repeatability(tiny_mvtec, tmp_path):
+    run = _fit("nbs", tiny_mvtec, tmp_path / "run")
+    split = json.loads((run.path / "split.json").read_text())
+    assert len(split["labeled"]) == 2  # one per defect type (the tiny set has two per type)
+    history = json.loads((run.path / "nbs_history.json").read_text())
+    assert len(history) == 6 and all("r_pred" in row for row in history)
+    assert any("entropy" in row for row in history)  # the learned sampler was updated
+
+    first = api.test(run.path, tiny_mvtec)
+    second = api.test(run.path, tiny_mvtec)
+    assert first["n_test"] == 7 - 2 and first["n_excluded_labeled"] == 2
+    for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_f1_max"):
+        assert first[key] == second[key]
+    assert first["pixel_auroc"] > 0.8  # dark discs and lines on a smooth texture
+
+    unseen = tmp_path / "unseen.png"
+    from PIL import Image
+
+    image = np.asarray(Image.open(tiny_mvtec / "test" / "good" / "000.png")).copy()
+    image[10:20, 10:20] = 20
+    Image.fromarray(image).save(unseen)
+    rows = api.predict(run.path, [unseen], tmp_path / "pred")
+    again = api.predict(run.path, [unseen], tmp_path / "pred2")
+    assert rows[0]["raw_score"] == again[0]["raw_score"]
+    assert (tmp_path / "pred" / rows[0]["map"]).is_file()
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_mvtec, tmp_path, monkeypatch):
+    reference = _fit("nbs", tiny_mvtec, tmp_path / "whole")
+
+    from rlad.engine.run import RunDir
+
+    original = RunDir.save_checkpoint
+    calls = {"n": 0}
+
+    def save_then_crash(self, state, step, keep=2):
+        path = original(self, state, step, keep)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C right after the 2nd checkpoint
+        return path
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        _fit("nbs", tiny_mvtec, tmp_path / "cut")
+    monkeypatch.setattr(RunDir, "save_checkpoint", original)
+    resumed = _fit("nbs", tiny_mvtec, tmp_path / "cut")
+    assert any(row.get("event") == "resume" for row in resumed.read_log())
+
+    whole, cut = api.load_run(reference.path), api.load_run(resumed.path)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert np.allclose(whole.model.predict(images).maps, cut.model.predict(images).maps, atol=1e-5)
+
+
+def test_a_killed_cli_fit_resumes_when_rerun(tiny_mvtec, tmp_path):
+    run = tmp_path / "run"
+    # Enough cycles that the process is still training when the first checkpoint appears.
+    command = [sys.executable, "-m", "rlad", "fit", "nbs", "--data", str(tiny_mvtec), "--out", str(run)]
+    for item in TINY:
+        command += ["--set", "model.steps=200" if item.startswith("model.steps=") else item]
+    env = dict(os.environ, RLAD_PROGRESS="0", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((run / "checkpoints").glob("*.pt")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "model.pt").exists()
+    cycles_before = sum(1 for line in (run / "log.jsonl").read_text().splitlines() if '"cycle"' in line)
+
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "resuming" in finished.stderr
+    assert (run / "model.pt").is_file()
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    resume = [row for row in log if row.get("event") == "resume"]
+    assert len(resume) == 1 and resume[0]["cycle"] >= 1
+    assert cycles_before >= 1
+    # No cycle was skipped (those after the last checkpoint before the kill ran twice).
+    cycles = sorted({row["cycle"] for row in log if row.get("event") == "cycle"})
+    assert cycles == list(range(200 // 10))
+
+
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("nbs", ["model.sampler=uniform"]),
+        ("nbs", ["model.reset=false"]),
+        ("nbs", ["model.context.kind=none"]),
+        ("supervised", []),
+    ],
+)
+def test_ablations_and_the_supervised_control_run(method, extra, tiny_mvtec, tmp_path):
+    run = _fit(method, tiny_mvtec, tmp_path / "run", extra)
+    metrics = api.test(run.path, tiny_mvtec)
+    assert metrics["method"] == method and 0.0 <= metrics["pixel_auroc"] <= 1.0
+    if method == "nbs" and "model.sampler=uniform" in extra:
+        history = json.loads((run.path / "nbs_history.json").read_text())
+        assert not any("entropy" in row for row in history)  # no policy, no sampler update
+
+
+def test_cli_fit_and_test_json(tiny_mvtec, tmp_path, capsys):
+    from rlad.cli.main import main
+
+    args = ["fit", "nbs", "--data", str(tiny_mvtec), "--out", str(tmp_path / "run"), "--labeled-per-type", "1"]
+    for item in TINY:
+        args += ["--set", item]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(args) == 0
+    capsys.readouterr()
+    assert main(["test", str(tmp_path / "run"), "--data", str(tiny_mvtec), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["method"] == "nbs" and metrics["n_excluded_labeled"] == 2
