@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
+import resource
+import subprocess
 import platform
 import shlex
 import sys
@@ -64,3 +67,44 @@ def append_section(title: str, body: str, command: str | None = None) -> None:
     )
     with open(BENCHMARKS_MD, "a") as handle:
         handle.write(text)
+
+
+# --- one measurement per fresh interpreter ---------------------------------------------------------
+# Each job runs in its own process so that its peak RSS and timings are its own. A script calls
+# `spawn(script, spec)` in the driver and `run_child(spec_json, jobs)` when invoked with --child.
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run_child(spec_json: str, jobs: dict) -> None:
+    """Child side: set threads, run `jobs[spec['kind']]`, print one 'RESULT {...}' line."""
+    spec = json.loads(spec_json)
+    if spec.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(spec["threads"]))
+    load_before = os.getloadavg()[0]
+    result = jobs[spec["kind"]](spec)
+    result["load_1min"] = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def spawn(script: str, spec: dict, threads: int | None, tag: str = "bench", env: dict | None = None) -> dict | None:
+    """Driver side: run `script --child SPEC` in a fresh interpreter; its last 'RESULT {...}' line
+    is the answer (None, with a message, when the job failed)."""
+    spec = {**spec, "threads": threads}
+    child_env = {**os.environ, "RLAD_PROGRESS": os.environ.get("RLAD_PROGRESS", "0"), "PYTHONWARNINGS": "ignore", **(env or {})}
+    if threads:
+        child_env["OMP_NUM_THREADS"] = str(threads)
+    shown = {k: v for k, v in spec.items() if k not in ("kind", "threads")}
+    print(f"[{tag}] {spec['kind']}: {json.dumps(shown)}", file=sys.stderr, flush=True)
+    proc = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], stdout=subprocess.PIPE, text=True, env=child_env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        print(f"[{tag}] job failed (exit {proc.returncode}); continuing", file=sys.stderr)
+        return None
+    result = json.loads(lines[-1][len("RESULT ") :])
+    print(f"[{tag}]   -> {json.dumps(result)}", file=sys.stderr, flush=True)
+    return result

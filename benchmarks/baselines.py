@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, markdown_table  # noqa: E402
+from benchmarks import _common  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, markdown_table, peak_rss_mb  # noqa: E402
 
 DATASETS = ["mpdd_metal_plate_512", "magnetic_tile"]
 PEER = {  # anomalib 2.7.0, same weights, 256 px, 2 cores, MPDD metal_plate (METHODS.md section 5)
@@ -33,10 +31,6 @@ PEER = {  # anomalib 2.7.0, same weights, 256 px, 2 cores, MPDD metal_plate (MET
 
 
 # --- child jobs (run in their own process) --------------------------------------------------------
-
-
-def _peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _weights_override() -> str:
@@ -59,7 +53,7 @@ def job_quality(spec: dict) -> dict:
         **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_f1_max", "ms_per_image", "n_test")},
         "fit_s": fit_metrics["fit_seconds"],
         "fit_wall_s": round(wall, 1),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -78,7 +72,7 @@ def job_batch_timing(spec: dict) -> dict:
         api.predict_arrays(loaded.model, images, batch_size)
         out[f"batch_{batch_size}"] = round((time.perf_counter() - started) * 1000 / len(images), 2)
     out["n_images"] = int(len(images))
-    out["peak_rss_mb"] = _peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
@@ -108,7 +102,7 @@ def job_fit_scaling(spec: dict) -> dict:
 
     cfg = api.build_config("patchcore", None, [_weights_override(), *spec.get("overrides", [])])
     images = _training_images(spec["data"], spec["n_images"], cfg.image_size)
-    before = _peak_rss_mb()
+    before = peak_rss_mb()
     model = get_model_class("patchcore")(cfg.model)
     empty = np.zeros((0, 3, cfg.image_size, cfg.image_size), np.uint8)
     started = time.perf_counter()
@@ -118,7 +112,7 @@ def job_fit_scaling(spec: dict) -> dict:
         "fit_s": round(time.perf_counter() - started, 2),
         **model.fit_info,
         "rss_before_fit_mb": before,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "images_mb": round(images.nbytes / 2**20, 1),
     }
 
@@ -157,32 +151,11 @@ JOBS = {"quality": job_quality, "batch": job_batch_timing, "scaling": job_fit_sc
 
 
 def run_child(spec_json: str) -> None:
-    spec = json.loads(spec_json)
-    if spec.get("threads"):
-        import torch
-
-        torch.set_num_threads(int(spec["threads"]))
-    load_before = os.getloadavg()[0]
-    result = JOBS[spec["kind"]](spec)
-    result["load_1min"] = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"
-    print("RESULT " + json.dumps(result), flush=True)
+    _common.run_child(spec_json, JOBS)
 
 
 def spawn(spec: dict, threads: int | None) -> dict | None:
-    """Run one job in a fresh interpreter; its last 'RESULT {...}' line is the answer."""
-    spec = {**spec, "threads": threads}
-    env = {**os.environ, "RLAD_PROGRESS": os.environ.get("RLAD_PROGRESS", "0"), "PYTHONWARNINGS": "ignore"}
-    print(f"[baselines] {spec['kind']}: {json.dumps({k: v for k, v in spec.items() if k not in ('kind', 'threads')})}", file=sys.stderr, flush=True)
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE, text=True, env=env
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        print(f"[baselines] job failed (exit {proc.returncode}); continuing", file=sys.stderr)
-        return None
-    result = json.loads(lines[-1][len("RESULT ") :])
-    print(f"[baselines]   -> {json.dumps(result)}", file=sys.stderr, flush=True)
-    return result
+    return _common.spawn(__file__, spec, threads, tag="baselines")
 
 
 # --- the driver -----------------------------------------------------------------------------------

@@ -4,13 +4,23 @@ GRPO additions, against map-to-box baselines.
 Leave-one-domain-out over three domains: magnetic tile (../shared/data/magnetic_tile), MPDD
 metal_plate (../shared/data/mpdd_metal_plate_512) and the demo textures (brick, grass, gravel; built
 with rlad.data.synth into the work folder). For each evaluation domain the policies train on the
-real + synthetic pairs of the two others and are evaluated on the unseen domain's real pairs:
+real + synthetic pairs of the two others ("source" pairs) and are evaluated on the unseen domain's
+real pairs. With `--adapt P N` (default 150 75) they also get P Perlin and N normal/normal pairs built
+from the unseen domain's train/good images only (`rlad.data.pairs.adaptation_pairs`: no test image,
+mask or label of that domain): the one-shot user has normal images of the new product.
 
-  warm start        supervised teacher-forced cross-entropy only (the starting point of every row below)
-  + GRPO iou        plain IoU reward (the paper's ablation), no weighting, no resampling
-  + GRPO dclr       DCLR reward, no weighting, no resampling
-  + weighting       DCLR + difficulty-aware reweighting
-  + resampling      DCLR + weighting + group-wise resampling (the full recipe)
+  warm start (source only)  supervised teacher-forced cross-entropy on the source pairs
+  warm start                (with --adapt) the above + supervised fine-tuning on source + adaptation
+                            pairs, as many pair visits as one GRPO run (steps x prompts): the starting
+                            point of every GRPO row and the reference for the goal, so that SFT and
+                            GRPO had the same data
+  + GRPO iou                plain IoU reward (the paper's ablation), no weighting, no resampling
+  + GRPO dclr               DCLR reward, no weighting, no resampling
+  + weighting               DCLR + difficulty-aware reweighting
+  + resampling (full)       DCLR + weighting + group-wise resampling (the full recipe)
+  source only: full recipe  (with --adapt) the full recipe from the source-only warm start on the
+                            source pairs (the protocol without adaptation)
+GRPO rows train on the same pairs as the warm start they start from.
 
 Baselines turn pixel maps into boxes (threshold maximising grounding F1 on a 30% calibration split
 of the evaluation pairs, largest component, box): |query - reference| (absdiff), nearest-neighbour
@@ -51,6 +61,7 @@ VARIANTS = {
     "+ weighting": dict(rewards=["format", "dclr"], reweighting=True, resampling=False),
     "+ resampling (full)": dict(rewards=["format", "dclr"], reweighting=True, resampling=True),
 }
+SOURCE_ONLY_FULL = "source only: full recipe"
 METRICS = ["miou", "acc_at_0_3", "f1", "miou_defective", "miou_normal", "whole_image_rate", "far_box_rate"]
 
 
@@ -61,6 +72,8 @@ def parse_args(argv=None):
     parser.add_argument("--eval", nargs="+", default=list(DOMAINS), choices=list(DOMAINS), help="held-out domains")
     parser.add_argument("--work", default="/tmp/rlad_grounding_bench", help="pairs, demo data, pixel-model runs")
     parser.add_argument("--synthetic", type=int, default=150, help="synthetic pairs per domain (spread over categories)")
+    parser.add_argument("--adapt", type=int, nargs=2, default=[150, 75], metavar=("PERLIN", "NORMAL"),
+                        help="adaptation pairs from the held-out domain's train/good images (0 0: source pairs only)")
     parser.add_argument("--warm-epochs", type=int, default=20)
     parser.add_argument("--steps", type=int, default=300, help="GRPO steps per variant")
     parser.add_argument("--lr", type=float, default=3e-4, help="GRPO learning rate")
@@ -73,14 +86,16 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.eval, args.steps, args.warm_epochs, args.pixel_models = [0], ["mpdd_metal_plate"], 60, 15, []
+    args.adapt = [max(0, v) for v in args.adapt]
     return args
 
 
 # ------------------------------------------------------------------------------------ data
-def prepare_domains(work: Path, synthetic: int) -> dict[str, dict]:
-    """Pair files per domain (cached in `work`): {"pairs": path, "dirs": [category folders]}."""
+def prepare_domains(work: Path, synthetic: int, adapt: tuple[int, int] = (0, 0)) -> dict[str, dict]:
+    """Pair files per domain (cached in `work`): {"pairs": path, "adapt": path or None, "dirs": [category
+    folders]}. The adaptation pairs read the domain's train/good images only."""
     from rlad.data.folder import discover_categories
-    from rlad.data.pairs import build_pairs
+    from rlad.data.pairs import adaptation_pairs, build_pairs
     from rlad.data.synth import write_demo_dataset
 
     work.mkdir(parents=True, exist_ok=True)
@@ -96,17 +111,31 @@ def prepare_domains(work: Path, synthetic: int) -> dict[str, dict]:
         pairs = work / f"{name}.jsonl"
         if not pairs.is_file():
             build_pairs(folder, pairs, synthetic=synthetic, reference="similar", seed=0)
-        out[name] = {"pairs": str(pairs), "dirs": [str(p) for p in discover_categories(folder)]}
+        adapt_file = None
+        if any(adapt):
+            adapt_file = work / f"{name}_adapt_{adapt[0]}_{adapt[1]}.jsonl"
+            if not adapt_file.is_file():
+                adaptation_pairs(folder, adapt_file, perlin=adapt[0], normal=adapt[1], seed=0)
+        out[name] = {"pairs": str(pairs), "adapt": str(adapt_file) if adapt_file else None,
+                     "dirs": [str(p) for p in discover_categories(folder)]}
     return out
 
 
 def split_domain(domains: dict, held_out: str):
+    """(source training pairs, calibration 30%, test 70% of the held-out domain's real pairs)."""
     from rlad.data.pairs import load_pairs, split_fraction
 
     train = [r for name, d in domains.items() if name != held_out for r in load_pairs(d["pairs"])]
     real = [r for r in load_pairs(domains[held_out]["pairs"]) if r.source == "real"]
     calibration, test = split_fraction(real, 0.3, seed=0)
     return train, calibration, test
+
+
+def adaptation_of(domains: dict, held_out: str) -> list:
+    from rlad.data.pairs import load_pairs
+
+    path = domains[held_out].get("adapt")
+    return load_pairs(path) if path else []
 
 
 def summary_of(report: dict) -> dict:
@@ -124,11 +153,12 @@ def policy_unit(job: dict) -> list[dict]:
     from rlad.policies.compact import CompactConfig, CompactPolicy, WarmStartConfig, fit_supervised
     from rlad.rl.loop import GRPOConfig, train_grpo
 
-    train, _, test = split_domain(job["domains"], job["held_out"])
+    source, _, test = split_domain(job["domains"], job["held_out"])
+    adapt = adaptation_of(job["domains"], job["held_out"])
     seed = job["seed"]
     policy = CompactPolicy(CompactConfig(weights=job["weights"], project=job["project"], seed=seed))
     started = time.perf_counter()
-    policy.prepare(train + test)
+    policy.prepare(source + adapt + test)
     prepare_s = time.perf_counter() - started
     rows = []
 
@@ -137,15 +167,11 @@ def policy_unit(job: dict) -> list[dict]:
         rows.append({"held_out": job["held_out"], "method": method, "seed": seed,
                      **summary_of(grounding_report(boxes, test)), **extra})
 
-    started = time.perf_counter()
-    fit_supervised(policy, train, WarmStartConfig(epochs=job["warm_epochs"]), seed=seed)
-    evaluate("warm start", {"train_s": time.perf_counter() - started, "prepare_s": prepare_s})
-    warm_state = copy.deepcopy(policy.head.state_dict())
-    for name, options in VARIANTS.items():
-        policy.head.load_state_dict(warm_state)
+    def grpo_row(name: str, options: dict, start: dict, pairs: list) -> None:
+        policy.head.load_state_dict(start)
         cfg = GRPOConfig(steps=job["steps"], lr=job["lr"], seed=seed, **options)
         log: list[dict] = []
-        summary = train_grpo(policy, train, cfg, callback=log.append)
+        summary = train_grpo(policy, pairs, cfg, callback=log.append)
         evaluate(name, {
             "train_s": summary["seconds"], "completions_per_s": summary["completions_per_s"],
             "final_kl": float(np.mean([line["kl"] for line in log[-10:]])),
@@ -154,6 +180,26 @@ def policy_unit(job: dict) -> list[dict]:
             "train_reward_first": float(np.mean([line["reward/total"] for line in log[:10]])),
             "train_reward_last": float(np.mean([line["reward/total"] for line in log[-10:]])),
         })
+
+    started = time.perf_counter()
+    fit_supervised(policy, source, WarmStartConfig(epochs=job["warm_epochs"]), seed=seed)
+    source_s = time.perf_counter() - started
+    source_state = copy.deepcopy(policy.head.state_dict())
+    train = source
+    if adapt:
+        evaluate("warm start (source only)", {"train_s": source_s, "prepare_s": prepare_s})
+        train = source + adapt
+        visits = job["steps"] * 8  # the pair visits of one GRPO run (steps x prompts per step)
+        started = time.perf_counter()
+        fit_supervised(policy, train, WarmStartConfig(epochs=max(1, round(visits / len(train)))), seed=seed)
+        evaluate("warm start", {"train_s": source_s + time.perf_counter() - started, "prepare_s": prepare_s})
+    else:
+        evaluate("warm start", {"train_s": source_s, "prepare_s": prepare_s})
+    warm_state = copy.deepcopy(policy.head.state_dict())
+    for name, options in VARIANTS.items():
+        grpo_row(name, options, warm_state, train)
+    if adapt:
+        grpo_row(SOURCE_ONLY_FULL, VARIANTS["+ resampling (full)"], source_state, source)
     return rows
 
 
@@ -198,7 +244,7 @@ def baseline_rows(domains: dict, held_out: str, work: Path, weights: str, pixel_
 # ---------------------------------------------------------------------------------- report
 def aggregate(rows: list[dict]) -> list[dict]:
     out = []
-    order = ["warm start", *VARIANTS]
+    order = ["warm start (source only)", SOURCE_ONLY_FULL, "warm start", *VARIANTS]
     keys = []
     for row in rows:
         key = (row["held_out"], row["method"])
@@ -222,7 +268,7 @@ def diagnostics(rows: list[dict]) -> list[dict]:
     """What GRPO did on the training pairs (means over seeds)."""
     out = []
     for held_out in sorted({r["held_out"] for r in rows}):
-        for method in VARIANTS:
+        for method in [*VARIANTS, SOURCE_ONLY_FULL]:
             group = [r for r in rows if r["held_out"] == held_out and r["method"] == method]
             if not group:
                 continue
@@ -247,6 +293,10 @@ def claims(rows: list[dict]) -> list[str]:
         values = [r[metric] for r in rows if r["held_out"] == held_out and r["method"] == method and metric in r]
         return float(np.mean(values)) if values else None
 
+    def per_seed(held_out, method, metric="acc_at_0_3"):
+        chosen = sorted((r["seed"], r[metric]) for r in rows if r["held_out"] == held_out and r["method"] == method)
+        return [v for _, v in chosen]
+
     for held_out in sorted({r["held_out"] for r in rows}):
         warm, full = mean(held_out, "warm start"), mean(held_out, "+ resampling (full)")
         iou, dclr = mean(held_out, "+ GRPO iou"), mean(held_out, "+ GRPO dclr")
@@ -262,6 +312,14 @@ def claims(rows: list[dict]) -> list[str]:
         far_dclr, far_iou = mean(held_out, "+ GRPO dclr", "far_box_rate"), mean(held_out, "+ GRPO iou", "far_box_rate")
         lines.append(f"  DCLR exploit check: whole-image boxes {exploit_dclr:.3f} (DCLR) vs {exploit_iou:.3f} (IoU); "
                      f"far-away boxes {far_dclr:.3f} vs {far_iou:.3f}.")
+        source_warm, source_full = mean(held_out, "warm start (source only)"), mean(held_out, SOURCE_ONLY_FULL)
+        if source_warm is not None and source_full is not None:
+            lines.append(f"  Adaptation pairs (SFT) vs source only: {100 * (warm - source_warm):+.1f}; without them, "
+                         f"full recipe vs source-only warm start {100 * (source_full - source_warm):+.1f}.")
+        seed_deltas = [100 * (f - w) for f, w in zip(per_seed(held_out, "+ resampling (full)"),
+                                                     per_seed(held_out, "warm start"))]
+        if seed_deltas:
+            lines.append("  Full recipe minus warm start per seed: " + ", ".join(f"{d:+.1f}" for d in seed_deltas) + ".")
     rates = [r["completions_per_s"] for r in rows if "completions_per_s" in r]
     if rates:
         lines.append(f"- GRPO throughput: {np.mean(rates):.0f} completions scored per second on average "
@@ -286,7 +344,7 @@ def main(argv=None) -> int:
         load_before, load_after, total = meta["load_before"], meta["load_after"], meta["seconds"]
         command = " ".join(["python", *meta["argv"]]) + "  (rendered again with --from-results)"
     else:
-        domains = prepare_domains(work, args.synthetic)
+        domains = prepare_domains(work, args.synthetic, tuple(args.adapt))
         held_outs = [d for d in args.eval if d in domains]
         jobs = [{"domains": domains, "held_out": h, "seed": s, "weights": weights, "project": args.project,
                  "warm_epochs": args.warm_epochs, "steps": args.steps, "lr": args.lr} for h in held_outs for s in args.seeds]
@@ -296,6 +354,7 @@ def main(argv=None) -> int:
             futures += [pool.submit(baseline_rows, domains, h, work, weights, args.pixel_models) for h in held_outs]
             for future in futures:
                 rows += future.result()
+                (work / "results.partial.json").write_text(json.dumps(rows, indent=1))
                 print(f"[{time.perf_counter() - started:.0f} s] {len(rows)} rows", file=sys.stderr, flush=True)
         load_after, total = os.getloadavg(), time.perf_counter() - started
         command = None
@@ -304,11 +363,22 @@ def main(argv=None) -> int:
                                                     "seconds": total, "argv": sys.argv}))
     table = markdown_table(aggregate(rows))
     statements = claims(rows)
+    if any(args.adapt):
+        adapt_text = (
+            f"Adaptation pairs: {args.adapt[0]} Perlin + {args.adapt[1]} normal/normal pairs (at most one per image) "
+            f"built from the held-out domain's train/good images only (no test image, mask or label of it). "
+            f"\"warm start (source only)\": {args.warm_epochs} epochs of supervised training on the source pairs; "
+            f"\"warm start\": that, then supervised fine-tuning on source + adaptation pairs for as many pair visits "
+            f"as one GRPO run ({args.steps} x 8); every GRPO row starts from \"warm start\" and trains on the same "
+            f"source + adaptation pairs, except \"{SOURCE_ONLY_FULL}\" (from the source-only warm start, source pairs "
+            f"only). ")
+    else:
+        adapt_text = f"Warm start {args.warm_epochs} epochs on the source pairs; GRPO on the same pairs. "
     body = (
         f"Leave-one-domain-out: train on the real + synthetic pairs ({args.synthetic} synthetic per domain) of the "
         f"other domains, evaluate on the held-out domain's real pairs (70% test split; baselines calibrate their "
-        f"threshold on the other 30%). Compact grounder: image 256, ImageNet MobileNetV2 trunk (frozen), "
-        f"policy.project={args.project}; warm start {args.warm_epochs} epochs; GRPO {args.steps} steps x 8 prompts x "
+        f"threshold on the other 30%). {adapt_text}Compact grounder: image 256, ImageNet MobileNetV2 trunk (frozen), "
+        f"policy.project={args.project}; GRPO {args.steps} steps x 8 prompts x "
         f"G=8, lr {args.lr}, beta 0.04, eps 0.2, 1 resampling round. Seeds {args.seeds} (mean ± std). "
         f"{args.jobs} worker process(es), 1 torch thread each. Load average {load_before[0]:.1f} before, "
         f"{load_after[0]:.1f} after; total {total:.0f} s.\n\n"
@@ -320,6 +390,8 @@ def main(argv=None) -> int:
         title = "Difference grounding: compact grounder + GRPO, unseen domains"
         if args.warm_epochs != 20:
             title += f" (warm start {args.warm_epochs} epochs)"
+        if any(args.adapt):
+            title += ", with adaptation pairs from normal images"
         append_section(title, body, command=command)
     return 0
 

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +32,7 @@ from rlad.models.nbs.sampler import (
     move_centre,
     patch_origin,
 )
-from rlad.models.nbs.trainer import NBSConfig, NBSModel, augment_labeled, validate_config
+from rlad.models.nbs.trainer import NBSConfig, augment_labeled, validate_config
 
 # A few cycles on 64 px images: every part of the loop runs, in seconds.
 TINY = [

@@ -273,7 +273,11 @@ class PatchCore(AnomalyModel):
 
     def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, P, D) patch features of float images (B, 3, S, S), and the patch grid (H, W)."""
-        features = locally_aware_features(self.extractor(images))
+        return self._embed_levels(self.extractor(images))
+
+    @staticmethod
+    def _embed_levels(levels: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, int]]:
+        features = locally_aware_features(levels)
         b, d, h, w = features.shape
         return features.permute(0, 2, 3, 1).reshape(b, h * w, d), (h, w)
 
@@ -283,14 +287,20 @@ class PatchCore(AnomalyModel):
         if self.memory_bank is None or self.extractor is None:
             raise RuntimeError("PatchCore.predict before fit/load_state_dict")
         images = images.float()
-        patches, (h, w) = self._embed(images)
+        return self.predict_from_levels(self.extractor(images), tuple(images.shape[-2:]))
+
+    @torch.no_grad()
+    def predict_from_levels(self, levels: list[torch.Tensor], size_hw: tuple[int, int]) -> AnomalyMap:
+        """`predict` from backbone features computed elsewhere (one per configured stage, in order):
+        lets a model that already ran the backbone reuse its pass."""
+        patches, (h, w) = self._embed_levels(levels)
         b, p, d = patches.shape
         distances, nn_index = nearest_neighbors(
             patches.reshape(-1, d), self.memory_bank, self._bank_sq_norms, self.config.knn_chunk_mb
         )
         patch_scores = distances.view(b, p)
-        sigma = self.config.blur_sigma * images.shape[-1] / 256.0
-        maps = upsample_and_smooth(patch_scores.view(b, h, w), tuple(images.shape[-2:]), sigma)
+        sigma = self.config.blur_sigma * size_hw[-1] / 256.0
+        maps = upsample_and_smooth(patch_scores.view(b, h, w), tuple(size_hw), sigma)
         if self.config.reweight:
             scores = reweighted_scores(
                 patch_scores, nn_index.view(b, p), patches, self.memory_bank, self._bank_sq_norms,

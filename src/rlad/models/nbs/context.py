@@ -85,7 +85,7 @@ class ContextEncoder:
         kind = self.config.kind
         if kind in ("none", "image"):
             return
-        self.extractor = build_feature_extractor(self.config.backbone, seed=seed)
+        self.extractor = build_feature_extractor(self._extractor_config(), seed=seed)
         if kind == "patchcore":
             from rlad.models.patchcore import PatchCore, PatchCoreConfig
 
@@ -106,8 +106,20 @@ class ContextEncoder:
             self.prior_mean = float(maps.mean())
             self.prior_std = float(maps.std().clamp_min(1e-6))
 
-    def _prior_maps(self, images: torch.Tensor) -> torch.Tensor:
-        maps = torch.from_numpy(self.prior.predict(images).maps)[:, None]
+    def _extractor_config(self) -> BackboneConfig:
+        """One backbone pass serves the context features and the prior (the union of their stages)."""
+        stages = set(self.config.backbone.stages)
+        if self.config.kind == "patchcore":
+            stages |= set(self.config.prior_stages)
+        return BackboneConfig(weights=self.config.backbone.weights, stages=sorted(stages), micro_batch=self.config.backbone.micro_batch)
+
+    def _levels(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+        return dict(zip(self.extractor.stages, self.extractor(images)))
+
+    def _prior_maps(self, images: torch.Tensor, levels: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        levels = levels if levels is not None else self._levels(images)
+        prior = self.prior.predict_from_levels([levels[s] for s in sorted(self.config.prior_stages)], tuple(images.shape[-2:]))
+        maps = torch.from_numpy(prior.maps)[:, None]
         return F.interpolate(maps, size=(self.grid, self.grid), mode="area")
 
     @torch.no_grad()
@@ -118,10 +130,13 @@ class ContextEncoder:
             return torch.zeros(batch, 0, self.grid, self.grid)
         if kind == "image":
             return F.interpolate(grey(images), size=(self.grid, self.grid), mode="area")
-        levels = self.extractor(images)
-        parts = [F.interpolate(level, size=(self.grid, self.grid), mode="bilinear", align_corners=False) for level in levels]
+        levels = self._levels(images)
+        parts = [
+            F.interpolate(levels[s], size=(self.grid, self.grid), mode="bilinear", align_corners=False)
+            for s in sorted(self.config.backbone.stages)
+        ]
         if kind == "patchcore":
-            parts.append((self._prior_maps(images) - self.prior_mean) / self.prior_std)
+            parts.append((self._prior_maps(images, levels) - self.prior_mean) / self.prior_std)
         return torch.cat(parts, dim=1)
 
     def encode_uint8(self, images_uint8: np.ndarray, chunk: int = 16) -> torch.Tensor:
@@ -144,7 +159,7 @@ class ContextEncoder:
         self.prior_std = float(state.get("prior_std", 1.0))
         if "backbone" in state:
             self.extractor = FeatureExtractor.from_weights_state(
-                self.config.backbone.stages, state["backbone"], self.config.backbone.micro_batch
+                self._extractor_config().stages, state["backbone"], self.config.backbone.micro_batch
             )
         if "prior" in state:
             from rlad.models.patchcore import PatchCore, PatchCoreConfig
