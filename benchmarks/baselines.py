@@ -155,7 +155,8 @@ def run_child(spec_json: str) -> None:
 
 
 def spawn(spec: dict, threads: int | None) -> dict | None:
-    return _common.spawn(__file__, spec, threads, tag="baselines")
+    # nbs/supervised find the backbone through the environment (their key is model.context.backbone.weights).
+    return _common.spawn(__file__, spec, threads, tag="baselines", env={"RLAD_BACKBONE_WEIGHTS": str(SHARED_WEIGHTS)})
 
 
 # --- the driver -----------------------------------------------------------------------------------
