@@ -84,4 +84,4 @@ def reinforce_loss(logits: Tensor, actions: Tensor, advantages: Tensor, entropy_
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     advantages = advantages.detach().float()
     loss = -(advantages * taken).mean() - entropy_coef * entropy.mean()
-    return loss, {"log_prob": float(taken.mean()), "entropy": float(entropy.mean())}
+    return loss, {"log_prob": float(taken.detach().mean()), "entropy": float(entropy.detach().mean())}
