@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import subprocess
+import tempfile
 import platform
 import shlex
 import sys
@@ -108,3 +109,13 @@ def spawn(script: str, spec: dict, threads: int | None, tag: str = "bench", env:
     result = json.loads(lines[-1][len("RESULT ") :])
     print(f"[{tag}]   -> {json.dumps(result)}", file=sys.stderr, flush=True)
     return result
+
+
+def work_dir(path: str | None, prefix: str) -> tuple[Path, "tempfile.TemporaryDirectory | None"]:
+    """The benchmark's scratch folder: `path` (kept) or a temporary one (the holder cleans it up)."""
+    if path:
+        work = Path(path)
+        work.mkdir(parents=True, exist_ok=True)
+        return work, None
+    holder = tempfile.TemporaryDirectory(prefix=prefix)
+    return Path(holder.name), holder

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -211,13 +210,7 @@ def main(argv=None) -> int:
     if args.quick:
         per_method.setdefault("ae", []).append("model.steps=150")
 
-    work_holder = None
-    if args.work:
-        work = Path(args.work)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        work_holder = tempfile.TemporaryDirectory(prefix="rlad_baselines_")
-        work = Path(work_holder.name)
+    work, work_holder = _common.work_dir(args.work, "rlad_baselines_")
 
     started = time.time()
     rows: list[dict] = []

@@ -20,7 +20,6 @@ import json
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -208,13 +207,7 @@ def main(argv=None) -> int:
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     overrides = list(args.overrides) + (["model.steps=400"] if args.quick else [])
 
-    holder = None
-    if args.work:
-        work = Path(args.work)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        holder = tempfile.TemporaryDirectory(prefix="rlad_nbs_")
-        work = Path(holder.name)
+    work, holder = _common.work_dir(args.work, "rlad_nbs_")
     results_path = work / "results.jsonl"
     done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.is_file() else []
     finished = {(r["dataset"], r["variant"], r["seed"]) for r in done}
