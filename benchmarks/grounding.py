@@ -77,6 +77,7 @@ def parse_args(argv=None):
     parser.add_argument("--warm-epochs", type=int, default=20)
     parser.add_argument("--steps", type=int, default=300, help="GRPO steps per variant")
     parser.add_argument("--lr", type=float, default=3e-4, help="GRPO learning rate")
+    parser.add_argument("--prompts-per-step", type=int, default=8, help="GRPO prompts per step (the paper: 8)")
     parser.add_argument("--project", type=int, default=0, help="policy.project (0: fixed comparisons only)")
     parser.add_argument("--pixel-models", nargs="*", default=["patchcore", "padim"])
     parser.add_argument("--jobs", type=int, default=1, help="parallel worker processes (one torch thread each)")
@@ -169,7 +170,8 @@ def policy_unit(job: dict) -> list[dict]:
 
     def grpo_row(name: str, options: dict, start: dict, pairs: list) -> None:
         policy.head.load_state_dict(start)
-        cfg = GRPOConfig(steps=job["steps"], lr=job["lr"], seed=seed, **options)
+        cfg = GRPOConfig(steps=job["steps"], lr=job["lr"], prompts_per_step=job["prompts_per_step"], seed=seed,
+                         **options)
         log: list[dict] = []
         summary = train_grpo(policy, pairs, cfg, callback=log.append)
         evaluate(name, {
@@ -189,7 +191,7 @@ def policy_unit(job: dict) -> list[dict]:
     if adapt:
         evaluate("warm start (source only)", {"train_s": source_s, "prepare_s": prepare_s})
         train = source + adapt
-        visits = job["steps"] * 8  # the pair visits of one GRPO run (steps x prompts per step)
+        visits = job["steps"] * job["prompts_per_step"]  # the pair visits of one GRPO run
         started = time.perf_counter()
         fit_supervised(policy, train, WarmStartConfig(epochs=max(1, round(visits / len(train)))), seed=seed)
         evaluate("warm start", {"train_s": source_s + time.perf_counter() - started, "prepare_s": prepare_s})
@@ -347,7 +349,8 @@ def main(argv=None) -> int:
         domains = prepare_domains(work, args.synthetic, tuple(args.adapt))
         held_outs = [d for d in args.eval if d in domains]
         jobs = [{"domains": domains, "held_out": h, "seed": s, "weights": weights, "project": args.project,
-                 "warm_epochs": args.warm_epochs, "steps": args.steps, "lr": args.lr} for h in held_outs for s in args.seeds]
+                 "warm_epochs": args.warm_epochs, "steps": args.steps, "lr": args.lr,
+                 "prompts_per_step": args.prompts_per_step} for h in held_outs for s in args.seeds]
         rows: list[dict] = []
         with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             futures = [pool.submit(policy_unit, job) for job in jobs]
@@ -369,7 +372,8 @@ def main(argv=None) -> int:
             f"built from the held-out domain's train/good images only (no test image, mask or label of it). "
             f"\"warm start (source only)\": {args.warm_epochs} epochs of supervised training on the source pairs; "
             f"\"warm start\": that, then supervised fine-tuning on source + adaptation pairs for as many pair visits "
-            f"as one GRPO run ({args.steps} x 8); every GRPO row starts from \"warm start\" and trains on the same "
+            f"as one GRPO run ({args.steps} x {args.prompts_per_step}); every GRPO row starts from \"warm start\" "
+            f"and trains on the same "
             f"source + adaptation pairs, except \"{SOURCE_ONLY_FULL}\" (from the source-only warm start, source pairs "
             f"only). ")
     else:
@@ -378,7 +382,7 @@ def main(argv=None) -> int:
         f"Leave-one-domain-out: train on the real + synthetic pairs ({args.synthetic} synthetic per domain) of the "
         f"other domains, evaluate on the held-out domain's real pairs (70% test split; baselines calibrate their "
         f"threshold on the other 30%). {adapt_text}Compact grounder: image 256, ImageNet MobileNetV2 trunk (frozen), "
-        f"policy.project={args.project}; GRPO {args.steps} steps x 8 prompts x "
+        f"policy.project={args.project}; GRPO {args.steps} steps x {args.prompts_per_step} prompts x "
         f"G=8, lr {args.lr}, beta 0.04, eps 0.2, 1 resampling round. Seeds {args.seeds} (mean ± std). "
         f"{args.jobs} worker process(es), 1 torch thread each. Load average {load_before[0]:.1f} before, "
         f"{load_after[0]:.1f} after; total {total:.0f} s.\n\n"
