@@ -330,3 +330,16 @@ def test_cli_fit_and_test_json(tiny_mvtec, tmp_path, capsys):
     assert main(["test", str(tmp_path / "run"), "--data", str(tiny_mvtec), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["method"] == "nbs" and metrics["n_excluded_labeled"] == 2
+
+
+def test_bad_config_is_refused_before_a_run_directory_exists(tmp_path):
+    with pytest.raises(ConfigError, match="shorter than one cycle"):
+        api.build_config("nbs", None, ["model.steps=5"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_start_that_failed_before_any_checkpoint_does_not_block_new_options(tiny_mvtec, tmp_path):
+    with pytest.raises(DataError):
+        _fit("nbs", tiny_mvtec, tmp_path / "run", ["protocol.labeled_per_type=0"])
+    run = _fit("nbs", tiny_mvtec, tmp_path / "run")  # different options, same --out: nothing was lost
+    assert (run.path / "model.pt").is_file()

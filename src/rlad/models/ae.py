@@ -97,6 +97,10 @@ class AutoencoderBaseline(AnomalyModel):
     name = "ae"
     Config = AEConfig
 
+    @classmethod
+    def check_config(cls, config: AEConfig) -> None:
+        _check_config(config)
+
     def __init__(self, config: AEConfig):
         super().__init__(config)
         _check_config(config)

@@ -87,6 +87,7 @@ def build_config(method: str, config_file: str | None = None, overrides: list[st
         raise ConfigError(f"image_size must be at least 32, got {cfg.image_size}")
     if hasattr(cfg.model, "image_size"):
         cfg.model.image_size = cfg.image_size
+    get_model_class(method).check_config(cfg.model)  # before any data is read or a run directory made
     return cfg
 
 
@@ -155,7 +156,7 @@ def fit(method: str, data_dir: str | Path, out: str | Path, cfg: FitConfig | Non
         saved = run.load_config()
         if saved.get("method") != method:
             raise ConfigError(f"{out}: holds a {saved.get('method')!r} run; choose a new --out for {method!r}")
-        if saved != config_to_dict(cfg):
+        if saved != config_to_dict(cfg) and (run.checkpoints() or run.model_path.is_file()):
             raise ConfigError(
                 f"{out}: already holds a run with a different config; rerun with the same options to resume, "
                 f"or choose a new --out (saved config: {run.config_path})"
@@ -163,7 +164,9 @@ def fit(method: str, data_dir: str | Path, out: str | Path, cfg: FitConfig | Non
         if run.model_path.is_file():
             status(f"{out}: already trained (model.pt present); nothing to do")
             return run
-        status(f"{out}: resuming")
+        if run.checkpoints():
+            status(f"{out}: resuming")
+        # else: an earlier attempt stopped before its first checkpoint (nothing to lose): start afresh
     run.create()
     run.save_config(config_to_dict(cfg))
 

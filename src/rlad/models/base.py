@@ -66,6 +66,10 @@ class AnomalyModel(ABC):
     def __init__(self, config: Any):
         self.config = config
 
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Raise ConfigError for values `fit` cannot run with (called by the harness before any work)."""
+
     @abstractmethod
     def fit(self, data: FitData, run: Any | None = None) -> None:
         """Train. `run` is a RunDir for checkpoints/logs (None in library use); resume if it has one."""

@@ -212,6 +212,10 @@ class PatchCore(AnomalyModel):
     name = "patchcore"
     Config = PatchCoreConfig
 
+    @classmethod
+    def check_config(cls, config: PatchCoreConfig) -> None:
+        _check_config(config)
+
     def __init__(self, config: PatchCoreConfig):
         super().__init__(config)
         _check_config(config)

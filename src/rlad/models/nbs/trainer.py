@@ -298,6 +298,10 @@ class NBSModel(AnomalyModel):
     uses_labels = True
     default_labeled_per_type = 5
 
+    @classmethod
+    def check_config(cls, config: NBSConfig) -> None:
+        validate_config(config)
+
     def __init__(self, config: NBSConfig):
         super().__init__(config)
         self.geometry = scaled_geometry(config)
