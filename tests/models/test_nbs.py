@@ -27,6 +27,7 @@ from rlad.models.nbs.sampler import (
     STOP,
     EpisodeRunner,
     Geometry,
+    SamplerMaps,
     SamplerPolicy,
     crop_around,
     move_centre,
@@ -75,6 +76,16 @@ def test_tile_untile_round_trip(offset):
     assert torch.equal(untile(tiles, layout), images)
 
 
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_autoencoder_dense_bottleneck_equals_the_convolutions(norm):
+    ae = PatchAutoencoder(patch=32, width=8, bottleneck=12, norm=norm)
+    patches = torch.rand(4, 3, 32, 32)
+    ae.train()
+    assert torch.allclose(ae(patches), ae.forward_reference(patches), atol=1e-5)
+    ae.eval()
+    assert torch.allclose(ae(patches), ae.forward_reference(patches), atol=1e-5)
+
+
 def test_autoencoder_shapes_and_error_maps():
     ae = PatchAutoencoder(patch=32, width=8, bottleneck=12)
     patches = torch.rand(4, 3, 32, 32)
@@ -106,11 +117,11 @@ def test_episode_runner_fills_the_batch_and_records_log_probs():
     policy = SamplerPolicy(geometry.crop)
     runner = EpisodeRunner(policy, geometry, parallel=3, max_moves=4)
     images = torch.rand(5, 3, 48, 48)
-    structure = torch.rand(5, 1, 48, 48)
+    maps = SamplerMaps.of(images)
     ae = PatchAutoencoder(16, 8, 8)
     visits: dict = {}
     index, top, left, trans = runner.collect(
-        images, structure, ae, visits, 10, np.random.default_rng(0), torch.Generator().manual_seed(0), record=True
+        images, maps, ae, visits, 10, np.random.default_rng(0), torch.Generator().manual_seed(0), record=True
     )
     assert len(index) == len(trans) == 10
     assert ((top >= 0) & (top <= 32) & (left >= 0) & (left <= 32)).all()
@@ -121,6 +132,26 @@ def test_episode_runner_fills_the_batch_and_records_log_probs():
     assert torch.allclose(replayed, torch.tensor(trans.log_probs), atol=1e-5)
     assert all(-1.0 <= c <= 0.0 for c in trans.cover) and all(0.0 <= s <= 1.0 for s in trans.struct)
     assert STOP == 0
+    state = trans.states[0]
+    assert state.shape == (6, 32, 32)
+    prior = state[5][state[5] > 0]
+    assert float(prior.max()) == pytest.approx(1.0, abs=1e-5)  # min-max scaled inside the image
+
+
+def test_state_crop_matches_a_whole_image_computation_away_from_borders():
+    """The state's RGB and visit channels are plain crops; its AE error equals the whole-image error
+    where the crop's tiles line up with the image's."""
+    geometry = Geometry(patch=16, crop=32, move=6)
+    runner = EpisodeRunner(SamplerPolicy(32), geometry)
+    images = torch.rand(1, 3, 64, 64)
+    ae = PatchAutoencoder(16, 8, 8)
+    visits = {0: torch.rand(64, 64)}
+    episode = runner._start(1, 64, 64, np.random.default_rng(0))
+    episode.centre = (32, 32)  # crop = rows/cols 16..47, tiles aligned with the image's 16 px grid
+    state = runner.states([episode], images, SamplerMaps.of(images), ae, visits)[0]
+    assert torch.equal(state[:3], images[0, :, 16:48, 16:48])
+    assert torch.equal(state[4], visits[0][16:48, 16:48])
+    assert torch.allclose(state[3], error_maps(ae, images)[0, 16:48, 16:48], atol=1e-6)
 
 
 def test_fused_prior_is_min_max_scaled():

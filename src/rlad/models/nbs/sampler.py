@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rlad.models.nbs.autoencoder import PatchAutoencoder, error_maps
-from rlad.models.nbs.profiles import fused_prior
+from rlad.models.nbs.profiles import grey, local_variance, structure_map, zscore
 
 STOP = 0
 DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))  # actions 1..8
@@ -115,9 +115,44 @@ class Transitions:
 class _Episode:
     image: int
     centre: tuple[int, int]
-    stack: torch.Tensor  # (6, H, W); the visit channel is refreshed from the shared visit map
     moves: int = 0
     uid: int = 0
+
+
+@dataclass
+class SamplerMaps:
+    """Per-image maps that do not change during training, computed once per fit.
+
+    structure (N, 1, H, W): Sobel magnitude of the blurred grey image (R_struct averages it);
+    static (N, 2, H, W): per-image z-scores of the local variance and of `structure`, the fixed
+    parts of the fused prior."""
+
+    structure: torch.Tensor
+    static: torch.Tensor
+
+    @staticmethod
+    def of(images: torch.Tensor, chunk: int = 64) -> "SamplerMaps":
+        structures, statics = [], []
+        for start in range(0, len(images), chunk):
+            part = images[start : start + chunk]
+            structure = structure_map(part)
+            structures.append(structure)
+            statics.append(torch.cat([zscore(local_variance(grey(part))), zscore(structure)], dim=1).half())
+        return SamplerMaps(torch.cat(structures), torch.cat(statics))
+
+
+def _masked_zscore(maps: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    count = inside.flatten(1).sum(1).clamp_min(1).view(-1, 1, 1, 1)
+    mean = (maps * inside).flatten(1).sum(1).view(-1, 1, 1, 1) / count
+    var = (((maps - mean) * inside) ** 2).flatten(1).sum(1).view(-1, 1, 1, 1) / count
+    return (maps - mean) / (var.sqrt() + 1e-6) * inside
+
+
+def _masked_minmax(maps: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    big = torch.finfo(maps.dtype).max
+    low = torch.where(inside > 0, maps, big).flatten(1).min(1).values.view(-1, 1, 1, 1)
+    high = torch.where(inside > 0, maps, -big).flatten(1).max(1).values.view(-1, 1, 1, 1)
+    return (maps - low) / (high - low + 1e-12) * inside
 
 
 class EpisodeRunner:
@@ -136,21 +171,33 @@ class EpisodeRunner:
         self.max_moves = max_moves
         self._next_uid = 0
 
-    def _start(self, images, structure, ae, visits, rng) -> _Episode:
-        height, width = images.shape[-2:]
-        index = int(rng.integers(0, images.shape[0]))
+    def _start(self, n_images: int, height: int, width: int, rng) -> _Episode:
+        index = int(rng.integers(0, n_images))
         half = self.geometry.patch // 2
         centre = (
             int(rng.integers(half, height - (self.geometry.patch - half) + 1)),
             int(rng.integers(half, width - (self.geometry.patch - half) + 1)),
         )
-        image = images[index : index + 1]
-        error = error_maps(ae, image)[:, None]
-        prior = fused_prior(error, image)
-        visit = visits.setdefault(index, torch.zeros(height, width))
-        stack = torch.cat([image[0], error[0], visit[None], prior[0]], dim=0)
         self._next_uid += 1
-        return _Episode(index, centre, stack, uid=self._next_uid)
+        return _Episode(index, centre, uid=self._next_uid)
+
+    def states(self, episodes: list[_Episode], images: torch.Tensor, maps: SamplerMaps, ae: PatchAutoencoder,
+               visits: dict[int, torch.Tensor]) -> torch.Tensor:
+        """(E, 6, crop, crop): RGB, AE error, visit count, fused prior around each episode's position.
+
+        Computed on the crop only (zero outside the image): the AE error of a crop costs a fraction
+        of the whole image's, and the fused prior's AE-error term is standardised over the crop (the
+        paper standardises over the image; its static terms still are, see SamplerMaps)."""
+        crop = self.geometry.crop
+        height, width = images.shape[-2:]
+        ones = torch.ones(1, height, width)
+        rgb = torch.stack([crop_around(images[e.image], e.centre, crop) for e in episodes])
+        inside = torch.stack([crop_around(ones, e.centre, crop) for e in episodes])
+        static = torch.stack([crop_around(maps.static[e.image].float(), e.centre, crop) for e in episodes])
+        visit = torch.stack([crop_around(visits[e.image][None], e.centre, crop) for e in episodes])
+        error = error_maps(ae, rgb)[:, None] * inside
+        prior = 0.7 * _masked_zscore(error, inside) + 0.1 * static[:, :1] + 0.2 * static[:, 1:]
+        return torch.cat([rgb, error, visit, _masked_minmax(prior, inside)], dim=1)
 
     def _add_patch(self, episode: _Episode, structure, visits, height: int, width: int) -> tuple[float, float, tuple[int, int]]:
         """R_struct and R_cover of the patch at the episode's position, then count the visit."""
@@ -167,7 +214,7 @@ class EpisodeRunner:
     def collect(
         self,
         images: torch.Tensor,
-        structure: torch.Tensor,
+        maps: SamplerMaps,
         ae: PatchAutoencoder,
         visits: dict[int, torch.Tensor],
         batch: int,
@@ -177,23 +224,23 @@ class EpisodeRunner:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Transitions]:
         """Patches (image index, top, left) for one batch, and the transitions when `record`.
 
-        images (N, 3, H, W) and structure (N, 1, H, W) at the autoencoder's resolution; `visits` maps an
-        image index to its visit counter for the current cycle (updated in place)."""
+        images (N, 3, H, W) at the autoencoder's resolution with their `maps`; `visits` maps an image
+        index to its visit counter for the current cycle (updated in place)."""
         geometry = self.geometry
-        height, width = images.shape[-2:]
-        episodes = [self._start(images, structure, ae, visits, rng) for _ in range(self.parallel)]
+        n_images, (height, width) = images.shape[0], images.shape[-2:]
+
+        def start() -> _Episode:
+            episode = self._start(n_images, height, width, rng)
+            visits.setdefault(episode.image, torch.zeros(height, width))
+            return episode
+
+        episodes = [start() for _ in range(self.parallel)]
         picked: list[tuple[int, int, int]] = []
         recorded = Transitions()
         was_training = self.policy.training
         self.policy.eval()
-        for _ in range(batch):  # every decision adds one patch, so this always fills the batch
-            if len(picked) >= batch:
-                break
-            states = []
-            for episode in episodes:
-                episode.stack[4] = visits[episode.image]
-                states.append(crop_around(episode.stack, episode.centre, geometry.crop))
-            states_t = torch.stack(states)
+        while len(picked) < batch:  # every decision adds one patch, so this ends after `batch` decisions
+            states_t = self.states(episodes, images, maps, ae, visits)
             log_probs = torch.log_softmax(self.policy(states_t), dim=-1)
             actions = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
             for slot, episode in enumerate(episodes):
@@ -204,11 +251,11 @@ class EpisodeRunner:
                     # Stop = leave this image: a new episode starts at a random place and its first
                     # patch is this action's patch (a stop that added nothing would earn a free 0).
                     finished = episode
-                    episode = episodes[slot] = self._start(images, structure, ae, visits, rng)
+                    episode = episodes[slot] = start()
                 else:
                     finished = None
                     episode.centre = move_centre(episode.centre, action, geometry.move, geometry.patch, height, width)
-                struct, cover, origin = self._add_patch(episode, structure, visits, height, width)
+                struct, cover, origin = self._add_patch(episode, maps.structure, visits, height, width)
                 picked.append((episode.image, *origin))
                 episode.moves += 1
                 if record:
@@ -219,7 +266,7 @@ class EpisodeRunner:
                     recorded.cover.append(cover)
                     recorded.episode.append((finished or episode).uid)
                 if finished is None and episode.moves >= self.max_moves:
-                    episodes[slot] = self._start(images, structure, ae, visits, rng)
+                    episodes[slot] = start()
         self.policy.train(was_training)
         arr = np.asarray(picked, dtype=np.int64)
         return arr[:, 0], arr[:, 1], arr[:, 2], recorded

@@ -28,8 +28,8 @@ from rlad.models.base import AnomalyMap, AnomalyModel, FitData
 from rlad.models.nbs.autoencoder import PatchAutoencoder, crop_patches, error_maps
 from rlad.models.nbs.context import CONTEXTS, ContextConfig, ContextEncoder
 from rlad.models.nbs.predictor import Predictor, train_epochs, weighted_bce
-from rlad.models.nbs.profiles import SnapshotBank, profile_features, resize, structure_map
-from rlad.models.nbs.sampler import EpisodeRunner, Geometry, SamplerPolicy, Transitions, mark_visits, uniform_patches
+from rlad.models.nbs.profiles import SnapshotBank, profile_features, resize
+from rlad.models.nbs.sampler import EpisodeRunner, Geometry, SamplerMaps, SamplerPolicy, Transitions, mark_visits, uniform_patches
 from rlad.rl.reinforce import MovingBaseline, discounted_returns, linear_anneal, reinforce_loss
 
 GEOMETRY_REFERENCE = 256  # the paper's patch/crop/move sizes are pixels of a 256x256 image
@@ -332,7 +332,7 @@ class NBSModel(AnomalyModel):
         seed = int(data.seed)
 
         pool = to_float_at(data.normal, size)  # the sampler's images (unlabelled normals)
-        structure = structure_map(pool)
+        maps = SamplerMaps.of(pool) if cfg.sampler != "uniform" else None
         status(f"nbs: context ({cfg.context.kind}) for {len(data.labeled_images)} labelled image(s) x {cfg.augment_copies}")
         encoder = fit_context(cfg, data, seed)
         lab = prepare_labelled(cfg, data, encoder, pool, seed)
@@ -412,7 +412,7 @@ class NBSModel(AnomalyModel):
                 record = runner is not None and cfg.sampler == "learned" and cfg.sampler_update_from <= t <= cfg.sampler_update_to
                 if runner is not None:
                     index, top, left, transitions = runner.collect(
-                        pool, structure, ae, visits, cfg.batch_patches, rng, generator, record
+                        pool, maps, ae, visits, cfg.batch_patches, rng, generator, record
                     )
                     if record:
                         recorded[t] = transitions
