@@ -277,3 +277,18 @@ def _one_query(folder, sample):
     from dataclasses import replace
 
     return replace(folder, test=[sample])
+
+
+def test_cli_adaptation_pairs_need_only_train_good(tiny_mvtec, tmp_path, capsys):
+    from rlad.cli.main import main
+
+    shutil.rmtree(tiny_mvtec / "test")
+    shutil.rmtree(tiny_mvtec / "ground_truth")
+    out = tmp_path / "adapt.jsonl"
+    assert main(["data", "pairs", str(tiny_mvtec), "--out", str(out), "--adapt", "3", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["perlin"], summary["normal"]) == (3, 2)
+    records = load_pairs(out)
+    assert sorted(r.source for r in records) == ["normal", "normal", "perlin", "perlin", "perlin"]
+    assert main(["data", "pairs", str(tiny_mvtec), "--out", str(out), "--adapt", "1", "1", "--synthetic", "2"]) == 2
+    assert "--synthetic" in capsys.readouterr().err

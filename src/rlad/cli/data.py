@@ -28,4 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     pairs.add_argument("--synthetic", type=int, default=0, metavar="N", help="add N pasted-defect pairs")
     pairs.add_argument("--reference", choices=["random", "similar"], default="similar")
     pairs.add_argument("--seed", type=int, default=0)
+    pairs.add_argument(
+        "--adapt",
+        nargs=2,
+        type=int,
+        metavar=("PERLIN", "NORMAL"),
+        help="instead of real pairs: adaptation pairs for a new product from train/good only (no test/ "
+        "needed): PERLIN synthetic Perlin-defect pairs and NORMAL normal/normal pairs (docs/grounding.md)",
+    )
+    add_json_arg(pairs)
     pairs.set_defaults(func=lazy("rlad.data.pairs", "cli_pairs"))

@@ -573,6 +573,18 @@ def cli_pairs(args) -> int:
     """`rlad data pairs DIR --out PAIRS.jsonl [--synthetic N] [--reference random|similar] [--seed]`."""
     from rlad.cli.common import print_json, print_table
 
+    if getattr(args, "adapt", None):
+        if args.synthetic:
+            raise DataError("--adapt builds its own synthetic pairs; drop --synthetic")
+        perlin, normal = args.adapt
+        records = adaptation_pairs(args.dir, args.out, perlin=perlin, normal=normal, seed=args.seed, reference=args.reference)
+        summary = {"out": str(args.out), "n_pairs": len(records), "perlin": sum(r.source == "perlin" for r in records),
+                   "normal": sum(r.source == "normal" for r in records)}
+        if getattr(args, "json", False):
+            print_json(summary)
+        else:
+            print(f"wrote {summary['n_pairs']} adaptation pairs ({summary['perlin']} Perlin, {summary['normal']} normal) to {args.out}")
+        return 0
     _, summary = build_pairs(args.dir, args.out, synthetic=args.synthetic, reference=args.reference, seed=args.seed)
     if getattr(args, "json", False):
         print_json(asdict(summary))
