@@ -48,7 +48,8 @@ METRICS = ["image_auroc", "pixel_auroc", "aupro", "pixel_f1_max"]
 def job_quality(spec: dict) -> dict:
     from rlad.models import api
 
-    overrides = list(spec["overrides"]) + [f"seed={spec['seed']}", "protocol.labeled_per_type=5"]
+    overrides = list(spec["overrides"]) + [f"seed={spec['seed']}", "protocol.labeled_per_type=5",
+                                           f"protocol.dev_fraction={spec.get('dev_fraction', 0.0)}"]
     weights_key = "model.backbone.weights" if spec["method"] == "patchcore" else "model.context.backbone.weights"
     overrides.append(f"{weights_key}={SHARED_WEIGHTS}")
     cfg = api.build_config(spec["method"], None, overrides)
@@ -56,8 +57,8 @@ def job_quality(spec: dict) -> dict:
     run = api.fit(spec["method"], spec["data"], spec["run"], cfg)
     wall = time.perf_counter() - started
     fit_metrics = json.loads(run.metrics_path.read_text())["fit"]
-    metrics = api.test(run.path, spec["data"])
-    row = {k: metrics[k] for k in (*METRICS, "pixel_f1_at_val_threshold", "ms_per_image", "n_test")}
+    metrics = api.test(run.path, spec["data"], split=spec.get("split", "test"))
+    row = {k: metrics[k] for k in (*METRICS, "pixel_f1_at_val_threshold", "ms_per_image", "n_test", "split")}
     row.update({"fit_s": fit_metrics["fit_seconds"], "fit_wall_s": round(wall, 1), "peak_rss_mb": peak_rss_mb()})
     history_path = run.path / "nbs_history.json"
     if history_path.is_file():  # did the sampler learn? first vs last tenth of the cycles
@@ -171,6 +172,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep-runs", action="store_true", help="keep each run directory (default: deleted after testing)")
     parser.add_argument("--from-results", default=None, help="render the tables from a results.jsonl instead of running")
     parser.add_argument("--no-append", action="store_true", help="print instead of appending to docs/benchmarks.md")
+    parser.add_argument("--dev-fraction", type=float, default=0.0,
+                        help="hold this share of the test split out as a development split, for every row (PatchCore too)")
+    parser.add_argument("--eval-split", choices=("test", "dev"), default="test",
+                        help="score the test split (default) or the development split (choosing settings)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -192,6 +197,9 @@ def main(argv=None) -> int:
         f"jobs side by side: {args.jobs}, torch threads per job: {args.threads or 'default'}. fit_s = model.fit only, "
         f"ms_per_image = test-split prediction at batch 8. load_1min = the machine's load average before-after each run."
     )
+    if args.dev_fraction:
+        header += (f" Development split: {args.dev_fraction:.0%} of the test split (per group, seeded) held out for every "
+                   f"row; metrics on the **{args.eval_split}** split.")
     if args.from_results:
         results = [json.loads(line) for line in Path(args.from_results).read_text().splitlines() if line.strip()]
         text = render(results, header + f" (rendered from {args.from_results})")
@@ -223,7 +231,8 @@ def main(argv=None) -> int:
                 run = work / f"{dataset}__{variant.replace(' ', '_').replace('(', '').replace(')', '')}__{seed}"
                 shutil.rmtree(run, ignore_errors=True)
                 specs.append({"kind": "quality", "dataset": dataset, "variant": variant, "method": method, "seed": seed,
-                              "data": str(SHARED_DATA / dataset), "run": str(run), "overrides": extra, "keep": args.keep_runs})
+                              "data": str(SHARED_DATA / dataset), "run": str(run), "overrides": extra, "keep": args.keep_runs,
+                              "dev_fraction": args.dev_fraction, "split": args.eval_split})
     started = time.time()
     results = list(done)
 

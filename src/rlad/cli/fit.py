@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     test = sub.add_parser("test", help="evaluate a run on a dataset's test split")
     test.add_argument("run", metavar="RUN")
     test.add_argument("--data", metavar="DIR", required=True)
+    test.add_argument(
+        "--split", choices=("test", "dev"), default="test",
+        help="test (default): the test split minus labelled and development images; dev: only the development "
+        "split of a run fitted with protocol.dev_fraction > 0 (for choosing settings without touching test)",
+    )
     add_json_arg(test)
     test.set_defaults(func=lazy("rlad.models.api", "cli_test"))
 

@@ -36,6 +36,10 @@ class ProtocolConfig:
     """Share of train/good held out to fit thresholds (at least 2 images)."""
     threshold_on_labeled: bool = True
     """Use the labelled defects (un-augmented) in the threshold validation split."""
+    dev_fraction: float = 0.0
+    """Share of the test split (of test/good and of each defect type, seeded, after the labelled draw)
+    held out as a development split for choosing settings: `rlad test` leaves it out, `rlad test
+    --split dev` scores only it. 0 = none."""
 
 
 @dataclass
@@ -85,6 +89,8 @@ def build_config(method: str, config_file: str | None = None, overrides: list[st
     cfg = config_from_dict(data)
     if cfg.image_size < 32:
         raise ConfigError(f"image_size must be at least 32, got {cfg.image_size}")
+    if not 0 <= cfg.protocol.dev_fraction < 1:
+        raise ConfigError(f"protocol.dev_fraction={cfg.protocol.dev_fraction} must be in [0, 1)")
     if hasattr(cfg.model, "image_size"):
         cfg.model.image_size = cfg.image_size
     get_model_class(method).check_config(cfg.model)  # before any data is read or a run directory made
@@ -110,6 +116,7 @@ class Split:
     val: list  # Samples (held-out normal + labelled defects when threshold_on_labeled)
     labeled: list  # Samples (defective, with masks) given to the model
     test: list  # Samples evaluated
+    dev: list = field(default_factory=list)  # Samples held out from test for choosing settings
 
 
 def make_split(folder, protocol: ProtocolConfig, seed: int) -> Split:
@@ -130,9 +137,32 @@ def make_split(folder, protocol: ProtocolConfig, seed: int) -> Split:
             labeled += [candidates[i] for i in sorted(picks)]
     labeled_paths = {s.path for s in labeled}
     test = [s for s in folder.test if s.path not in labeled_paths]
+    dev = draw_dev(test, protocol.dev_fraction, seed)
+    dev_paths = {s.path for s in dev}
+    test = [s for s in test if s.path not in dev_paths]
     if protocol.threshold_on_labeled:
         val = val + labeled
-    return Split(train=train, val=val, labeled=labeled, test=test)
+    return Split(train=train, val=val, labeled=labeled, test=test, dev=dev)
+
+
+def draw_dev(samples: list, fraction: float, seed: int) -> list:
+    """`fraction` of each group (normal, each defect type; at least one image of a group of two or
+    more) with its own seeded generator, so the labelled draw is the same with or without a dev split."""
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"protocol.dev_fraction={fraction} must be in [0, 1)")
+    if fraction == 0:
+        return []
+    rng = np.random.default_rng([seed, 4099])
+    groups: dict = {}
+    for sample in samples:
+        groups.setdefault(sample.defect_type if sample.label else "good", []).append(sample)
+    dev = []
+    for name in sorted(groups):
+        members = groups[name]
+        take = min(len(members) - 1, max(1, int(round(fraction * len(members))))) if len(members) > 1 else 0
+        picks = rng.choice(len(members), size=take, replace=False) if take else []
+        dev += [members[i] for i in sorted(picks)]
+    return dev
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -179,6 +209,7 @@ def fit(method: str, data_dir: str | Path, out: str | Path, cfg: FitConfig | Non
         "category": folder.category,
         "labeled": [_relative(s.path, folder.root) for s in split.labeled],
         "val": [_relative(s.path, folder.root) for s in split.val],
+        "dev": [_relative(s.path, folder.root) for s in split.dev],
     }
     (run.path / "split.json").write_text(json.dumps(labeled_record, indent=2))
 
@@ -260,20 +291,30 @@ def predict_arrays(model: AnomalyModel, images_uint8: np.ndarray, batch_size: in
 # --- test ---------------------------------------------------------------------------------------
 
 
-def test(run_path: str | Path, data_dir: str | Path) -> dict:
-    """Metrics of a trained run on `data_dir`'s test split (minus the images it was trained on)."""
+def test(run_path: str | Path, data_dir: str | Path, split: str = "test") -> dict:
+    """Metrics of a trained run on `data_dir`'s test split (minus the images it was trained on and
+    its development split), or with split="dev" on the development split only."""
     from rlad.data.folder import discover
     from rlad.data.transforms import load_samples
     from rlad.metrics.pixel import evaluate
 
+    if split not in ("test", "dev"):
+        raise ConfigError(f"split={split!r}: choose test or dev")
     loaded = load_run(run_path)
     folder = discover(data_dir)
-    excluded: set[str] = set()
-    if loaded.split and Path(loaded.split.get("data", "")) == Path(data_dir).resolve():
-        excluded = set(loaded.split.get("labeled", []))
-    samples = [s for s in folder.test if _relative(s.path, folder.root) not in excluded]
+    same_data = bool(loaded.split) and Path(loaded.split.get("data", "")) == Path(data_dir).resolve()
+    excluded: set[str] = set(loaded.split.get("labeled", [])) if same_data else set()
+    dev: set[str] = set(loaded.split.get("dev", [])) if same_data else set()
+    if split == "dev":
+        if not dev:
+            raise ConfigError(
+                f"{run_path}: has no development split on {data_dir} (fit with --set protocol.dev_fraction=0.3)"
+            )
+        samples = [s for s in folder.test if _relative(s.path, folder.root) in dev]
+    else:
+        samples = [s for s in folder.test if _relative(s.path, folder.root) not in excluded | dev]
     if not samples:
-        raise DataError(f"{data_dir}: no test images left to evaluate")
+        raise DataError(f"{data_dir}: no {split} images left to evaluate")
     images, masks = load_samples(samples, loaded.cfg.image_size, desc="loading test")
     started = time.perf_counter()
     pred = predict_arrays(loaded.model, images, loaded.cfg.batch_size, desc="test")
@@ -286,12 +327,14 @@ def test(run_path: str | Path, data_dir: str | Path) -> dict:
         {
             "n_test": len(samples),
             "n_excluded_labeled": len(excluded),
+            "n_excluded_dev": len(dev) if split == "test" else 0,
+            "split": split,
             "ms_per_image": round(ms_per_image, 2),
             "method": loaded.cfg.method,
             "data": str(Path(data_dir).resolve()),
         }
     )
-    loaded.run.save_metrics(metrics, key=f"test:{folder.category}")
+    loaded.run.save_metrics(metrics, key=f"{split}:{folder.category}")
     return metrics
 
 
@@ -429,7 +472,7 @@ METRIC_ORDER = [
 def cli_test(args) -> int:
     from rlad.cli.common import print_json, print_table
 
-    metrics = test(args.run, args.data)
+    metrics = test(args.run, args.data, split=args.split)
     if args.json:
         print_json(metrics)
     else:
