@@ -179,6 +179,25 @@ def test_prior_residual_predictor_starts_from_the_prior():
     assert [c.dilation[0] for c in convs[:4]] == [1, 2, 4, 8] and [c.out_channels for c in convs] == [32, 16, 8, 4, 1]
 
 
+@torch.no_grad()
+def test_prior_boost_adds_the_prior_channel_to_the_logits_at_inference():
+    from rlad.models.nbs.trainer import predict_maps
+
+    torch.manual_seed(0)
+    predictor = Predictor(5, (8, 4), (1, 2), prior_residual=True).eval()
+    torch.nn.init.normal_(predictor.body[-1].weight)  # a trained-looking body, not the zero start
+    features = torch.randn(2, 5, 12, 12)
+    logits = predictor(features)
+    for boost in (0.0, 1.0, 2.5):
+        maps = predict_maps(NBSConfig(prior_boost=boost, score_pool=1), predictor, features, (12, 12))
+        expected = torch.sigmoid(logits + boost * features[:, -1:])[:, 0]
+        assert np.allclose(maps.maps, expected.numpy(), atol=1e-6)
+        assert np.allclose(maps.scores, expected.amax(dim=(1, 2)).numpy(), atol=1e-6)
+    without_prior = Predictor(5, (8, 4), (1, 2)).eval()  # no prior channel: the boost does not apply
+    plain = predict_maps(NBSConfig(prior_boost=2.0, score_pool=1), without_prior, features, (12, 12))
+    assert np.allclose(plain.maps, torch.sigmoid(without_prior(features))[:, 0].numpy(), atol=1e-6)
+
+
 def test_snapshot_bank_replays_the_stored_weights():
     torch.manual_seed(0)
     ae = PatchAutoencoder(16, 8, 8)
@@ -229,6 +248,7 @@ def test_context_channels_match_their_count():
         ({"sampler": "clever"}, "model.sampler"),
         ({"predictor_crop": 100}, "model.predictor_crop"),
         ({"steps": 5}, "shorter than one cycle"),
+        ({"prior_boost": -1.0}, "model.prior_boost"),
     ],
 )
 def test_config_errors_name_the_option(override, message):

@@ -16,8 +16,8 @@ from rlad.models.nbs.trainer import (
     fit_context,
     new_predictor,
     predictor_optimizer,
+    predict_maps,
     prepare_labelled,
-    probability_maps,
     require_labels,
     to_float_at,
     validate_config,
@@ -87,7 +87,7 @@ class SupervisedControl(AnomalyModel):
         if self.predictor is None or self.encoder is None:
             raise RuntimeError("SupervisedControl.predict before fit/load_state_dict")
         images = images.float()
-        return probability_maps(self.predictor(self.encoder(images)), tuple(images.shape[-2:]), self.config.score_pool)
+        return predict_maps(self.config, self.predictor, self.encoder(images), tuple(images.shape[-2:]))
 
     def state_dict(self) -> dict:
         return {"predictor": self.predictor.state_dict(), "context": self.encoder.state_dict(), "history": self.history}

@@ -95,6 +95,10 @@ class NBSConfig:
     """Predictor trains on random crops of this side (grid pixels; 0 = whole maps)."""
     predictor_normals: int = 32
     """Fixed subset of unlabelled normal images that can be profiled as all-normal examples."""
+    prior_boost: float = 0.5
+    """At inference, logits + prior_boost * (standardised PatchCore prior): an ensemble of the predictor,
+    trained on few labels, with the unsupervised prior whose ranking it would otherwise overwrite
+    (context.kind=patchcore only; 0 = the predictor alone). Chosen on a development split, docs/nbs.md."""
     # --- the sampler (RL) ----------------------------------------------------------------------
     sampler: Literal["learned", "uniform", "frozen"] = "learned"
     """learned: REINFORCE policy; uniform: random image and position per patch; frozen: the policy's
@@ -158,6 +162,8 @@ def validate_config(cfg: NBSConfig) -> None:
         problems.append(f"model.predictor_dropout={cfg.predictor_dropout} must be in [0, 1)")
     if cfg.context.kind not in CONTEXTS:
         problems.append(f"model.context.kind={cfg.context.kind!r} is not one of {', '.join(CONTEXTS)}")
+    if cfg.prior_boost < 0:
+        problems.append(f"model.prior_boost={cfg.prior_boost} must be >= 0")
     if cfg.sampler not in ("learned", "uniform", "frozen"):
         problems.append(f"model.sampler={cfg.sampler!r} is not one of learned, uniform, frozen")
     if problems:
@@ -287,6 +293,14 @@ def probability_maps(logits: torch.Tensor, size: tuple[int, int], score_pool: in
     scores = image_score(probs, score_pool)
     maps = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)[:, 0]
     return AnomalyMap(maps.numpy(), scores.numpy())
+
+
+def predict_maps(cfg: NBSConfig, predictor: Predictor, features: torch.Tensor, size: tuple[int, int]) -> AnomalyMap:
+    """The predictor's maps at inference, ensembled with the prior channel (`prior_boost`)."""
+    logits = predictor(features)
+    if predictor.prior_residual and cfg.prior_boost:
+        logits = logits + cfg.prior_boost * features[:, -1:]
+    return probability_maps(logits, size, cfg.score_pool)
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -542,7 +556,7 @@ class NBSModel(AnomalyModel):
         images = images.float()
         small = resize(images, self.config.profile_size)
         feats = torch.cat([self.profile_input(self.bank.profile(small)), self.encoder(images)], dim=1)
-        return probability_maps(self.predictor(feats), tuple(images.shape[-2:]), self.config.score_pool)
+        return predict_maps(self.config, self.predictor, feats, tuple(images.shape[-2:]))
 
     def state_dict(self) -> dict:
         return {
