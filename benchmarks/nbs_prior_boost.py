@@ -1,0 +1,106 @@
+"""How much of the unsupervised PatchCore prior to add back to the NBS / supervised-control predictor at
+inference (`model.prior_boost`), read off the *development* split, never the test split.
+
+    # runs fitted with a development split, e.g.
+    rlad fit nbs --data ../shared/data/magnetic_tile --out runs/mt_dev --set protocol.dev_fraction=0.3
+    .venv/bin/python benchmarks/nbs_prior_boost.py --data ../shared/data/magnetic_tile runs/mt_dev [RUN ...]
+
+For each run and boost: the metrics on the run's development split, pooled and per defect type (a
+type's pixel AUROC / AUPRO pit its defect pixels against the normal pixels of its own images and of
+the normal images), plus the prior alone. The boost only changes inference, so one fitted run serves
+every value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import append_section, markdown_table  # noqa: E402
+
+BOOSTS = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+
+def dev_samples(loaded, data: Path):
+    from rlad.data.folder import discover
+    from rlad.models.api import _relative
+
+    folder = discover(data)
+    dev = set(loaded.split.get("dev", []))
+    if not dev or Path(loaded.split.get("data", "")) != data.resolve():
+        raise SystemExit(f"{loaded.run.path}: no development split on {data} (fit with --set protocol.dev_fraction=0.3)")
+    return [s for s in folder.test if _relative(s.path, folder.root) in dev]
+
+
+def scores_by_type(maps, scores, samples, masks) -> dict:
+    from rlad.metrics.pixel import evaluate
+
+    labels = np.array([s.label for s in samples])
+    types = np.array([s.defect_type if s.label else "good" for s in samples])
+    pooled = evaluate(scores, labels, maps, masks)
+    row = {k: pooled[k] for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_f1_max")}
+    for name in sorted(set(types) - {"good"}):
+        keep = (types == name) | (types == "good")
+        part = evaluate(scores[keep], labels[keep], maps[keep], masks[keep])
+        row[f"{name} px AUROC/AUPRO"] = f"{part['pixel_auroc']:.3f}/{part['aupro']:.3f}"
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", metavar="RUN")
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--boosts", default=",".join(str(b) for b in BOOSTS))
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args(argv)
+
+    from rlad.data.transforms import load_samples
+    from rlad.models.api import load_run, predict_arrays
+    from rlad.models.nbs.trainer import image_score
+
+    boosts = [float(b) for b in args.boosts.split(",")]
+    rows = []
+    for run_path in args.runs:
+        loaded = load_run(run_path)
+        model = loaded.model
+        if getattr(model.config, "prior_boost", None) is None or not model.encoder.has_prior:
+            raise SystemExit(f"{run_path}: not an nbs/supervised run with a PatchCore prior")
+        samples = dev_samples(loaded, args.data)
+        images, masks = load_samples(samples, loaded.cfg.image_size, desc="loading dev")
+        masks = masks.astype(bool)
+        label = f"{loaded.cfg.method} seed {loaded.cfg.seed}"
+        for boost in boosts:
+            model.config.prior_boost = boost
+            pred = predict_arrays(model, images, loaded.cfg.batch_size, desc=f"boost {boost}")
+            rows.append({"run": label, "boost": f"{boost:g}", **scores_by_type(pred.maps, pred.scores, samples, masks)})
+        with torch.no_grad():  # the prior alone, as the predictor sees it
+            prior = torch.cat([model.encoder._prior_maps(torch.from_numpy(images[i : i + 8]).float() / 255)
+                               for i in range(0, len(images), 8)])
+        maps = torch.nn.functional.interpolate(prior, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        rows.append({"run": label, "boost": "prior alone",
+                     **scores_by_type(maps[:, 0].numpy(), image_score(prior, 1).numpy(), samples, masks)})
+
+    means = []
+    for boost in boosts:
+        chosen = [r for r in rows if r["boost"] == f"{boost:g}"]
+        means.append({"boost": f"{boost:g}", **{k: statistics.fmean(r[k] for r in chosen)
+                                         for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_f1_max")}})
+    text = "\n".join([
+        f"Development split of {args.data.name} ({len(args.runs)} run(s): {', '.join(args.runs)}); the test split is not read.",
+        "", "Mean over the runs:", "", markdown_table(means, floatfmt="{:.3f}"),
+        "", "Per run and defect type:", "", markdown_table(rows, floatfmt="{:.3f}"),
+    ])
+    print(text)
+    if not args.no_append:
+        append_section("NBS: prior boost on the development split (issue 3)", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
