@@ -59,7 +59,8 @@ def job_quality(spec: dict) -> dict:
     fit_metrics = json.loads(run.metrics_path.read_text())["fit"]
     metrics = api.test(run.path, spec["data"], split=spec.get("split", "test"))
     row = {k: metrics[k] for k in (*METRICS, "pixel_f1_at_val_threshold", "ms_per_image", "n_test", "split")}
-    row.update({"fit_s": fit_metrics["fit_seconds"], "fit_wall_s": round(wall, 1), "peak_rss_mb": peak_rss_mb()})
+    row.update({"fit_s": fit_metrics["fit_seconds"], "fit_wall_s": round(wall, 1), "peak_rss_mb": peak_rss_mb(),
+                "dev_fraction": spec.get("dev_fraction", 0.0)})
     history_path = run.path / "nbs_history.json"
     if history_path.is_file():  # did the sampler learn? first vs last tenth of the cycles
         history = json.loads(history_path.read_text())
