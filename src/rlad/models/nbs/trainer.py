@@ -58,7 +58,8 @@ class NBSConfig:
     sampler_update_from: int = 15
     """The sampler learns from its decisions on cycle steps from..to (1-based)."""
     sampler_update_to: int = 19
-    predictor_epochs: int = 2
+    predictor_epochs: int = 4
+    """Predictor epochs over the replay buffer per cycle (paper: 2; 4 makes up for the shorter schedule)."""
     predictor_buffer: int = 80
     """Profiles kept for predictor training (replay buffer)."""
     bottleneck: int = 200
