@@ -27,17 +27,6 @@ from benchmarks._common import append_section, markdown_table  # noqa: E402
 BOOSTS = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
-def dev_samples(loaded, data: Path):
-    from rlad.data.folder import discover
-    from rlad.models.api import _relative
-
-    folder = discover(data)
-    dev = set(loaded.split.get("dev", []))
-    if not dev or Path(loaded.split.get("data", "")) != data.resolve():
-        raise SystemExit(f"{loaded.run.path}: no development split on {data} (fit with --set protocol.dev_fraction=0.3)")
-    return [s for s in folder.test if _relative(s.path, folder.root) in dev]
-
-
 def scores_by_type(maps, scores, samples, masks) -> dict:
     from rlad.metrics.pixel import evaluate
 
@@ -61,7 +50,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from rlad.data.transforms import load_samples
-    from rlad.models.api import load_run, predict_arrays
+    from rlad.data.folder import discover
+    from rlad.errors import ConfigError, DataError
+    from rlad.models.api import evaluation_samples, load_run, predict_arrays
     from rlad.models.nbs.trainer import image_score
 
     boosts = [float(b) for b in args.boosts.split(",")]
@@ -71,7 +62,10 @@ def main(argv=None) -> int:
         model = loaded.model
         if getattr(model.config, "prior_boost", None) is None or not model.encoder.has_prior:
             raise SystemExit(f"{run_path}: not an nbs/supervised run with a PatchCore prior")
-        samples = dev_samples(loaded, args.data)
+        try:
+            samples, _, _ = evaluation_samples(loaded, discover(args.data), split="dev")
+        except (ConfigError, DataError) as exc:
+            raise SystemExit(f"nbs_prior_boost: {exc}") from None
         images, masks = load_samples(samples, loaded.cfg.image_size, desc="loading dev")
         masks = masks.astype(bool)
         label = f"{loaded.cfg.method} seed {loaded.cfg.seed}"

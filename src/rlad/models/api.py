@@ -89,8 +89,7 @@ def build_config(method: str, config_file: str | None = None, overrides: list[st
     cfg = config_from_dict(data)
     if cfg.image_size < 32:
         raise ConfigError(f"image_size must be at least 32, got {cfg.image_size}")
-    if not 0 <= cfg.protocol.dev_fraction < 1:
-        raise ConfigError(f"protocol.dev_fraction={cfg.protocol.dev_fraction} must be in [0, 1)")
+    check_dev_fraction(cfg.protocol.dev_fraction)
     if hasattr(cfg.model, "image_size"):
         cfg.model.image_size = cfg.image_size
     get_model_class(method).check_config(cfg.model)  # before any data is read or a run directory made
@@ -145,11 +144,15 @@ def make_split(folder, protocol: ProtocolConfig, seed: int) -> Split:
     return Split(train=train, val=val, labeled=labeled, test=test, dev=dev)
 
 
+def check_dev_fraction(fraction: float) -> None:
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"protocol.dev_fraction={fraction} must be in [0, 1)")
+
+
 def draw_dev(samples: list, fraction: float, seed: int) -> list:
     """`fraction` of each group (normal, each defect type; at least one image of a group of two or
     more) with its own seeded generator, so the labelled draw is the same with or without a dev split."""
-    if not 0 <= fraction < 1:
-        raise ConfigError(f"protocol.dev_fraction={fraction} must be in [0, 1)")
+    check_dev_fraction(fraction)
     if fraction == 0:
         return []
     rng = np.random.default_rng([seed, 4099])
@@ -291,6 +294,29 @@ def predict_arrays(model: AnomalyModel, images_uint8: np.ndarray, batch_size: in
 # --- test ---------------------------------------------------------------------------------------
 
 
+def evaluation_samples(loaded: LoadedRun, folder, split: str = "test") -> tuple[list, set[str], set[str]]:
+    """The samples of `folder` to score for `split`, and the labelled and development files of the run
+    on this folder (relative paths; empty when the run was fitted on another folder)."""
+    if split not in ("test", "dev"):
+        raise ConfigError(f"split={split!r}: choose test or dev")
+    same_data = bool(loaded.split) and Path(loaded.split.get("data", "")) == Path(folder.root).resolve()
+    excluded: set[str] = set(loaded.split.get("labeled", [])) if same_data else set()
+    dev: set[str] = set(loaded.split.get("dev", [])) if same_data else set()
+    if split == "dev":
+        if not dev:
+            raise ConfigError(
+                f"{loaded.run.path}: has no development split on {folder.root} (fit with --set protocol.dev_fraction=0.3)"
+            )
+        keep = lambda name: name in dev  # noqa: E731
+    else:
+        left_out = excluded | dev
+        keep = lambda name: name not in left_out  # noqa: E731
+    samples = [s for s in folder.test if keep(_relative(s.path, folder.root))]
+    if not samples:
+        raise DataError(f"{folder.root}: no {split} images left to evaluate")
+    return samples, excluded, dev
+
+
 def test(run_path: str | Path, data_dir: str | Path, split: str = "test") -> dict:
     """Metrics of a trained run on `data_dir`'s test split (minus the images it was trained on and
     its development split), or with split="dev" on the development split only."""
@@ -298,23 +324,9 @@ def test(run_path: str | Path, data_dir: str | Path, split: str = "test") -> dic
     from rlad.data.transforms import load_samples
     from rlad.metrics.pixel import evaluate
 
-    if split not in ("test", "dev"):
-        raise ConfigError(f"split={split!r}: choose test or dev")
     loaded = load_run(run_path)
     folder = discover(data_dir)
-    same_data = bool(loaded.split) and Path(loaded.split.get("data", "")) == Path(data_dir).resolve()
-    excluded: set[str] = set(loaded.split.get("labeled", [])) if same_data else set()
-    dev: set[str] = set(loaded.split.get("dev", [])) if same_data else set()
-    if split == "dev":
-        if not dev:
-            raise ConfigError(
-                f"{run_path}: has no development split on {data_dir} (fit with --set protocol.dev_fraction=0.3)"
-            )
-        samples = [s for s in folder.test if _relative(s.path, folder.root) in dev]
-    else:
-        samples = [s for s in folder.test if _relative(s.path, folder.root) not in excluded | dev]
-    if not samples:
-        raise DataError(f"{data_dir}: no {split} images left to evaluate")
+    samples, excluded, dev = evaluation_samples(loaded, folder, split)
     images, masks = load_samples(samples, loaded.cfg.image_size, desc="loading test")
     started = time.perf_counter()
     pred = predict_arrays(loaded.model, images, loaded.cfg.batch_size, desc="test")

@@ -87,11 +87,15 @@ def structure_map(images: torch.Tensor) -> torch.Tensor:
     return sobel_magnitude(blur(grey(images), 1.0))
 
 
+def fuse_prior_terms(error_z: torch.Tensor, variance_z: torch.Tensor, structure_z: torch.Tensor) -> torch.Tensor:
+    """The paper's weighting of the standardised prior terms (before the min-max scaling)."""
+    return 0.7 * error_z + 0.1 * variance_z + 0.2 * structure_z
+
+
 def fused_prior(ae_error: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """The sampler's prior channel: min-max of 0.7 z(AE error) + 0.1 z(local variance) + 0.2 z(Sobel)."""
-    g = grey(images)
-    fused = 0.7 * zscore(ae_error) + 0.1 * zscore(local_variance(g)) + 0.2 * zscore(sobel_magnitude(blur(g, 1.0)))
-    return minmax(fused)
+    """The sampler's prior channel over whole images: min-max of 0.7 z(AE error) + 0.1 z(local variance)
+    + 0.2 z(Sobel). (Training computes it per state crop, `sampler.EpisodeRunner.states`.)"""
+    return minmax(fuse_prior_terms(zscore(ae_error), zscore(local_variance(grey(images))), zscore(structure_map(images))))
 
 
 def profile_features(errors: torch.Tensor) -> torch.Tensor:

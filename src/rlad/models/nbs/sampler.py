@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rlad.models.nbs.autoencoder import PatchAutoencoder, error_maps
-from rlad.models.nbs.profiles import grey, local_variance, structure_map, zscore
+from rlad.models.nbs.profiles import fuse_prior_terms, grey, local_variance, structure_map, zscore
 
 STOP = 0
 DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))  # actions 1..8
@@ -196,7 +196,7 @@ class EpisodeRunner:
         static = torch.stack([crop_around(maps.static[e.image].float(), e.centre, crop) for e in episodes])
         visit = torch.stack([crop_around(visits[e.image][None], e.centre, crop) for e in episodes])
         error = error_maps(ae, rgb)[:, None] * inside
-        prior = 0.7 * _masked_zscore(error, inside) + 0.1 * static[:, :1] + 0.2 * static[:, 1:]
+        prior = fuse_prior_terms(_masked_zscore(error, inside), static[:, :1], static[:, 1:])
         return torch.cat([rgb, error, visit, _masked_minmax(prior, inside)], dim=1)
 
     def _add_patch(self, episode: _Episode, structure, visits, height: int, width: int) -> tuple[float, float, tuple[int, int]]:
