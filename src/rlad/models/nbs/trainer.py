@@ -92,11 +92,13 @@ class NBSConfig:
     """Channel dropout on the predictor input while training."""
     predictor_weight_decay: float = 1e-4
     predictor_batch: int = 8
-    predictor_crop: int = 32
-    """Predictor trains on random crops of this side (grid pixels; 0 = whole maps)."""
+    predictor_crop: int = 0
+    """Predictor trains on random crops of this side (grid pixels; 0 = whole maps). Whole maps let it
+    learn region-scale defects (magnetic tile's "uneven" areas span a quarter of an image); chosen on
+    a development split over 32, docs/nbs.md."""
     predictor_normals: int = 32
     """Fixed subset of unlabelled normal images that can be profiled as all-normal examples."""
-    prior_boost: float = 0.5
+    prior_boost: float = 1.0
     """At inference, logits + prior_boost * (standardised PatchCore prior): an ensemble of the predictor,
     trained on few labels, with the unsupervised prior whose ranking it would otherwise overwrite
     (context.kind=patchcore only; 0 = the predictor alone). Chosen on a development split, docs/nbs.md."""
