@@ -41,6 +41,29 @@ def scores_by_type(maps, scores, samples, masks) -> dict:
     return row
 
 
+def load_dev(run_path: str, data: Path):
+    """An nbs/supervised run with a PatchCore prior, and its development split of `data` as arrays:
+    (loaded run, samples, uint8 images, boolean masks). Exits with a one-line message otherwise."""
+    from rlad.data.folder import discover
+    from rlad.data.transforms import load_samples
+    from rlad.errors import ConfigError, DataError
+    from rlad.models.api import evaluation_samples, load_run
+
+    def fail(message: str):  # a user mistake: one line, exit 2 (as the CLI)
+        print(f"{Path(sys.argv[0]).stem}: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+    try:
+        loaded = load_run(run_path)
+        if getattr(loaded.model.config, "prior_boost", None) is None or not loaded.model.encoder.has_prior:
+            fail(f"{run_path}: not an nbs/supervised run with a PatchCore prior")
+        samples, _, _ = evaluation_samples(loaded, discover(data), split="dev")
+    except (ConfigError, DataError) as exc:
+        fail(str(exc))
+    images, masks = load_samples(samples, loaded.cfg.image_size, desc="loading dev")
+    return loaded, samples, images, masks.astype(bool)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN")
@@ -49,25 +72,14 @@ def main(argv=None) -> int:
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
 
-    from rlad.data.transforms import load_samples
-    from rlad.data.folder import discover
-    from rlad.errors import ConfigError, DataError
-    from rlad.models.api import evaluation_samples, load_run, predict_arrays
+    from rlad.models.api import predict_arrays
     from rlad.models.nbs.trainer import image_score
 
     boosts = [float(b) for b in args.boosts.split(",")]
     rows = []
     for run_path in args.runs:
-        loaded = load_run(run_path)
+        loaded, samples, images, masks = load_dev(run_path, args.data)
         model = loaded.model
-        if getattr(model.config, "prior_boost", None) is None or not model.encoder.has_prior:
-            raise SystemExit(f"{run_path}: not an nbs/supervised run with a PatchCore prior")
-        try:
-            samples, _, _ = evaluation_samples(loaded, discover(args.data), split="dev")
-        except (ConfigError, DataError) as exc:
-            raise SystemExit(f"nbs_prior_boost: {exc}") from None
-        images, masks = load_samples(samples, loaded.cfg.image_size, desc="loading dev")
-        masks = masks.astype(bool)
         label = f"{loaded.cfg.method} seed {loaded.cfg.seed}"
         for boost in boosts:
             model.config.prior_boost = boost
