@@ -180,6 +180,22 @@ def test_prior_residual_predictor_starts_from_the_prior():
 
 
 @torch.no_grad()
+def test_blur_smooths_the_maps_and_leaves_the_image_scores_alone():
+    from rlad.models.nbs.trainer import probability_maps
+
+    logits = torch.full((1, 1, 16, 16), -6.0)
+    logits[0, 0, 8, 8] = 6.0  # one hot grid cell
+    sharp = probability_maps(logits, (64, 64), score_pool=1, blur_sigma=0)
+    smooth = probability_maps(logits, (64, 64), score_pool=1, blur_sigma=8)
+    assert np.allclose(sharp.scores, smooth.scores)  # scores come from the grid, before smoothing
+    assert smooth.maps.max() < sharp.maps.max()  # the peak spreads out ...
+    assert abs(smooth.maps.mean() - sharp.maps.mean()) < 0.01 * sharp.maps.mean()  # ... keeping its mass
+    peak = np.unravel_index(smooth.maps[0].argmax(), (64, 64))
+    assert all(abs(int(p) - 34) <= 2 for p in peak)  # where the hot cell is (grid 8 of 16 -> pixel ~34)
+    assert smooth.maps[0, 33, 27] > 2 * sharp.maps[0, 33, 27]  # and reaches pixels the sharp map does not
+
+
+@torch.no_grad()
 def test_prior_boost_adds_the_prior_channel_to_the_logits_at_inference():
     from rlad.models.nbs.trainer import predict_maps
 
@@ -189,12 +205,12 @@ def test_prior_boost_adds_the_prior_channel_to_the_logits_at_inference():
     features = torch.randn(2, 5, 12, 12)
     logits = predictor(features)
     for boost in (0.0, 1.0, 2.5):
-        maps = predict_maps(NBSConfig(prior_boost=boost, score_pool=1), predictor, features, (12, 12))
+        maps = predict_maps(NBSConfig(prior_boost=boost, blur_sigma=0), predictor, features, (12, 12))
         expected = torch.sigmoid(logits + boost * features[:, -1:])[:, 0]
         assert np.allclose(maps.maps, expected.numpy(), atol=1e-6)
         assert np.allclose(maps.scores, expected.amax(dim=(1, 2)).numpy(), atol=1e-6)
     without_prior = Predictor(5, (8, 4), (1, 2)).eval()  # no prior channel: the boost does not apply
-    plain = predict_maps(NBSConfig(prior_boost=2.0, score_pool=1), without_prior, features, (12, 12))
+    plain = predict_maps(NBSConfig(prior_boost=2.0, blur_sigma=0), without_prior, features, (12, 12))
     assert np.allclose(plain.maps, torch.sigmoid(without_prior(features))[:, 0].numpy(), atol=1e-6)
 
 
@@ -249,6 +265,8 @@ def test_context_channels_match_their_count():
         ({"predictor_crop": 100}, "model.predictor_crop"),
         ({"steps": 5}, "shorter than one cycle"),
         ({"prior_boost": -1.0}, "model.prior_boost"),
+        ({"blur_sigma": -1.0}, "model.blur_sigma"),
+        ({"score_pool": 0}, "model.score_pool"),
     ],
 )
 def test_config_errors_name_the_option(override, message):
