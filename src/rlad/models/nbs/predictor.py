@@ -21,10 +21,7 @@ class Predictor(nn.Module):
     images: the head must not lean on any one feature); `prior_residual` treats the last input
     channel as a standardised unsupervised anomaly map and predicts a correction of it: logits =
     body(x) + w * prior + b, with the body's last layer starting at zero, so training starts from
-    the prior's ranking instead of from noise. `self_contrast` (needs `project`) appends, after the
-    projection, each pixel's difference from its own image's median (per channel): a region that
-    differs from the rest of its image (magnetic tile's "uneven" finish is always the smaller of two
-    finishes) is visible there although no local window can tell which side is the odd one.
+    the prior's ranking instead of from noise.
     """
 
     def __init__(
@@ -36,7 +33,6 @@ class Predictor(nn.Module):
         dropout: float = 0.0,
         prior_residual: bool = False,
         prior_offset: float = -3.0,
-        self_contrast: bool = False,
     ):
         super().__init__()
         if len(widths) != len(dilations):
@@ -45,14 +41,9 @@ class Predictor(nn.Module):
         if dropout > 0:
             layers.append(nn.Dropout2d(dropout))
         previous = in_channels
-        if self_contrast and project <= 0:
-            raise ValueError("predictor self_contrast needs a projection (project > 0)")
         if project > 0:
             layers += [nn.Conv2d(previous, project, 1), nn.BatchNorm2d(project), nn.LeakyReLU(0.2)]
             previous = project
-        if self_contrast:
-            layers.append(SelfContrast())
-            previous *= 2
         for channels, dilation in zip(widths, dilations):
             layers += [
                 nn.Conv2d(previous, channels, 3, padding=dilation, dilation=dilation, padding_mode="replicate"),
@@ -75,14 +66,6 @@ class Predictor(nn.Module):
         if self.prior_residual:
             logits = logits + self.prior_weight * features[:, -1:] + self.prior_bias
         return logits
-
-
-class SelfContrast(nn.Module):
-    """(B, C, H, W) -> (B, 2C, H, W): the input and its difference from the image's per-channel median."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        median = x.flatten(2).median(dim=2).values[:, :, None, None]
-        return torch.cat([x, x - median], dim=1)
 
 
 def weighted_bce(logits: torch.Tensor, target: torch.Tensor, alpha: float) -> torch.Tensor:

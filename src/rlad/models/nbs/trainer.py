@@ -89,8 +89,6 @@ class NBSConfig:
     predictor_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     predictor_project: int = 32
     """1x1 projection of the predictor input to this many channels first (0 = none, the paper)."""
-    predictor_self_contrast: bool = False
-    """Append each projected pixel's difference from its own image's median (needs predictor_project)."""
     predictor_dropout: float = 0.1
     """Channel dropout on the predictor input while training."""
     predictor_weight_decay: float = 1e-4
@@ -289,7 +287,6 @@ def new_predictor(cfg: NBSConfig, encoder: ContextEncoder, profile_channels: int
         project=cfg.predictor_project,
         dropout=cfg.predictor_dropout,
         prior_residual=encoder.has_prior,
-        self_contrast=cfg.predictor_self_contrast,
     )
 
 
