@@ -1,19 +1,22 @@
-"""How much of the unsupervised PatchCore prior to add back to the NBS / supervised-control predictor at
-inference (`model.prior_boost`), read off the *development* split, never the test split.
+"""The NBS / supervised-control inference settings, read off the *development* split, never the test
+split: how much of the unsupervised PatchCore prior to add back to the predictor (`model.prior_boost`),
+the Gaussian smoothing of the maps (`model.blur_sigma`) and the image-score pooling (`model.score_pool`).
 
     # runs fitted with a development split, e.g.
     rlad fit nbs --data ../shared/data/magnetic_tile --out runs/mt_dev --set protocol.dev_fraction=0.3
     .venv/bin/python benchmarks/nbs_prior_boost.py --data ../shared/data/magnetic_tile runs/mt_dev [RUN ...]
+    .venv/bin/python benchmarks/nbs_prior_boost.py --data ... --boosts 1 --blurs 0,2,4,6 --score-pools 1,3 RUN ...
 
-For each run and boost: the metrics on the run's development split, pooled and per defect type (a
-type's pixel AUROC / AUPRO pit its defect pixels against the normal pixels of its own images and of
-the normal images), plus the prior alone. The boost only changes inference, so one fitted run serves
-every value.
+For each run and combination of the listed values (a list left out keeps the run's own value): the
+metrics on the run's development split, pooled and per defect type (a type's pixel AUROC / AUPRO pit
+its defect pixels against the normal pixels of its own images and of the normal images), plus the
+prior alone. These settings only change inference, so one fitted run serves every value.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 from pathlib import Path
@@ -69,34 +72,56 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", metavar="RUN")
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--boosts", default=",".join(str(b) for b in BOOSTS))
+    parser.add_argument("--blurs", default=None, help="model.blur_sigma values (default: each run's own)")
+    parser.add_argument("--score-pools", default=None, help="model.score_pool values (default: each run's own)")
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
 
     from rlad.models.api import predict_arrays
-    from rlad.models.nbs.trainer import image_score
+    from rlad.errors import ConfigError
+    from rlad.models.nbs.trainer import image_score, validate_config
 
-    boosts = [float(b) for b in args.boosts.split(",")]
+    def values(text, cast):
+        try:
+            return [cast(v) for v in text.split(",")] if text else [None]
+        except ValueError:
+            parser.error(f"not a comma-separated list of numbers: {text!r}")
+
+    grid = list(itertools.product(values(args.boosts, float), values(args.blurs, float), values(args.score_pools, int)))
+
+    def setting(model, boost, blur, pool) -> dict:
+        for key, value in (("prior_boost", boost), ("blur_sigma", blur), ("score_pool", pool)):
+            if value is not None:
+                setattr(model.config, key, value)
+        cfg = model.config
+        try:
+            validate_config(cfg)
+        except ConfigError as exc:
+            parser.error(str(exc))
+        return {"boost": f"{cfg.prior_boost:g}", "blur": f"{cfg.blur_sigma:g}", "score_pool": str(cfg.score_pool)}
+
     rows = []
     for run_path in args.runs:
         loaded, samples, images, masks = load_dev(run_path, args.data)
         model = loaded.model
         label = f"{loaded.cfg.method} seed {loaded.cfg.seed}"
-        for boost in boosts:
-            model.config.prior_boost = boost
-            pred = predict_arrays(model, images, loaded.cfg.batch_size, desc=f"boost {boost}")
-            rows.append({"run": label, "boost": f"{boost:g}", **scores_by_type(pred.maps, pred.scores, samples, masks)})
+        for boost, blur, pool in grid:
+            keys = setting(model, boost, blur, pool)
+            pred = predict_arrays(model, images, loaded.cfg.batch_size, desc=" ".join(f"{k} {v}" for k, v in keys.items()))
+            rows.append({"run": label, **keys, **scores_by_type(pred.maps, pred.scores, samples, masks)})
         with torch.no_grad():  # the prior alone, as the predictor sees it
             prior = torch.cat([model.encoder._prior_maps(torch.from_numpy(images[i : i + 8]).float() / 255)
                                for i in range(0, len(images), 8)])
         maps = torch.nn.functional.interpolate(prior, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        rows.append({"run": label, "boost": "prior alone",
+        rows.append({"run": label, "boost": "prior alone", "blur": "0", "score_pool": "1",
                      **scores_by_type(maps[:, 0].numpy(), image_score(prior, 1).numpy(), samples, masks)})
 
     means = []
-    for boost in boosts:
-        chosen = [r for r in rows if r["boost"] == f"{boost:g}"]
-        means.append({"boost": f"{boost:g}", **{k: statistics.fmean(r[k] for r in chosen)
-                                         for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_f1_max")}})
+    settings = list(dict.fromkeys((r["boost"], r["blur"], r["score_pool"]) for r in rows if r["boost"] != "prior alone"))
+    for boost, blur, pool in settings:
+        chosen = [r for r in rows if (r["boost"], r["blur"], r["score_pool"]) == (boost, blur, pool)]
+        means.append({"boost": boost, "blur": blur, "score_pool": pool,
+                      **{k: statistics.fmean(r[k] for r in chosen) for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_f1_max")}})
     text = "\n".join([
         f"Development split of {args.data.name} ({len(args.runs)} run(s): {', '.join(args.runs)}); the test split is not read.",
         "", "Mean over the runs:", "", markdown_table(means, floatfmt="{:.3f}"),
@@ -104,7 +129,7 @@ def main(argv=None) -> int:
     ])
     print(text)
     if not args.no_append:
-        append_section("NBS: prior boost on the development split (issue 3)", text)
+        append_section("NBS: inference settings (prior boost, blur, score pool) on the development split (issue 3)", text)
     return 0
 
 
