@@ -29,8 +29,8 @@ from rlad.models.nbs.autoencoder import PatchAutoencoder, crop_patches, error_ma
 from rlad.models.nbs.context import CONTEXTS, ContextConfig, ContextEncoder
 from rlad.models.nbs.predictor import Predictor, train_epochs, weighted_bce
 from rlad.models.nbs.profiles import SnapshotBank, profile_features, resize
-from rlad.models.patchcore import upsample_and_smooth
 from rlad.models.nbs.sampler import EpisodeRunner, Geometry, SamplerMaps, SamplerPolicy, Transitions, mark_visits, uniform_patches
+from rlad.models.patchcore import upsample_and_smooth
 from rlad.rl.reinforce import MovingBaseline, discounted_returns, linear_anneal, reinforce_loss
 
 GEOMETRY_REFERENCE = 256  # the paper's patch/crop/move sizes are pixels of a 256x256 image
@@ -301,14 +301,11 @@ def fit_context(cfg: NBSConfig, data: FitData, seed: int) -> ContextEncoder:
 
 
 def probability_maps(logits: torch.Tensor, size: tuple[int, int], score_pool: int, blur_sigma: float = 0.0) -> AnomalyMap:
-    """Grid logits -> maps at `size` (bilinear; then a Gaussian of blur_sigma px at 256 px, scaled with
-    the size, as PatchCore's maps) and image scores from the grid probabilities."""
+    """Grid logits -> maps at `size` (bilinear, then a Gaussian of blur_sigma px at 256 px, scaled with
+    the size: PatchCore's upsampling, one code path for both) and image scores from the grid."""
     probs = torch.sigmoid(logits)
     scores = image_score(probs, score_pool)
-    if blur_sigma > 0:
-        maps = upsample_and_smooth(probs[:, 0], size, blur_sigma * size[-1] / 256.0)
-    else:
-        maps = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)[:, 0]
+    maps = upsample_and_smooth(probs[:, 0], size, blur_sigma * size[-1] / 256.0)
     return AnomalyMap(maps.numpy(), scores.numpy())
 
 
