@@ -21,7 +21,7 @@ from rlad.models import api
 from rlad.models.base import FitData
 from rlad.models.nbs.autoencoder import PatchAutoencoder, crop_patches, error_maps, tile, untile
 from rlad.models.nbs.context import ContextConfig, ContextEncoder
-from rlad.models.nbs.predictor import Predictor, weighted_bce
+from rlad.models.nbs.predictor import Predictor, train_epochs, weighted_bce
 from rlad.models.nbs.profiles import SnapshotBank, fused_prior
 from rlad.models.nbs.sampler import (
     STOP,
@@ -177,6 +177,26 @@ def test_prior_residual_predictor_starts_from_the_prior():
     paper = Predictor(10)  # the published network: dilations 1, 2, 4, 8; widths 32, 16, 8, 4
     convs = [m for m in paper.body if isinstance(m, torch.nn.Conv2d)]
     assert [c.dilation[0] for c in convs[:4]] == [1, 2, 4, 8] and [c.out_channels for c in convs] == [32, 16, 8, 4, 1]
+
+
+def test_train_epochs_with_encode_trains_the_feature_network_too():
+    # A trainable feature network (benchmarks/nbs_finetune.py) sees tuples of inputs, stacked item by item.
+    torch.manual_seed(0)
+    encoder = torch.nn.Conv2d(3, 4, 1)
+    predictor = Predictor(5, widths=(4,), dilations=(1,))
+
+    def encode(image, extra):
+        assert image.shape == (2, 3, 8, 8) and extra.shape == (2, 1, 8, 8)
+        return torch.cat([encoder(image), extra], 1)
+
+    examples = [((torch.rand(3, 8, 8), torch.rand(1, 8, 8)), (torch.rand(1, 8, 8) > 0.5).float()) for _ in range(4)]
+    before = encoder.weight.detach().clone()
+    optimizer = torch.optim.Adam([*predictor.parameters(), *encoder.parameters()], lr=1e-2)
+    loss = train_epochs(predictor, optimizer, examples, 2, 2, 0, 1.0, torch.Generator().manual_seed(0), encode=encode)
+    assert np.isfinite(loss)
+    assert not torch.equal(encoder.weight, before)
+    with pytest.raises(ValueError, match="crop"):
+        train_epochs(predictor, optimizer, examples, 1, 2, 4, 1.0, torch.Generator(), encode=encode)
 
 
 @torch.no_grad()

@@ -7,6 +7,8 @@ normal pixels is annealed from 1 to 0.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -103,12 +105,17 @@ def train_epochs(
     crop: int,
     alpha: float,
     generator: torch.Generator,
+    encode: Callable[..., torch.Tensor] | None = None,
 ) -> float:
     """`epochs` passes over (features (C, h, w), soft mask (1, h, w)) examples in random order, on
     random `crop` windows (0 = whole maps), with the alpha-weighted BCE; returns the mean loss.
 
     Shared by NBS (examples = profiles + context) and the supervised control (context only), so the
-    two differ in their inputs and nothing else."""
+    two differ in their inputs and nothing else. With `encode`, an example's first item is a tuple
+    of tensors, stacked item by item and passed to `encode` (a trainable feature network whose
+    parameters `optimizer` also holds) to give the predictor's input; crops are then off."""
+    if encode is not None and crop:
+        raise ValueError("train_epochs: crop must be 0 when encode computes the features")
     predictor.train()
     losses = []
     for _ in range(epochs):
@@ -117,7 +124,10 @@ def train_epochs(
             ids = order[start : start + batch]
             if len(ids) < 2:  # BatchNorm needs more than one value per channel
                 continue
-            feats = torch.stack([examples[i][0] for i in ids]).float()
+            if encode is None:
+                feats = torch.stack([examples[i][0] for i in ids]).float()
+            else:
+                feats = encode(*(torch.stack(part).float() for part in zip(*(examples[i][0] for i in ids))))
             masks = torch.stack([examples[i][1] for i in ids]).float()
             if crop:
                 feats, masks = random_crops([feats, masks], crop, generator)

@@ -261,13 +261,18 @@ class LabelledSet:
     reward_ids: list[int]
 
 
+def draw_negative_ids(cfg: NBSConfig, n_normal: int, seed: int) -> list[int]:
+    """The unlabelled normal images used as all-normal predictor examples (a seeded subset)."""
+    rng = np.random.default_rng([seed, 31337])
+    return sorted(rng.choice(n_normal, size=min(cfg.predictor_normals, n_normal), replace=False).tolist())
+
+
 def prepare_labelled(cfg: NBSConfig, data: FitData, encoder: ContextEncoder, pool: torch.Tensor, seed: int) -> LabelledSet:
     lab_images_u8, lab_masks_u8 = augment_labeled(data.labeled_images, data.labeled_masks, cfg.augment_copies, seed)
     n_originals = len(data.labeled_images)
     spread = np.linspace(0, n_originals - 1, min(cfg.reward_images, n_originals)).round().astype(int)
     reward_ids = sorted({int(i) * cfg.augment_copies for i in spread}) if cfg.reward_images else []
-    rng = np.random.default_rng([seed, 31337])
-    negative_ids = sorted(rng.choice(len(pool), size=min(cfg.predictor_normals, len(pool)), replace=False).tolist())
+    negative_ids = draw_negative_ids(cfg, len(pool), seed)
     return LabelledSet(
         images=to_float_at(lab_images_u8, cfg.profile_size),
         masks=masks_at(lab_masks_u8, cfg.predictor_grid),
