@@ -1,0 +1,222 @@
+"""Does fine-tuning the backbone on the labelled images help? The supervised control (same labelled
+images, augmentation, normal examples, PatchCore prior, predictor and schedule) with the MobileNetV2
+stages from `FROM` up trained together with the predictor, scored on the *development* split.
+
+    .venv/bin/python benchmarks/nbs_finetune.py --data ../shared/data/magnetic_tile \\
+        --variants frozen,3:1e-4,4:1e-4 --seeds 0,1 --jobs 2 --threads 1
+
+A variant is `frozen` (the control as rlad ships it) or `FROM:LR`: backbone stages FROM..4 trainable
+at learning rate LR (Adam; the predictor keeps model.predictor_lr), the earlier stages frozen. The
+BatchNorm layers stay folded into the convolutions (ImageNet statistics), as in the frozen backbone.
+Rows: mean over seeds of the development-split metrics, pooled and per defect type, and fit time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _common  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, markdown_table  # noqa: E402
+
+TRAINABLE_FROM = (1, 2, 3, 4)
+
+
+def parse_variant(text: str) -> tuple[int, float] | None:
+    """`frozen` -> None; `FROM:LR` -> (FROM, LR). ValueError with a readable message otherwise."""
+    if text == "frozen":
+        return None
+    try:
+        first, lr = text.split(":")
+        first, lr = int(first), float(lr)
+    except ValueError:
+        raise ValueError(f"variant {text!r}: write frozen or FROM:LR, e.g. 3:1e-4") from None
+    if first not in TRAINABLE_FROM or not lr > 0:
+        raise ValueError(f"variant {text!r}: FROM must be one of {TRAINABLE_FROM} and LR > 0")
+    return first, lr
+
+
+def run_variant(spec: dict) -> dict:
+    """One seed of one variant, in its own process: fit, then score the development split."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks.nbs_prior_boost import scores_by_type
+    from rlad.data.folder import discover
+    from rlad.data.transforms import load_samples
+    from rlad.models.api import build_config, make_split
+    from rlad.models.backbones import STAGE_LAST_FEATURE
+    from rlad.models.base import FitData
+    from rlad.models.nbs.predictor import train_epochs
+    from rlad.models.nbs.trainer import (
+        augment_labeled, draw_negative_ids, fit_context, masks_at, new_predictor, probability_maps,
+    )
+    from rlad.rl.reinforce import linear_anneal
+
+    seed, variant = spec["seed"], parse_variant(spec["variant"])
+    overrides = [f"model.context.backbone.weights={SHARED_WEIGHTS}", f"protocol.dev_fraction={spec['dev_fraction']}", f"seed={seed}"]
+    cfg = build_config("supervised", overrides=overrides + spec["set"])
+    mc = cfg.model
+    folder = discover(spec["data"])
+    split = make_split(folder, cfg.protocol, seed)
+    size, grid = cfg.image_size, mc.predictor_grid
+    normal, _ = load_samples(split.train, size, desc="train")
+    labelled, labelled_masks = load_samples(split.labeled, size, desc="labelled")
+
+    started = time.perf_counter()
+    encoder = fit_context(mc, FitData(normal, labelled, labelled_masks, seed), seed)
+    extractor = encoder.extractor
+    modules = list(extractor.features)
+    split_at = STAGE_LAST_FEATURE[variant[0] - 1] + 1 if variant else len(modules)
+    frozen_part, trainable = modules[:split_at], copy.deepcopy(torch.nn.Sequential(*modules[split_at:]))
+    context_taps = {STAGE_LAST_FEATURE[s]: s for s in encoder.config.backbone.stages}
+    for param in trainable.parameters():
+        param.requires_grad_(True)
+
+    def to_grid(x):
+        return F.interpolate(x, size=(grid, grid), mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def frozen_inputs(images_uint8):
+        """Per image: (activation where the trainable part starts, frozen context taps, standardised prior)."""
+        out = []
+        for i in range(0, len(images_uint8), 8):
+            images = FitData.to_tensor(images_uint8[i : i + 8])
+            x, taps = extractor.normalise(images), []
+            for index, module in enumerate(frozen_part):
+                x = module(x)
+                if index in context_taps:
+                    taps.append(to_grid(x))
+            prior = (encoder._prior_maps(images) - encoder.prior_mean) / encoder.prior_std
+            fixed = torch.cat(taps + [prior], 1)
+            out += [(x[j].half(), fixed[j].half()) for j in range(len(images))]
+        return out
+
+    def encode(start, fixed):
+        x, taps = start.contiguous(memory_format=torch.channels_last), []
+        for index, module in enumerate(trainable, start=split_at):
+            x = module(x)
+            if index in context_taps:
+                taps.append(to_grid(x))
+        # frozen taps, trainable taps, prior: the frozen control's channel order (prior last)
+        return torch.cat([fixed[:, :-1], *taps, fixed[:, -1:]], 1)
+
+    augmented, augmented_masks = augment_labeled(labelled, labelled_masks, mc.augment_copies, seed)
+    negatives = normal[draw_negative_ids(mc, len(normal), seed)]
+    inputs = frozen_inputs(np.concatenate([augmented, negatives]))
+    masks = torch.cat([masks_at(augmented_masks, grid), torch.zeros(len(negatives), 1, grid, grid)])
+    examples = [(inputs[i], masks[i]) for i in range(len(inputs))]
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 29)
+        predictor = new_predictor(mc, encoder, 0)
+    groups = [{"params": predictor.parameters(), "lr": mc.predictor_lr, "weight_decay": mc.predictor_weight_decay}]
+    if variant:
+        groups.append({"params": trainable.parameters(), "lr": variant[1], "weight_decay": 0.0})
+    optimizer = torch.optim.Adam(groups)
+    rng = np.random.default_rng([seed, 104729])
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed + 7)
+    for cycle in range(mc.steps // mc.reset_every):  # the supervised control's schedule
+        alpha = linear_anneal((cycle + 1) * mc.reset_every, mc.alpha_anneal_steps, 1.0, mc.alpha_end)
+        chosen = rng.choice(len(examples), size=min(mc.predictor_buffer, len(examples)), replace=False)
+        train_epochs(
+            predictor, optimizer, [examples[i] for i in chosen], mc.predictor_epochs, mc.predictor_batch, 0,
+            alpha, generator, encode=encode,
+        )
+    fit_seconds = time.perf_counter() - started
+
+    predictor.eval()
+    dev_images, dev_masks = load_samples(split.dev, size, desc="dev")
+    maps, scores = [], []
+    with torch.no_grad():
+        for i in range(0, len(dev_images), 8):
+            batch = frozen_inputs(dev_images[i : i + 8])
+            features = encode(*(torch.stack(part).float() for part in zip(*batch)))
+            logits = predictor(features) + mc.prior_boost * features[:, -1:]
+            result = probability_maps(logits, (size, size), mc.score_pool, mc.blur_sigma)
+            maps.append(result.maps)
+            scores.append(result.scores)
+    row = scores_by_type(np.concatenate(maps), np.concatenate(scores), split.dev, dev_masks.astype(bool))
+    return {"variant": spec["variant"], "seed": seed, "fit_s": round(fit_seconds, 1), **row}
+
+
+def summarise(results: list[dict], variants: list[str]) -> list[dict]:
+    rows = []
+    for variant in variants:
+        mine = [r for r in results if r["variant"] == variant]
+        if not mine:
+            continue
+        row = {"variant": variant, "seeds": ",".join(str(r["seed"]) for r in mine)}
+        for key, value in mine[0].items():
+            if key in ("variant", "seed", "load_1min"):
+                continue
+            if isinstance(value, float):
+                row[key] = statistics.fmean(r[key] for r in mine)
+            else:  # "px AUROC/AUPRO" pairs: mean of each half
+                pairs = [[float(v) for v in r[key].split("/")] for r in mine]
+                row[key] = "/".join(f"{statistics.fmean(p[k] for p in pairs):.3f}" for k in range(2))
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "magnetic_tile")
+    parser.add_argument("--variants", default="frozen,3:1e-4,4:1e-4")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--dev-fraction", type=float, default=0.3)
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (each in its own process)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's own)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run, as rlad fit --set")
+    parser.add_argument("--no-append", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _common.run_child(args.child, {"finetune": run_variant})
+        return 0
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    try:
+        for variant in variants:
+            parse_variant(variant)
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError as exc:
+        parser.error(str(exc).replace("invalid literal for int() with base 10", "--seeds: not an integer"))
+    if not 0 < args.dev_fraction < 1:
+        parser.error("--dev-fraction must be between 0 and 1 (settings are read off the development split)")
+    if not args.data.is_dir():
+        parser.error(f"--data {args.data}: no such folder")
+    from rlad.errors import ConfigError
+    from rlad.models.api import build_config
+
+    try:
+        build_config("supervised", overrides=args.set)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if not SHARED_WEIGHTS.is_file():
+        parser.error(f"ImageNet MobileNetV2 weights not found at {SHARED_WEIGHTS}")
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    specs = [{"kind": "finetune", "variant": v, "seed": s, "data": str(args.data), "dev_fraction": args.dev_fraction, "set": args.set} for v in variants for s in seeds]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = [r for r in pool.map(lambda spec: _common.spawn(__file__, spec, args.threads, tag="finetune"), specs) if r]
+    rows = summarise(results, variants)
+    table = markdown_table(rows, floatfmt="{:.3f}")
+    print(table)
+    if not args.no_append and rows:
+        append_section(
+            "NBS: fine-tuning the backbone in the supervised control, on the development split",
+            f"Data: {args.data.name}, development split ({args.dev_fraction:.0%} of the test split), mean over seeds {args.seeds}.\n\n" + table,
+        )
+    return 0 if len(results) == len(specs) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
