@@ -135,6 +135,6 @@ def train_epochs(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     predictor.eval()
     return float(sum(losses) / len(losses)) if losses else float("nan")
