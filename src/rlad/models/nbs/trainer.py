@@ -458,7 +458,7 @@ class NBSModel(AnomalyModel):
                 ae_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 ae_opt.step()
-                ae_losses.append(float(loss))
+                ae_losses.append(float(loss.detach()))
                 if t > cfg.reset_every - cfg.window:
                     errors.append(error_maps(ae, profile_images))
                     bank.add(ae)
