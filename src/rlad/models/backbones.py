@@ -167,9 +167,10 @@ def load_mobilenet_v2(weights: str | Path | None, seed: int = 0) -> MobileNetV2:
             raise ConfigError(f"backbone weights {weights}: shapes do not match mobilenet_v2 ({first})") from None
     else:
         warnings.warn(
-            "model.backbone.weights is empty: using a RANDOMLY initialised MobileNetV2 (features will be poor). "
-            "Set --set model.backbone.weights=PATH (or the environment variable RLAD_BACKBONE_WEIGHTS) to "
-            "torchvision's ImageNet mobilenet_v2 .pth file.",
+            "no backbone weights given: using a RANDOMLY initialised MobileNetV2 (features will be poor). "
+            "Set the environment variable RLAD_BACKBONE_WEIGHTS (or the method's backbone.weights option, "
+            "e.g. --set model.backbone.weights=PATH for patchcore, model.context.backbone.weights for nbs) "
+            "to torchvision's ImageNet mobilenet_v2 .pth file.",
             stacklevel=2,
         )
         with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched

@@ -382,7 +382,7 @@ class CompactPolicy(Policy):
                               "(poor features; fine for tests). Set --set policy.weights=PATH to torchvision's "
                               "ImageNet mobilenet_v2 .pth file.", stacklevel=2)
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="model.backbone.weights is empty")
+                warnings.filterwarnings("ignore", message="no backbone weights given")
                 network = load_mobilenet_v2(self.cfg.weights, seed=self.cfg.seed)
             extractor = FeatureExtractor(self.cfg.stages, network)
         self.extractor = extractor
