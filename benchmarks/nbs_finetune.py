@@ -53,11 +53,10 @@ def run_variant(spec: dict) -> dict:
     from rlad.models.api import build_config, make_split
     from rlad.models.backbones import STAGE_LAST_FEATURE
     from rlad.models.base import FitData
-    from rlad.models.nbs.predictor import train_epochs
+    from rlad.models.nbs.supervised import train_rounds
     from rlad.models.nbs.trainer import (
         augment_labeled, draw_negative_ids, fit_context, masks_at, new_predictor, probability_maps,
     )
-    from rlad.rl.reinforce import linear_anneal
 
     seed, variant = spec["seed"], parse_variant(spec["variant"])
     overrides = [f"model.context.backbone.weights={SHARED_WEIGHTS}", f"protocol.dev_fraction={spec['dev_fraction']}", f"seed={seed}"]
@@ -74,8 +73,9 @@ def run_variant(spec: dict) -> dict:
     extractor = encoder.extractor
     modules = list(extractor.features)
     split_at = STAGE_LAST_FEATURE[variant[0] - 1] + 1 if variant else len(modules)
-    frozen_part, trainable = modules[:split_at], copy.deepcopy(torch.nn.Sequential(*modules[split_at:]))
+    trainable = copy.deepcopy(torch.nn.Sequential(*modules[split_at:]))
     context_taps = {STAGE_LAST_FEATURE[s]: s for s in encoder.config.backbone.stages}
+    level_taps = {STAGE_LAST_FEATURE[s]: s for s in extractor.stages}
     for param in trainable.parameters():
         param.requires_grad_(True)
 
@@ -84,18 +84,24 @@ def run_variant(spec: dict) -> dict:
 
     @torch.no_grad()
     def frozen_inputs(images_uint8):
-        """Per image: (activation where the trainable part starts, frozen context taps, standardised prior)."""
+        """Per image: (activation where the trainable part starts, frozen context taps, standardised prior),
+        from one pass of the frozen network (its levels also feed the prior)."""
         out = []
         for i in range(0, len(images_uint8), 8):
             images = FitData.to_tensor(images_uint8[i : i + 8])
-            x, taps = extractor.normalise(images), []
-            for index, module in enumerate(frozen_part):
+            x, start, taps, levels = extractor.normalise(images), None, [], {}
+            for index, module in enumerate(modules):
+                if index == split_at:
+                    start = x
                 x = module(x)
-                if index in context_taps:
+                if index in level_taps:
+                    levels[level_taps[index]] = x
+                if index in context_taps and index < split_at:
                     taps.append(to_grid(x))
-            prior = (encoder._prior_maps(images) - encoder.prior_mean) / encoder.prior_std
+            start = x if start is None else start
+            prior = (encoder._prior_maps(images, levels) - encoder.prior_mean) / encoder.prior_std
             fixed = torch.cat(taps + [prior], 1)
-            out += [(x[j].half(), fixed[j].half()) for j in range(len(images))]
+            out += [(start[j].half(), fixed[j].half()) for j in range(len(images))]
         return out
 
     def encode(start, fixed):
@@ -120,19 +126,9 @@ def run_variant(spec: dict) -> dict:
     if variant:
         groups.append({"params": trainable.parameters(), "lr": variant[1], "weight_decay": 0.0})
     optimizer = torch.optim.Adam(groups)
-    rng = np.random.default_rng([seed, 104729])
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed + 7)
-    for cycle in range(mc.steps // mc.reset_every):  # the supervised control's schedule
-        alpha = linear_anneal((cycle + 1) * mc.reset_every, mc.alpha_anneal_steps, 1.0, mc.alpha_end)
-        chosen = rng.choice(len(examples), size=min(mc.predictor_buffer, len(examples)), replace=False)
-        train_epochs(
-            predictor, optimizer, [examples[i] for i in chosen], mc.predictor_epochs, mc.predictor_batch, 0,
-            alpha, generator, encode=encode,
-        )
+    train_rounds(mc, predictor, optimizer, examples, seed, encode=encode)  # the supervised control's schedule
     fit_seconds = time.perf_counter() - started
 
-    predictor.eval()
     dev_images, dev_masks = load_samples(split.dev, size, desc="dev")
     maps, scores = [], []
     with torch.no_grad():

@@ -25,6 +25,30 @@ from rlad.models.nbs.trainer import (
 from rlad.rl.reinforce import linear_anneal
 
 
+def train_rounds(cfg: NBSConfig, predictor, optimizer, examples: list, seed: int, encode=None, bar=None) -> list[dict]:
+    """The control's schedule: one round per NBS cycle, each `predictor_epochs` passes over a fresh
+    draw of `predictor_buffer` examples (what NBS's predictor sees per cycle), alpha annealed as in
+    NBS. Returns the per-round history; `encode` as in `train_epochs` (benchmarks/nbs_finetune.py)."""
+    rng = np.random.default_rng([seed, 104729])
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed + 7)  # dropout
+    per_round = min(cfg.predictor_buffer, len(examples))
+    history = []
+    for cycle in range(cfg.steps // cfg.reset_every):
+        alpha = linear_anneal((cycle + 1) * cfg.reset_every, cfg.alpha_anneal_steps, 1.0, cfg.alpha_end)
+        chosen = rng.choice(len(examples), size=per_round, replace=False)
+        loss = train_epochs(
+            predictor, optimizer, [examples[i] for i in chosen], cfg.predictor_epochs,
+            cfg.predictor_batch, 0 if encode else cfg.predictor_crop, alpha, generator, encode=encode,
+        )
+        history.append({"cycle": cycle, "pred_loss": loss, "alpha": alpha})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+    predictor.eval()
+    return history
+
+
 class SupervisedControl(AnomalyModel):
     name = "supervised"
     Config = NBSConfig  # one config, so `--set model.*` means the same for both
@@ -56,29 +80,12 @@ class SupervisedControl(AnomalyModel):
         lab = prepare_labelled(cfg, data, encoder, to_float_at(data.normal, cfg.profile_size), seed)
         examples = [(lab.context[i], lab.masks[i]) for i in range(len(lab.context))]
         examples += [(lab.negative_context[i], torch.zeros_like(lab.masks[0])) for i in range(len(lab.negative_context))]
-        # NBS's predictor sees about predictor_buffer examples, predictor_epochs times, per cycle.
-        rng = np.random.default_rng([seed, 104729])
-        generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng():
             torch.manual_seed(seed + 29)
             predictor = new_predictor(cfg, encoder, 0)
-        optimizer = predictor_optimizer(cfg, predictor)
-        torch.manual_seed(seed + 7)  # dropout
-        cycles = cfg.steps // cfg.reset_every
-        per_round = min(cfg.predictor_buffer, len(examples))
-        bar = progress(total=cycles, desc="supervised control")
-        for cycle in range(cycles):
-            alpha = linear_anneal((cycle + 1) * cfg.reset_every, cfg.alpha_anneal_steps, 1.0, cfg.alpha_end)
-            chosen = rng.choice(len(examples), size=per_round, replace=False)
-            loss = train_epochs(
-                predictor, optimizer, [examples[i] for i in chosen], cfg.predictor_epochs,
-                cfg.predictor_batch, cfg.predictor_crop, alpha, generator,
-            )
-            self.history.append({"cycle": cycle, "pred_loss": loss, "alpha": alpha})
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
+        bar = progress(total=cfg.steps // cfg.reset_every, desc="supervised control")
+        self.history = train_rounds(cfg, predictor, predictor_optimizer(cfg, predictor), examples, seed, bar=bar)
         bar.close()
-        predictor.eval()
         self.predictor = predictor
         self.encoder = encoder
 
