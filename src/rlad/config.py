@@ -11,7 +11,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterable, TypeVar
 
 import yaml
 
@@ -127,6 +127,15 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
     return cls(**kwargs)
+
+
+def raise_if_problems(problems: Iterable[str | None]) -> None:
+    """The one way configs are validated: each config's `validate()` lists every problem it finds
+    (the keys as a user writes them in `--set`, e.g. "model.steps must be >= 1, got 0"; None for a
+    check that passed) and hands the list here, so a user sees all of them in one ConfigError."""
+    found = [p for p in problems if p]
+    if found:
+        raise ConfigError("; ".join(found))
 
 
 def merge(cfg: T, updates: dict) -> T:
