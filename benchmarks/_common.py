@@ -1,4 +1,4 @@
-"""Shared by every benchmark script: markdown tables and appending results to docs/benchmarks.md."""
+"""Shared by every benchmark script: appending results to docs/benchmarks.md, one process per measurement."""
 
 from __future__ import annotations
 
@@ -18,22 +18,6 @@ BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SHARED_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"
 
-
-def markdown_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = "{:.4f}") -> str:
-    if not rows:
-        return "(no rows)\n"
-    columns = columns or list(rows[0])
-
-    def fmt(value):
-        if isinstance(value, float):
-            return floatfmt.format(value)
-        return "" if value is None else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def machine_line() -> str:
     try:
         import torch
@@ -47,10 +31,8 @@ def machine_line() -> str:
         f"({threads} threads), Python {platform.python_version()}"
     )
 
-
 def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
-
 
 def append_section(title: str, body: str, command: str | None = None) -> None:
     """Append one dated section (title, exact command, machine, body) to docs/benchmarks.md."""
@@ -69,15 +51,12 @@ def append_section(title: str, body: str, command: str | None = None) -> None:
     with open(BENCHMARKS_MD, "a") as handle:
         handle.write(text)
 
-
 # --- one measurement per fresh interpreter ---------------------------------------------------------
 # Each job runs in its own process so that its peak RSS and timings are its own. A script calls
 # `spawn(script, spec)` in the driver and `run_child(spec_json, jobs)` when invoked with --child.
 
-
 def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
 
 def run_child(spec_json: str, jobs: dict) -> None:
     """Child side: set threads, run `jobs[spec['kind']]`, print one 'RESULT {...}' line."""
@@ -90,7 +69,6 @@ def run_child(spec_json: str, jobs: dict) -> None:
     result = jobs[spec["kind"]](spec)
     result["load_1min"] = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"
     print("RESULT " + json.dumps(result), flush=True)
-
 
 def spawn(script: str, spec: dict, threads: int | None, tag: str = "bench", env: dict | None = None) -> dict | None:
     """Driver side: run `script --child SPEC` in a fresh interpreter; its last 'RESULT {...}' line
@@ -109,7 +87,6 @@ def spawn(script: str, spec: dict, threads: int | None, tag: str = "bench", env:
     result = json.loads(lines[-1][len("RESULT ") :])
     print(f"[{tag}]   -> {json.dumps(result)}", file=sys.stderr, flush=True)
     return result
-
 
 def work_dir(path: str | None, prefix: str) -> tuple[Path, "tempfile.TemporaryDirectory | None"]:
     """The benchmark's scratch folder: `path` (kept) or a temporary one (the holder cleans it up)."""

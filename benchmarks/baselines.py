@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/baselines.py --quick         # MPDD only, short AE, small scaling sweep
     .venv/bin/python benchmarks/baselines.py --methods patchcore,padim --no-scaling
 
-Everything goes through the library a user runs (`rlad.models.api.build_config/fit/test`), one
+Everything goes through the library a user runs (`rlad.workflows.detection.build_config/fit/test`), one
 subprocess per measurement so each peak RSS is that job's own. Appends its tables to
 docs/benchmarks.md (unless --no-append). Needs ../shared/weights/mobilenet_v2-b0353104.pth and the
 datasets under ../shared/data; whatever is absent is skipped with a message.
@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, markdown_table, peak_rss_mb  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, peak_rss_mb  # noqa: E402
+from rlad.tables import markdown_table  # noqa: E402
 
 DATASETS = ["mpdd_metal_plate_512", "magnetic_tile"]
 PEER = {  # anomalib 2.7.0, same weights, 256 px, 2 cores, MPDD metal_plate (METHODS.md section 5)
@@ -37,7 +38,7 @@ def _weights_override() -> str:
 
 
 def job_quality(spec: dict) -> dict:
-    from rlad.models import api
+    from rlad.workflows import detection as api
 
     overrides = list(spec.get("overrides", []))
     if spec["method"] in ("patchcore", "padim"):
@@ -59,7 +60,7 @@ def job_quality(spec: dict) -> dict:
 def job_batch_timing(spec: dict) -> dict:
     from rlad.data.folder import discover
     from rlad.data.transforms import load_samples
-    from rlad.models import api
+    from rlad.workflows import detection as api
 
     loaded = api.load_run(spec["run"])
     samples = discover(spec["data"]).test
@@ -95,7 +96,7 @@ def _training_images(data: str, count: int, size: int):
 def job_fit_scaling(spec: dict) -> dict:
     import numpy as np
 
-    from rlad.models import api
+    from rlad.workflows import detection as api
     from rlad.models.base import FitData
     from rlad.models.registry import get_model_class
 
@@ -123,7 +124,7 @@ def job_all_train(spec: dict) -> dict:
     from rlad.data.folder import discover
     from rlad.data.transforms import load_samples
     from rlad.metrics.pixel import evaluate
-    from rlad.models import api
+    from rlad.workflows import detection as api
     from rlad.models.base import FitData
     from rlad.models.registry import get_model_class
 

@@ -48,7 +48,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, markdown_table  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section  # noqa: E402
+from rlad.tables import markdown_table  # noqa: E402
 
 DOMAINS = {
     "magnetic_tile": SHARED_DATA / "magnetic_tile",
@@ -150,16 +151,20 @@ def policy_unit(job: dict) -> list[dict]:
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    from rlad.policies.api import grounding_report, predict_boxes
-    from rlad.policies.compact import CompactConfig, CompactPolicy, WarmStartConfig, fit_supervised
+    from rlad.policies.compact.config import CompactConfig
+    from rlad.policies.compact.policy import CompactPolicy
+    from rlad.policies.compact.warm_start import WarmStartConfig, fit_supervised
     from rlad.rl.loop import GRPOConfig, train_grpo
+    from rlad.tasks.grounding import GroundingTask, grounding_report
+    from rlad.workflows.grounding import predict_boxes
 
     source, _, test = split_domain(job["domains"], job["held_out"])
     adapt = adaptation_of(job["domains"], job["held_out"])
     seed = job["seed"]
     policy = CompactPolicy(CompactConfig(weights=job["weights"], project=job["project"], seed=seed))
+    task = GroundingTask()
     started = time.perf_counter()
-    policy.prepare(source + adapt + test)
+    policy.prepare([task.prompt(r) for r in source + adapt + test])
     prepare_s = time.perf_counter() - started
     rows = []
 
@@ -173,7 +178,7 @@ def policy_unit(job: dict) -> list[dict]:
         cfg = GRPOConfig(steps=job["steps"], lr=job["lr"], prompts_per_step=job["prompts_per_step"], seed=seed,
                          **options)
         log: list[dict] = []
-        summary = train_grpo(policy, pairs, cfg, callback=log.append)
+        summary = train_grpo(policy, task, pairs, cfg, callback=log.append)
         evaluate(name, {
             "train_s": summary["seconds"], "completions_per_s": summary["completions_per_s"],
             "final_kl": float(np.mean([line["kl"] for line in log[-10:]])),
@@ -184,7 +189,7 @@ def policy_unit(job: dict) -> list[dict]:
         })
 
     started = time.perf_counter()
-    fit_supervised(policy, source, WarmStartConfig(epochs=job["warm_epochs"]), seed=seed)
+    fit_supervised(policy, task, source, WarmStartConfig(epochs=job["warm_epochs"]), seed=seed)
     source_s = time.perf_counter() - started
     source_state = copy.deepcopy(policy.head.state_dict())
     train = source
@@ -193,7 +198,7 @@ def policy_unit(job: dict) -> list[dict]:
         train = source + adapt
         visits = job["steps"] * job["prompts_per_step"]  # the pair visits of one GRPO run
         started = time.perf_counter()
-        fit_supervised(policy, train, WarmStartConfig(epochs=max(1, round(visits / len(train)))), seed=seed)
+        fit_supervised(policy, task, train, WarmStartConfig(epochs=max(1, round(visits / len(train)))), seed=seed)
         evaluate("warm start", {"train_s": source_s + time.perf_counter() - started, "prepare_s": prepare_s})
     else:
         evaluate("warm start", {"train_s": source_s, "prepare_s": prepare_s})
@@ -211,8 +216,9 @@ def baseline_rows(domains: dict, held_out: str, work: Path, weights: str, pixel_
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    from rlad.policies.api import grounding_report
-    from rlad.policies.baselines import boxes_from_maps, fit_threshold, map_baseline
+    from rlad.policies.baselines import boxes_from_maps, fit_threshold
+    from rlad.tasks.grounding import grounding_report
+    from rlad.workflows.map_grounding import map_baseline
 
     _, calibration, test = split_domain(domains, held_out)
     rows = []

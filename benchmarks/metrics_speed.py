@@ -29,7 +29,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `rlad` i
 import numpy as np
 from scipy import ndimage
 
-from benchmarks._common import SHARED_DATA, append_section, markdown_table
+from benchmarks._common import SHARED_DATA, append_section
+from rlad.tables import markdown_table
 from benchmarks.reference_metrics import reference_aupro, sklearn_f1_max
 from rlad.metrics.pixel import evaluate
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, markdown_table, peak_rss_mb  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, peak_rss_mb  # noqa: E402
+from rlad.tables import markdown_table  # noqa: E402
 
 DATASETS = ["magnetic_tile", "mpdd_metal_plate_512"]
 VARIANTS = {  # name -> (method, overrides)
@@ -46,7 +47,7 @@ METRICS = ["image_auroc", "pixel_auroc", "aupro", "pixel_f1_max"]
 
 
 def job_quality(spec: dict) -> dict:
-    from rlad.models import api
+    from rlad.workflows import detection as api
 
     overrides = list(spec["overrides"]) + [f"seed={spec['seed']}", "protocol.labeled_per_type=5",
                                            f"protocol.dev_fraction={spec.get('dev_fraction', 0.0)}"]

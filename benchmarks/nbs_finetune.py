@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, markdown_table  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section  # noqa: E402
+from rlad.tables import markdown_table  # noqa: E402
 
 TRAINABLE_FROM = (1, 2, 3, 4)
 
@@ -50,7 +51,8 @@ def run_variant(spec: dict) -> dict:
     from benchmarks.nbs_prior_boost import scores_by_type
     from rlad.data.folder import discover
     from rlad.data.transforms import load_samples
-    from rlad.models.api import build_config, make_split
+    from rlad.data.split import make_split
+    from rlad.workflows.detection import build_config
     from rlad.models.backbones import STAGE_LAST_FEATURE
     from rlad.models.base import FitData
     from rlad.models.nbs.supervised import train_rounds
@@ -189,7 +191,7 @@ def main(argv=None) -> int:
     if not args.data.is_dir():
         parser.error(f"--data {args.data}: no such folder")
     from rlad.errors import ConfigError
-    from rlad.models.api import build_config
+    from rlad.workflows.detection import build_config
 
     try:
         build_config("supervised", overrides=args.set)

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import append_section, markdown_table  # noqa: E402
+from benchmarks._common import append_section  # noqa: E402
+from rlad.tables import markdown_table  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
     from rlad.data.folder import discover
     from rlad.data.transforms import load_samples
     from rlad.errors import ConfigError, DataError
-    from rlad.models.api import load_run
+    from rlad.workflows.detection import load_run
     from rlad.models.base import FitData
     from rlad.models.nbs.profiles import resize
     from rlad.models.nbs.trainer import predict_maps

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import append_section, markdown_table  # noqa: E402
+from benchmarks._common import append_section  # noqa: E402
+from rlad.tables import markdown_table  # noqa: E402
 
 BOOSTS = (0.0, 0.5, 1.0, 2.0, 4.0)
 
@@ -50,7 +51,8 @@ def load_dev(run_path: str, data: Path):
     from rlad.data.folder import discover
     from rlad.data.transforms import load_samples
     from rlad.errors import ConfigError, DataError
-    from rlad.models.api import evaluation_samples, load_run
+    from rlad.data.split import evaluation_samples
+    from rlad.workflows.detection import load_run
 
     def fail(message: str):  # a user mistake: one line, exit 2 (as the CLI)
         print(f"{Path(sys.argv[0]).stem}: {message}", file=sys.stderr)
@@ -60,7 +62,7 @@ def load_dev(run_path: str, data: Path):
         loaded = load_run(run_path)
         if getattr(loaded.model.config, "prior_boost", None) is None or not loaded.model.encoder.has_prior:
             fail(f"{run_path}: not an nbs/supervised run with a PatchCore prior")
-        samples, _, _ = evaluation_samples(loaded, discover(data), split="dev")
+        samples, _, _ = evaluation_samples(loaded.split, discover(data), split="dev", run_name=str(run_path))
     except (ConfigError, DataError) as exc:
         fail(str(exc))
     images, masks = load_samples(samples, loaded.cfg.image_size, desc="loading dev")
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
 
-    from rlad.models.api import predict_arrays
+    from rlad.workflows.detection import predict_arrays
     from rlad.errors import ConfigError
     from rlad.models.nbs.trainer import image_score, validate_config
 

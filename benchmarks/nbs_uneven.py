@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import append_section, markdown_table  # noqa: E402
+from benchmarks._common import append_section  # noqa: E402
+from rlad.tables import markdown_table  # noqa: E402
 from benchmarks.nbs_prior_boost import load_dev, scores_by_type  # noqa: E402
 
 
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
 
-    from rlad.models.api import predict_arrays
+    from rlad.workflows.detection import predict_arrays
 
     shares, channels = [], []
     for run_path in args.runs:

@@ -13,6 +13,10 @@ Every image is an RGB PNG of width 64 and height 48 (`Sample.size == (48, 64)`):
 seeded texture (normal images differ only by noise), defects drawn with PIL on top, so a model can
 tell them apart. Deterministic: the same bytes on every call.
 
+`square_pairs` (session): 16 generated pairs, flat noisy references and a bright square in one of
+four corners of the query (nothing in every fourth), 64 x 64: a trivially learnable difference;
+`square_prompts` are their grounding prompts.
+
 `tiny_mvtec_factory(root, **options) -> Path` writes the same layout under any folder (e.g. several
 categories under one root); options: `n_train`, `n_test_good`, `defect_types`, `n_per_type`, `size`
 as (height, width).
@@ -26,9 +30,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from rlad.data.pairs import PairRecord
+
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 TINY_SIZE = (48, 64)  # (height, width)
+SQUARE_SIZE = 64
 
 
 def pytest_configure(config):
@@ -134,3 +141,37 @@ def magnetic_tile() -> Path:
 @pytest.fixture
 def mpdd_metal_plate() -> Path:
     return real_folder("mpdd_metal_plate_512")
+
+
+def write_square_pairs(root: Path, n: int, seed: int = 0) -> list[PairRecord]:
+    """Flat noisy references; the query is its reference plus a bright square in one of four
+    corners (or nothing, for every fourth pair): a trivially learnable difference."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    corners = [(4, 4), (36, 4), (4, 36), (36, 36)]
+    records = []
+    for i in range(n):
+        base = np.clip(0.45 + rng.normal(0, 0.03, size=(SQUARE_SIZE, SQUARE_SIZE, 3)), 0, 1)
+        query = base.copy()
+        box = (0, 0, 0, 0)
+        if i % 4 != 3:
+            x, y = corners[int(rng.integers(4))]
+            query[y:y + 24, x:x + 24] = 0.95
+            box = (x, y, x + 24, y + 24)
+        for name, image in (("r", base), ("q", query)):
+            Image.fromarray((image * 255).astype(np.uint8)).save(root / f"{i:03d}{name}.png")
+        records.append(PairRecord(f"sq{i}", str(root / f"{i:03d}r.png"), str(root / f"{i:03d}q.png"), box,
+                                  (SQUARE_SIZE, SQUARE_SIZE), (SQUARE_SIZE, SQUARE_SIZE), "squares", "square" if any(box) else "good"))
+    return records
+
+
+@pytest.fixture(scope="session")
+def square_pairs(tmp_path_factory):
+    return write_square_pairs(tmp_path_factory.mktemp("squares"), 16)
+
+
+@pytest.fixture(scope="session")
+def square_prompts(square_pairs):
+    from rlad.tasks.grounding import GroundingTask
+
+    return [GroundingTask().prompt(r) for r in square_pairs]

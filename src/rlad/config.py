@@ -112,8 +112,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict, where: str = "") -> T:
-    """Build `cls` from a (possibly partial) dict; unknown keys are an error, not ignored."""
+def from_dict(cls: type[T], data: dict, where: str = "", types: dict[str, type] | None = None) -> T:
+    """Build `cls` from a (possibly partial) dict; unknown keys are an error, not ignored.
+
+    `types` gives the dataclass of fields annotated `Any` whose class depends on another field (a
+    method's or a policy's own config), so their values are checked like every other field."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -125,7 +128,8 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         )
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+        annotation = (types or {}).get(name, hints[name])
+        kwargs[name] = _coerce(value, annotation, f"{where}.{name}" if where else name)
     return cls(**kwargs)
 
 
@@ -138,19 +142,20 @@ def raise_if_problems(problems: Iterable[str | None]) -> None:
         raise ConfigError("; ".join(found))
 
 
-def merge(cfg: T, updates: dict) -> T:
+def deep_merge(base: dict, updates: dict) -> dict:
+    """`base` with `updates` applied: nested mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def merge(cfg: T, updates: dict, types: dict[str, type] | None = None) -> T:
     """`cfg` with `updates` (a nested dict) applied; nested dataclasses merge key by key."""
-    data = to_dict(cfg)
-
-    def deep_update(target: dict, src: dict) -> None:
-        for key, value in src.items():
-            if isinstance(value, dict) and isinstance(target.get(key), dict):
-                deep_update(target[key], value)
-            else:
-                target[key] = value
-
-    deep_update(data, updates)
-    return from_dict(type(cfg), data)
+    return from_dict(type(cfg), deep_merge(to_dict(cfg), updates), types=types)
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -194,11 +199,17 @@ def load_yaml(path: Path | str) -> dict:
     return data
 
 
-def build(cls: type[T], config_file: Path | str | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults, then the YAML file, then `--set` overrides, in that order."""
-    cfg = cls()
+def build(cls: type[T], config_file: Path | str | None = None, overrides: list[str] | None = None,
+          defaults: dict[str, Any] | None = None) -> T:
+    """Defaults, then the YAML file, then `--set` overrides, in that order.
+
+    `defaults` replaces field defaults of `cls` (e.g. `model=PatchCoreConfig()` for a field typed
+    `Any`); a field given a dataclass this way keeps that class through the file and the overrides."""
+    defaults = defaults or {}
+    cfg = cls(**defaults)
+    types = {name: type(value) for name, value in defaults.items() if dataclasses.is_dataclass(value)}
     if config_file is not None:
-        cfg = merge(cfg, load_yaml(config_file))
+        cfg = merge(cfg, load_yaml(config_file), types)
     if overrides:
-        cfg = merge(cfg, parse_overrides(overrides))
+        cfg = merge(cfg, parse_overrides(overrides), types)
     return cfg

@@ -36,8 +36,8 @@ def _step(title: str) -> None:
 
 def run_pixel_models(data_root: Path, out: Path, seed: int, methods: tuple[str, ...], quick: bool) -> list[dict]:
     from rlad.data.folder import discover_categories
-    from rlad.models import api
     from rlad.models.registry import get_model_class
+    from rlad.workflows import detection
 
     rows = []
     categories = discover_categories(data_root)
@@ -52,26 +52,25 @@ def run_pixel_models(data_root: Path, out: Path, seed: int, methods: tuple[str, 
             overrides = list(DEMO_OVERRIDES.get(method, [])) + [f"seed={seed}"]
             if quick:
                 overrides += ["image_size=128"] + (["model.steps=60", "model.profile_size=64"] if method == "nbs" else [])
-            cfg = api.build_config(method, None, overrides)
+            cfg = detection.build_config(method, None, overrides)
             run_dir = out / "runs" / f"{method}_{category.name}"
-            api.fit(method, category, run_dir, cfg)
-            metrics = api.test(run_dir, category)
+            detection.fit(method, category, run_dir, cfg)
+            metrics = detection.test(run_dir, category)
             rows.append({"method": method, "category": category.name, **metrics})
     return rows
 
 
 def run_grounding(data_root: Path, out: Path, seed: int, quick: bool) -> list[dict]:
     """Pairs from every category; the compact grounder learns on all but one and is tested on it."""
-    from rlad.cli.main import main as rlad
-
-    from rlad.data.pairs import load_pairs, split_by_category, write_pairs
+    from rlad.data.pairs import build_pairs, load_pairs, split_by_category, write_pairs
+    from rlad.workflows import grounding
 
     work = out / "grounding"
     work.mkdir(parents=True, exist_ok=True)
     all_pairs = work / "pairs.jsonl"
     _step("4. grounding pairs (real + synthetic)")
     if not all_pairs.is_file():
-        _cli(rlad, ["data", "pairs", str(data_root), "--out", str(all_pairs), "--synthetic", "60" if quick else "150", "--seed", str(seed)])
+        build_pairs(data_root, all_pairs, synthetic=60 if quick else 150, seed=seed)
     records = load_pairs(all_pairs)
     train, test = split_by_category(records, [GROUNDING_EVAL_CATEGORY])
     test = [r for r in test if r.source == "real"]
@@ -80,32 +79,25 @@ def run_grounding(data_root: Path, out: Path, seed: int, quick: bool) -> list[di
     print(f"   {len(train)} training pairs, {len(test)} test pairs on the unseen category {GROUNDING_EVAL_CATEGORY}", file=sys.stderr)
 
     weights = os.environ.get("RLAD_BACKBONE_WEIGHTS", "")
-    policy_set = ["--set", f"policy.weights={weights}"] if weights else []
+    policy_set = [f"policy.weights={weights}"] if weights else []
     warm, tuned = out / "runs" / "grounder_warm", out / "runs" / "grounder_grpo"
     _step("5. compact grounder: supervised warm start")
-    _cli(rlad, ["fit", "compact", "--pairs", str(work / "train.jsonl"), "--out", str(warm), "--seed", str(seed),
-                "--set", f"train.epochs={3 if quick else 8}", *policy_set])
+    fit_cfg = grounding.build_fit_config(None, [f"train.epochs={3 if quick else 8}", *policy_set], seed)
+    grounding.fit_compact(work / "train.jsonl", warm, fit_cfg)
     _step("6. compact grounder: GRPO (format + DCLR rewards, difficulty weights, group resampling)")
-    _cli(rlad, ["grpo", "--policy", "compact", "--pairs", str(work / "train.jsonl"), "--init", str(warm), "--out", str(tuned),
-                "--seed", str(seed), "--set", f"grpo.steps={10 if quick else 60}"])
+    grpo_cfg = grounding.build_grpo_config(None, [f"grpo.steps={10 if quick else 60}"], seed)
+    grounding.grpo(work / "train.jsonl", tuned, grpo_cfg, init=warm)
     rows = []
-    from rlad.policies import api as grounding
-
     for name, run in (("warm start", warm), ("+ GRPO", tuned)):
         metrics = grounding.evaluate(run, work / "test.jsonl")
         rows.append({"policy": name, **metrics})
     return rows
 
 
-def _cli(rlad, argv: list[str]) -> None:
-    code = rlad(argv)
-    if code != 0:
-        raise RladError(f"rlad {' '.join(argv[:2])} failed (exit {code})")
-
-
 def write_demo_report(out: Path, pixel_rows: list[dict], grounding_rows: list[dict], data_root: Path) -> Path:
-    from rlad.models import api
-    from rlad.viz import html_table, png_data_uri, write_report
+    from rlad.tables import html_table
+    from rlad.viz import png_data_uri, write_report
+    from rlad.workflows import detection
 
     sections = [
         ("Pixel-level detection (test split; thresholds fitted on a validation split, never on test)",
@@ -118,7 +110,7 @@ def write_demo_report(out: Path, pixel_rows: list[dict], grounding_rows: list[di
     if (nbs_run / "model.pt").is_file():
         category = data_root / GROUNDING_EVAL_CATEGORY
         examples = sorted(p for p in (category / "test").rglob("*.png") if p.parent.name != "good")[::8][:6]
-        rows = api.predict(nbs_run, examples, out / "predictions" / GROUNDING_EVAL_CATEGORY)
+        rows = detection.predict(nbs_run, examples, out / "predictions" / GROUNDING_EVAL_CATEGORY)
         figures = "".join(
             f"<figure><img src='{png_data_uri(out / 'predictions' / GROUNDING_EVAL_CATEGORY / r['overlay'])}'>"
             f"<figcaption>{Path(r['path']).parent.name}/{Path(r['path']).name}: score {r['score']:.2f}</figcaption></figure>"
@@ -163,14 +155,15 @@ def run_demo(out: Path, seed: int = 0, methods: tuple[str, ...] = PIXEL_METHODS,
 
 
 def print_summary(summary: dict) -> None:
-    from rlad.cli.common import print_table
+    from rlad.tables import text_table
 
     columns = ["method", "category", "image_auroc", "pixel_auroc", "aupro", "pixel_f1_max", "ms_per_image"]
     print("\nPixel-level detection on the demo data (test split; thresholds never fitted on it):")
-    print_table(summary["pixel"], columns, floatfmt="{:.3f}")
+    print(text_table(summary["pixel"], columns, floatfmt="{:.3f}"), end="")
     if summary.get("grounding"):
         print(f"\nDifference grounding on the unseen category {GROUNDING_EVAL_CATEGORY!r} (compact grounder):")
-        print_table(summary["grounding"], ["policy", "acc_at_0_3", "miou", "f1", "whole_image_rate"], floatfmt="{:.3f}")
+        print(text_table(summary["grounding"], ["policy", "acc_at_0_3", "miou", "f1", "whole_image_rate"],
+                         floatfmt="{:.3f}"), end="")
         print("whole_image_rate: share of defective queries answered with a box over (nearly) the whole image. DCLR "
               "pays for such boxes, so a policy unsure of an unseen category learns to give them: the exploit measured "
               "in docs/grounding.md. With random backbones and a demo budget these figures show the pipeline, not the "

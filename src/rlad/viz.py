@@ -63,19 +63,6 @@ def figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def html_table(rows: list[dict], columns: list[str], floatfmt: str = "{:.3f}") -> str:
-    from html import escape
-
-    def cell(value):
-        if isinstance(value, float):
-            return floatfmt.format(value)
-        return escape("" if value is None else str(value))
-
-    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> None:
     """One self-contained HTML page: `sections` are (heading, HTML body) pairs."""
     from html import escape

@@ -5,24 +5,28 @@ import pytest
 
 from rlad.cli.main import main
 
-DESIGN_VERBS = ["data", "fit", "test", "predict", "grpo", "ground", "test-grounding", "export", "serve"]
+VERBS = ["data", "fit", "test", "predict", "grpo", "ground", "test-grounding"]
+NOT_YET = ["export", "serve"]  # in the design; offered only once they work
 
 
-def test_help_lists_every_verb(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
+def test_help_lists_every_verb_and_nothing_that_does_not_work(capsys):
+    assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for verb in DESIGN_VERBS:
+    for verb in VERBS:
         assert f"    {verb}" in out
+    for verb in NOT_YET:
+        assert f"    {verb}" not in out
 
 
-@pytest.mark.parametrize("verb", DESIGN_VERBS)
+@pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_has_help(verb, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main([verb, "--help"])
-    assert exit_info.value.code == 0
+    assert main([verb, "--help"]) == 0
     assert "usage: rlad" in capsys.readouterr().out
+
+
+def test_a_usage_error_exits_2(capsys):
+    assert main(["fit"]) == 2
+    assert "required" in capsys.readouterr().err
 
 
 def test_group_without_subverb_prints_help_and_exits_2(capsys):

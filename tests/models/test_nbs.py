@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from rlad.errors import ConfigError, DataError
-from rlad.models import api
+from rlad.workflows import detection as api
 from rlad.models.base import FitData
 from rlad.models.nbs.autoencoder import PatchAutoencoder, crop_patches, error_maps, tile, untile
 from rlad.models.nbs.context import ContextConfig, ContextEncoder

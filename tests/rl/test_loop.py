@@ -1,4 +1,5 @@
-"""The GRPO loop (rlad.rl.loop) on a tiny table policy: wiring, resampling, weights, resume."""
+"""The GRPO loop (rlad.rl.loop) on a tiny table policy and the grounding task: wiring, resampling,
+weights, resume."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ from rlad.boxes import format_answer
 from rlad.data.pairs import PairRecord
 from rlad.engine import RunDir
 from rlad.errors import ConfigError
-from rlad.policies.base import Completion, Policy, TokenLogProbs, flatten
-from rlad.rl.loop import GRPOConfig, PromptSampler, pad_to, score_groups, train_grpo
-from rlad.rl.rewards import PairTarget, dclr_reward, format_reward
+from rlad.policies.base import Policy
+from rlad.rl.loop import GRPOConfig, PromptSampler, score_groups, train_grpo
+from rlad.rl.rewards import dclr_reward, format_reward
+from rlad.rl.rollout import Completion, TokenLogProbs, flatten
+from rlad.tasks.grounding import GroundingTask
+
+TASK = GroundingTask()
 
 # Candidate answers in 0..1000 coordinates; for a 100x100 query they are also pixel boxes x10.
 CANDIDATES = [(0, 0, 0, 0), (0, 0, 500, 500), (500, 500, 1000, 1000), (0, 0, 1000, 1000), (0, 500, 500, 1000)]
@@ -25,13 +30,13 @@ class TablePolicy(Policy):
     name = "table"
 
     def __init__(self, records, forbid: set[int] | None = None):
-        self.index = {r.id: i for i, r in enumerate(records)}
+        self.index = {r.id: i for i, r in enumerate(records)}  # prompt.key is the record id
         self.logits = torch.nn.Parameter(torch.zeros(len(records), len(CANDIDATES)))
         self.forbid = forbid or set()  # candidates this policy never samples (to force invalid groups)
         self.sample_calls: list[int] = []
 
     def _table(self, prompts):
-        logits = self.logits[[self.index[p.id] for p in prompts]]
+        logits = self.logits[[self.index[p.key] for p in prompts]]
         if self.forbid:
             mask = torch.tensor([k in self.forbid for k in range(len(CANDIDATES))])
             logits = logits.masked_fill(mask, -1e9)
@@ -92,7 +97,7 @@ def test_score_groups_scores_every_completion_with_every_reward():
     policy = TablePolicy(records)
     groups = [[Completion(format_answer(CANDIDATES[1], think="x"), [1], [0.0]),
                Completion("<answer>(0,0),(0,0)</answer>", [0], [0.0])]]
-    rewards = score_groups(groups, [policy.target_for(records[0])], [format_reward, dclr_reward])
+    rewards = score_groups(groups, [TASK.target(records[0], policy)], [format_reward, dclr_reward])
     assert rewards.shape == (1, 2, 2)
     assert rewards[0, 0].tolist() == [1.0, 1.0]  # think + answer, exact box
     assert rewards[0, 1].tolist() == [0.0, 0.0]  # no think block; zero box on a defect
@@ -102,17 +107,11 @@ def test_prompt_sampler_visits_every_prompt_once_per_epoch_and_resumes():
     sampler = PromptSampler(7, seed=3)
     first_epoch = sampler.next(7)
     assert sorted(first_epoch) == list(range(7))
-    state = copy.deepcopy(sampler.state())
+    state = copy.deepcopy(sampler.state_dict())
     expected = sampler.next(10)
     again = PromptSampler(7, seed=99)
-    again.load(state)
+    again.load_state_dict(state)
     assert again.next(10) == expected
-
-
-def test_pad_to_pads_and_cuts():
-    x = torch.ones(2, 1)
-    assert pad_to(x, 3).tolist() == [[1, 0, 0], [1, 0, 0]]
-    assert pad_to(torch.ones(2, 4), 2).shape == (2, 2)
 
 
 @pytest.mark.parametrize("rewards", [["format", "dclr"], ["iou"]])
@@ -121,7 +120,7 @@ def test_reward_rises_on_a_trivially_learnable_case(rewards):
     policy = TablePolicy(records)
     log = []
     cfg = GRPOConfig(steps=60, group_size=8, prompts_per_step=4, lr=0.1, rewards=rewards, beta=0.0)
-    summary = train_grpo(policy, records, cfg, callback=log.append)
+    summary = train_grpo(policy, TASK, records, cfg, callback=log.append)
     first = sum(line["mean_iou"] for line in log[:5]) / 5
     last = sum(line["mean_iou"] for line in log[-5:]) / 5
     assert last > first + 0.3, (first, last)
@@ -138,7 +137,7 @@ def test_invalid_groups_are_resampled_rounds_times_and_keep_zero_advantage():
     cfg = GRPOConfig(steps=2, group_size=4, prompts_per_step=2, rounds=3, rewards=["iou"], reweighting=True)
     before = policy.logits.detach().clone()
     log = []
-    train_grpo(policy, records, cfg, callback=log.append)
+    train_grpo(policy, TASK, records, cfg, callback=log.append)
     assert [line["groups_resampled"] for line in log] == [2 * 3, 2 * 3]
     assert policy.sample_calls == [2, 2, 2, 2] * 2  # first round + 3 regenerations, per step
     assert all(line["groups_still_invalid"] == 2 for line in log)
@@ -151,7 +150,7 @@ def test_without_resampling_nothing_is_regenerated():
     records = make_records([(0, 0, 50, 50)])
     policy = TablePolicy(records, forbid={1, 3, 4})
     log = []
-    train_grpo(policy, records, GRPOConfig(steps=3, group_size=4, prompts_per_step=1, rewards=["iou"],
+    train_grpo(policy, TASK, records, GRPOConfig(steps=3, group_size=4, prompts_per_step=1, rewards=["iou"],
                                            resampling=False, reweighting=False), callback=log.append)
     assert policy.sample_calls == [1, 1, 1]
     assert all(line["groups_resampled"] == 0 and line["groups_invalid"] == 1 for line in log)
@@ -162,7 +161,7 @@ def test_kl_to_the_reference_grows_as_the_policy_moves():
     records = make_records([(0, 0, 50, 50), (50, 50, 100, 100)])
     policy = TablePolicy(records)
     log = []
-    train_grpo(policy, records, GRPOConfig(steps=30, group_size=8, prompts_per_step=2, lr=0.1, beta=0.04),
+    train_grpo(policy, TASK, records, GRPOConfig(steps=30, group_size=8, prompts_per_step=2, lr=0.1, beta=0.04),
                callback=log.append)
     assert log[0]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert log[-1]["kl"] > 0.01
@@ -173,14 +172,14 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
     cfg = GRPOConfig(steps=6, group_size=4, prompts_per_step=2, lr=0.05, checkpoint_every=3, seed=4)
 
     straight = TablePolicy(records)
-    train_grpo(straight, records, cfg)
+    train_grpo(straight, TASK, records, cfg)
 
     run = RunDir(tmp_path / "run").create()
     interrupted = TablePolicy(records)
-    train_grpo(interrupted, records, GRPOConfig(**{**cfg.__dict__, "steps": 4}), run=run)  # checkpoint at step 3
+    train_grpo(interrupted, TASK, records, GRPOConfig(**{**cfg.__dict__, "steps": 4}), run=run)  # checkpoint at step 3
     assert [p.name for p in run.checkpoints()] == ["step_00000003.pt"]
     resumed = TablePolicy(records)  # a fresh process: everything comes from the checkpoint
-    summary = train_grpo(resumed, records, cfg, run=run)
+    summary = train_grpo(resumed, TASK, records, cfg, run=run)
     assert torch.allclose(resumed.logits, straight.logits, atol=1e-6)
     steps_logged = [line["step"] for line in run.read_log()]
     assert steps_logged == [1, 2, 3, 4, 4, 5, 6]  # steps after the checkpoint are redone
@@ -191,7 +190,6 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
     "change, message",
     [
         ({"group_size": 1}, "group_size"),
-        ({"rewards": ["format"]}, "localization reward"),
         ({"rewards": ["nope"]}, "unknown reward"),
         ({"advantage_scale": "batch"}, "advantage_scale"),
         ({"aggregation": "tokens"}, "aggregation"),
@@ -203,10 +201,7 @@ def test_config_errors_name_the_option(change, message):
         GRPOConfig(**change).validate()
 
 
-def test_format_only_rewards_are_fine_without_weights_and_resampling():
-    GRPOConfig(rewards=["format"], reweighting=False, resampling=False).validate()
-
-
-def test_policy_targets_are_in_the_policy_coordinates():
-    records = make_records([(10, 20, 30, 40)])
-    assert TablePolicy(records).target_for(records[0]) == PairTarget(box=(100, 200, 300, 400))
+def test_the_task_refuses_weights_and_resampling_without_a_localization_reward():
+    records = make_records([(0, 0, 50, 50)])
+    with pytest.raises(ConfigError, match="localization reward"):
+        train_grpo(TablePolicy(records), TASK, records, GRPOConfig(rewards=["format"], steps=1))

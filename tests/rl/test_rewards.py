@@ -4,7 +4,7 @@ import pytest
 
 from rlad.boxes import format_answer
 from rlad.errors import ConfigError, DataError
-from rlad.rl.rewards import (LOCALIZATION_REWARDS, REWARDS, PairTarget, as_trl_reward, as_verl_compute_score,
+from rlad.rl.rewards import (LOCALIZATION_REWARDS, REWARDS, RewardTarget, as_trl_reward, as_verl_compute_score,
                              choice_reward, completion_text, dclr_from_boxes, dclr_reward, extract_choice,
                              format_reward, get_reward, iou_from_boxes, iou_reward, roam_reward)
 
@@ -34,7 +34,7 @@ def choice_text(think, answer):
 ])
 def test_format_reward(text, expected):
     assert format_reward(text) == expected
-    assert format_reward(text, PairTarget(box=G)) == expected
+    assert format_reward(text, RewardTarget(box=G)) == expected
 
 
 # ---------------------------------------------------------------------------------------- DCLR
@@ -47,7 +47,7 @@ def test_format_reward(text, expected):
 ])
 def test_dclr_methods_test_vectors(pred, expected):
     assert dclr_from_boxes(pred, G) == pytest.approx(expected, abs=5e-4)
-    assert dclr_reward(box_text(pred), PairTarget(box=G)) == pytest.approx(expected, abs=5e-4)
+    assert dclr_reward(box_text(pred), RewardTarget(box=G)) == pytest.approx(expected, abs=5e-4)
 
 
 def test_dclr_normal_and_missing_cases():
@@ -56,8 +56,8 @@ def test_dclr_normal_and_missing_cases():
     assert dclr_from_boxes(None, ZERO) == 0.0
     assert dclr_from_boxes(None, G) == 0.0
     assert dclr_from_boxes(ZERO, G) == 0.0
-    assert dclr_reward("I think it is fine", PairTarget(box=ZERO)) == 0.0
-    assert dclr_reward("<answer>(0,0),(0,0)</answer>", PairTarget(box=ZERO)) == 1.0
+    assert dclr_reward("I think it is fine", RewardTarget(box=ZERO)) == 0.0
+    assert dclr_reward("<answer>(0,0),(0,0)</answer>", RewardTarget(box=ZERO)) == 1.0
 
 
 def test_dclr_has_signal_when_iou_is_zero():
@@ -73,7 +73,7 @@ def test_dclr_degenerate_ground_truth_earns_nothing():
 
 # ----------------------------------------------------------------------------------------- IoU
 def test_iou_reward_hand_values():
-    t = PairTarget(box=G)
+    t = RewardTarget(box=G)
     assert iou_reward(box_text(G), t) == 1.0
     # IoU 0.16 < 0.3: times 1 / (1 + |1600 - 10000| / 10000) = 1 / 1.84
     assert iou_reward(box_text((120, 120, 160, 160)), t) == pytest.approx(0.16 / 1.84)
@@ -86,7 +86,7 @@ def test_iou_reward_hand_values():
 def test_box_rewards_need_a_box_target():
     for reward in (dclr_reward, iou_reward):
         with pytest.raises(DataError, match="ground-truth box"):
-            reward(box_text(G), PairTarget(choice="A"))
+            reward(box_text(G), RewardTarget(choice="A"))
 
 
 # -------------------------------------------------------------------------------------- letters
@@ -108,16 +108,16 @@ def test_extract_choice_is_strict(text, expected):
 
 
 def test_choice_reward():
-    t = PairTarget(choice="B")
+    t = RewardTarget(choice="B")
     assert choice_reward(choice_text("it is scratched", "B"), t) == 1.0
     assert choice_reward(choice_text("it is scratched", "(b)".upper()), t) == 1.0
     assert choice_reward(choice_text("x", "C"), t) == 0.0
     assert choice_reward("<answer>B</answer>", t) == 0.0                   # no think block
     assert choice_reward(choice_text("x", "A) or B)"), t) == 0.0           # listing options never pays
     assert choice_reward(choice_text("x", "A scratch, so B"), t) == 1.0    # the article is not a letter
-    assert choice_reward(choice_text("x", "B"), PairTarget(choice="b.")) == 1.0
+    assert choice_reward(choice_text("x", "B"), RewardTarget(choice="b.")) == 1.0
     with pytest.raises(DataError, match="letter"):
-        choice_reward(choice_text("x", "B"), PairTarget(box=G))
+        choice_reward(choice_text("x", "B"), RewardTarget(box=G))
 
 
 @pytest.mark.parametrize("think, answer, expected", [
@@ -131,11 +131,11 @@ def test_choice_reward():
     ("so the answer is B.", "none", 0.0),      # no answer letter
 ])
 def test_roam_table(think, answer, expected):
-    assert roam_reward(choice_text(think, answer), PairTarget(choice="B")) == expected
+    assert roam_reward(choice_text(think, answer), RewardTarget(choice="B")) == expected
 
 
 def test_roam_needs_structure():
-    assert roam_reward("so the answer is B. <answer>B</answer>", PairTarget(choice="B")) == 0.0
+    assert roam_reward("so the answer is B. <answer>B</answer>", RewardTarget(choice="B")) == 0.0
 
 
 # ------------------------------------------------------------------------------------- registry

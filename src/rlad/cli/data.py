@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from rlad.cli.common import add_json_arg, lazy
+from rlad.cli.common import add_json_arg
+
+
+def lazy(module, name):  # placeholder until the data-layer split lands
+    def run(args):
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+
+    return run
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,10 +1,16 @@
-"""`rlad fit`, `rlad test`, `rlad predict`: pixel-level anomaly models (NBS and baselines)."""
+"""`rlad fit`, `rlad test`, `rlad predict`: pixel-level anomaly models (NBS and baselines), plus the
+compact grounder's warm start (`rlad fit compact`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
-from rlad.cli.common import add_config_args, add_json_arg, lazy
+from rlad.cli.common import add_config_args, add_json_arg, print_json, print_table
+from rlad.errors import ConfigError
+
+METRIC_ORDER = ["image_auroc", "pixel_auroc", "aupro", "pixel_f1_max", "image_f1_max", "pixel_ap",
+                "pixel_f1_at_val_threshold", "image_f1_at_val_threshold", "ms_per_image", "n_test"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_config_args(fit)
     add_json_arg(fit)
-    fit.set_defaults(func=lazy("rlad.models.api", "cli_fit"))
+    fit.set_defaults(func=run_fit)
 
     test = sub.add_parser("test", help="evaluate a run on a dataset's test split")
     test.add_argument("run", metavar="RUN")
@@ -35,11 +41,75 @@ def register(sub: argparse._SubParsersAction) -> None:
         "split of a run fitted with protocol.dev_fraction > 0 (for choosing settings without touching test)",
     )
     add_json_arg(test)
-    test.set_defaults(func=lazy("rlad.models.api", "cli_test"))
+    test.set_defaults(func=run_test)
 
     predict = sub.add_parser("predict", help="anomaly maps, masks, boxes and overlays for images")
     predict.add_argument("run", metavar="RUN")
     predict.add_argument("paths", metavar="PATH", nargs="+", help="images or folders of images")
     predict.add_argument("--out", metavar="DIR", required=True)
     add_json_arg(predict)
-    predict.set_defaults(func=lazy("rlad.models.api", "cli_predict"))
+    predict.set_defaults(func=run_predict)
+
+
+def _fit_summary(run) -> dict:
+    return {"run": str(run.path), **json.loads(run.metrics_path.read_text()).get("fit", {})}
+
+
+def run_fit(args) -> int:
+    if args.method == "compact":
+        return _fit_compact(args)
+    from rlad.workflows import detection
+
+    if not args.data:
+        raise ConfigError(f"rlad fit {args.method} needs --data DIR")
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.labeled_per_type is not None:
+        overrides.append(f"protocol.labeled_per_type={args.labeled_per_type}")
+    cfg = detection.build_config(args.method, args.config, overrides)
+    run = detection.fit(args.method, args.data, args.out, cfg)
+    if args.json:
+        print_json(_fit_summary(run))
+    else:
+        print(f"trained {args.method} -> {run.path}")
+    return 0
+
+
+def _fit_compact(args) -> int:
+    from rlad.workflows import grounding
+
+    if not args.pairs:
+        raise ConfigError("rlad fit compact needs --pairs PAIRS.jsonl (build one with `rlad data pairs`)")
+    if args.data:
+        raise ConfigError("rlad fit compact trains on --pairs, not --data (build pairs with `rlad data pairs DIR`)")
+    cfg = grounding.build_fit_config(args.config, args.overrides, args.seed)
+    run = grounding.fit_compact(args.pairs, args.out, cfg)
+    if args.json:
+        print_json(_fit_summary(run))
+    else:
+        print(f"trained compact grounder (warm start) -> {run.path}")
+    return 0
+
+
+def run_test(args) -> int:
+    from rlad.workflows import detection
+
+    metrics = detection.test(args.run, args.data, split=args.split)
+    if args.json:
+        print_json(metrics)
+    else:
+        print_table([{"metric": k, "value": metrics[k]} for k in METRIC_ORDER if k in metrics])
+    return 0
+
+
+def run_predict(args) -> int:
+    from rlad.workflows import detection
+
+    rows = detection.predict(args.run, args.paths, args.out)
+    if args.json:
+        print_json({"out": str(args.out), "predictions": rows})
+    else:
+        flagged = sum(r["anomalous"] for r in rows)
+        print(f"{len(rows)} image(s), {flagged} flagged anomalous; results in {args.out}/predictions.jsonl")
+    return 0

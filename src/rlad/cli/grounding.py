@@ -3,31 +3,72 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from rlad.cli.common import add_config_args, add_json_arg, lazy
+from rlad.cli.common import add_config_args, add_json_arg, print_json, print_table
+from rlad.policies.registry import POLICY_NAMES
+REPORT_ORDER = ["miou", "acc_at_0_3", "f1", "precision", "recall", "miou_defective", "miou_normal", "mean_dclr",
+                "whole_image_rate", "far_box_rate", "mean_area_fraction", "n", "n_defective", "n_normal",
+                "n_invalid", "ms_per_pair"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     grpo = sub.add_parser("grpo", help="train a grounding policy with GRPO")
-    grpo.add_argument("--policy", choices=["compact", "hf"], default="compact")
+    grpo.add_argument("--policy", choices=POLICY_NAMES, default="compact")
     grpo.add_argument("--pairs", metavar="PAIRS.jsonl", required=True)
     grpo.add_argument("--out", metavar="RUN", required=True)
     grpo.add_argument("--init", metavar="RUN", help="start from this run's policy (e.g. a warm start)")
-    grpo.add_argument("--model", metavar="PATH", help="local VLM weights (--policy hf)")
     grpo.add_argument("--seed", type=int, default=None)
     add_config_args(grpo)
     add_json_arg(grpo)
-    grpo.set_defaults(func=lazy("rlad.policies.api", "cli_grpo"))
+    grpo.set_defaults(func=run_grpo)
 
     ground = sub.add_parser("ground", help="box the difference between a reference and a query image")
     ground.add_argument("run", metavar="RUN")
     ground.add_argument("--reference", metavar="IMG", required=True)
     ground.add_argument("--query", metavar="IMG", required=True)
     add_json_arg(ground)
-    ground.set_defaults(func=lazy("rlad.policies.api", "cli_ground"))
+    ground.set_defaults(func=run_ground)
 
     test = sub.add_parser("test-grounding", help="mIoU, Acc@0.3 and F1 of a policy on a pair file")
     test.add_argument("run", metavar="RUN")
     test.add_argument("--pairs", metavar="PAIRS.jsonl", required=True)
     add_json_arg(test)
-    test.set_defaults(func=lazy("rlad.policies.api", "cli_test_grounding"))
+    test.set_defaults(func=run_test_grounding)
+
+
+def run_grpo(args) -> int:
+    from rlad.workflows import grounding
+
+    cfg = grounding.build_grpo_config(args.config, args.overrides, args.seed, policy_name=args.policy)
+    run = grounding.grpo(args.pairs, args.out, cfg, init=args.init, policy_name=args.policy)
+    if args.json:
+        print_json({"run": str(run.path), **json.loads(run.metrics_path.read_text()).get("grpo", {})})
+    else:
+        print(f"GRPO-trained {args.policy} policy -> {run.path}")
+    return 0
+
+
+def run_ground(args) -> int:
+    from rlad.workflows import grounding
+
+    result = grounding.ground(args.run, args.reference, args.query)
+    if args.json:
+        print_json(result)
+    elif not result["anomalous"]:
+        print("no difference found (zero box)" if result["box"] is not None else "no valid box in the answer")
+    else:
+        x1, y1, x2, y2 = result["box"]
+        print(f"box (pixels of the query): ({x1:g},{y1:g}),({x2:g},{y2:g})")
+    return 0
+
+
+def run_test_grounding(args) -> int:
+    from rlad.workflows import grounding
+
+    metrics = grounding.evaluate(args.run, args.pairs)
+    if args.json:
+        print_json(metrics)
+    else:
+        print_table([{"metric": k, "value": metrics[k]} for k in REPORT_ORDER if metrics.get(k) is not None])
+    return 0

@@ -10,7 +10,7 @@ import sys
 from rlad import __version__
 from rlad.errors import RladError
 
-VERB_MODULES = ["data", "fit", "grounding", "export", "serve"]
+VERB_MODULES = ["data", "fit", "grounding"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its usage error (or --help): report its exit code
+        return int(exc.code or 0)
     if not getattr(args, "func", None):
         # A verb group without its sub-verb (e.g. `rlad data`) prints that group's help.
         (getattr(args, "_group_parser", None) or parser).print_help(sys.stderr)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlad.engine.progress import status
 from rlad.errors import ConfigError
 
 
@@ -87,6 +88,7 @@ class RunDir:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
+        self.finished = False  # set by `open` when the folder already holds this run's finished model
 
     # --- layout -------------------------------------------------------------------------------
     @property
@@ -108,6 +110,39 @@ class RunDir:
     @property
     def log_path(self) -> Path:
         return self.path / self.LOG
+
+    @classmethod
+    def open(cls, path: Path | str, config: dict, kind_key: str = "method") -> "RunDir":
+        """The run directory a training command writes into, for every command the same way.
+
+        A new folder is created with `config` saved in it. An existing run resumes when its saved
+        config equals `config`; a run whose config differs is refused once it holds a checkpoint or
+        a model (an attempt killed before its first checkpoint lost nothing, so it starts afresh);
+        a run of another kind (`config[kind_key]`) is always refused. When the folder already holds
+        the finished model, `finished` is True and nothing is rewritten.
+        """
+        run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise ConfigError(f"{run.path}: exists and is not a directory")
+        if run.config_path.is_file():
+            saved = run.load_config()
+            kind, saved_kind = config.get(kind_key), saved.get(kind_key)
+            if saved_kind != kind:
+                raise ConfigError(f"{run.path}: holds a {saved_kind!r} run; choose a new --out for {kind!r}")
+            if saved != config and (run.checkpoints() or run.model_path.is_file()):
+                raise ConfigError(
+                    f"{run.path}: already holds a run with a different config; rerun with the same options to "
+                    f"resume, or choose a new --out (saved config: {run.config_path})"
+                )
+            if saved == config and run.model_path.is_file():
+                status(f"{run.path}: already trained ({cls.MODEL} present); nothing to do")
+                run.finished = True
+                return run
+            if saved == config and run.checkpoints():
+                status(f"{run.path}: resuming")
+        run.create()
+        run.save_config(config)
+        return run
 
     def create(self) -> "RunDir":
         if self.path.exists() and not self.path.is_dir():

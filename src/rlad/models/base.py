@@ -1,6 +1,6 @@
 """The contract every pixel-level model implements (DESIGN.md "AnomalyModel").
 
-Models work on tensors at their own square resolution; the harness in `rlad.models.api` does the
+Models work on tensors at their own square resolution; the harness in `rlad.workflows.detection` does the
 folder handling, resizing, batching, thresholds, metrics and run directories, so that every model
 gets identical post-processing and evaluation.
 """

@@ -14,14 +14,13 @@ resized to S x S (boxes are scaled back to original pixels):
 * `nnfeature`: the nearest-neighbour cosine distance between the query's and the reference's
   frozen MobileNetV2 features (a one-shot PatchCore; the same fixed comparison the compact grounder
   starts from), averaged over stages 1, 2 and 4. It shows what the learned head adds.
-* `patchcore`, `padim`: rlad's pixel models fitted on the evaluation category's train/good images
-  (far more normal data than the single reference the grounders get), through `rlad.models.api`.
+Pixel models (`patchcore`, `padim`, fitted on the evaluation category's train/good images: far more
+normal data than the single reference the grounders get) and the evaluation of any map maker are in
+`rlad.workflows.map_grounding`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -81,7 +80,7 @@ def fit_threshold(maps: np.ndarray, records: Sequence, n: int = 64) -> tuple[flo
 
 
 # ------------------------------------------------------------------------------------- the maps
-def _load_resized(paths: Sequence[str], size: int) -> np.ndarray:
+def load_resized(paths: Sequence[str], size: int) -> np.ndarray:
     from rlad.data.folder import load_image
     from rlad.data.transforms import resize_image
 
@@ -98,8 +97,8 @@ def absdiff_maps(records: Sequence, size: int = DEFAULT_SIZE, sigma: float = 4.0
     out = []
     for start in range(0, len(records), batch):
         chunk = records[start:start + batch]
-        query = _load_resized([r.query for r in chunk], size)
-        reference = _load_resized([r.reference for r in chunk], size)
+        query = load_resized([r.query for r in chunk], size)
+        reference = load_resized([r.reference for r in chunk], size)
         out.append(_blur(np.abs(query - reference).mean(axis=1), sigma * size / 256))
     return np.concatenate(out)
 
@@ -108,75 +107,19 @@ def nnfeature_maps(records: Sequence, size: int = DEFAULT_SIZE, weights: str = "
     """Nearest-neighbour feature distance (the compact grounder's fixed comparison, no learning)."""
     import torch.nn.functional as F
 
-    from rlad.policies.compact import CompactConfig, CompactPolicy
+    from rlad.policies.compact.config import CompactConfig
+    from rlad.policies.compact.policy import CompactPolicy
+    from rlad.rl.rollout import Prompt
 
     policy = CompactPolicy(CompactConfig(image_size=size, weights=weights))
-    policy.prepare(records)
+    prompts = [Prompt(images=(r.reference, r.query), key=r.id) for r in records]
+    policy.prepare(prompts)
     maps = []
-    for r in records:
-        fixed = policy.cache.pairs[(r.reference, r.query)]
+    for prompt in prompts:
+        fixed = policy.cache.pair(prompt)
         nearest = fixed[2::4].mean(0)  # raw nearest-neighbour distance of each stage
         maps.append(F.interpolate(nearest[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0])
     return _blur(torch.stack(maps).numpy(), sigma * size / 256)
 
 
-@dataclass
-class PixelModelMaps:
-    """Maps from an rlad pixel model (PatchCore, PaDiM, ...) fitted on a category's train/good."""
-
-    method: str
-    data_dir: str
-    run_dir: str
-    weights: str = ""
-    image_size: int = DEFAULT_SIZE
-
-    def fit(self):
-        from rlad.models.api import build_config, fit
-
-        overrides = [f"image_size={self.image_size}"]
-        if self.weights:
-            overrides.append(f"model.backbone.weights={self.weights}")
-        return fit(self.method, self.data_dir, self.run_dir, build_config(self.method, overrides=overrides))
-
-    def __call__(self, records: Sequence, size: int = DEFAULT_SIZE) -> np.ndarray:
-        from rlad.data.transforms import resize_map_to
-        from rlad.models.api import load_run, predict_arrays
-
-        if not Path(self.run_dir, "model.pt").is_file():
-            self.fit()
-        loaded = load_run(self.run_dir)
-        images = _load_resized([r.query for r in records], loaded.cfg.image_size)
-        pred = predict_arrays(loaded.model, np.round(images * 255).astype(np.uint8), loaded.cfg.batch_size)
-        if pred.maps.shape[-1] == size:
-            return pred.maps
-        return np.stack([resize_map_to(m, (size, size)) for m in pred.maps])
-
-
 MAP_BASELINES: dict[str, Callable] = {"absdiff": absdiff_maps, "nnfeature": nnfeature_maps}
-PIXEL_MODEL_BASELINES = ("patchcore", "padim")
-
-
-def map_baseline(name: str, **options) -> Callable:
-    """A map maker by name; pixel models need data_dir= and run_dir= (where to fit and keep them)."""
-    if name in MAP_BASELINES:
-        fn = MAP_BASELINES[name]
-        return lambda records, size=DEFAULT_SIZE: fn(records, size=size, **options)
-    if name in PIXEL_MODEL_BASELINES:
-        missing = {"data_dir", "run_dir"} - set(options)
-        if missing:
-            raise ConfigError(f"baseline {name!r} needs {', '.join(sorted(missing))} (the category folder to fit on)")
-        return PixelModelMaps(name, **options)
-    valid = ", ".join([*MAP_BASELINES, *PIXEL_MODEL_BASELINES])
-    raise ConfigError(f"unknown map baseline {name!r}; available: {valid}")
-
-
-def evaluate_map_baseline(maps_fn: Callable, calibration: Sequence, test: Sequence, size: int = DEFAULT_SIZE) -> dict:
-    """Threshold fitted on `calibration`, grounding metrics (+ exploit stats) on `test`."""
-    from rlad.policies.api import grounding_report
-
-    threshold, calibration_metrics = fit_threshold(maps_fn(list(calibration), size=size), calibration)
-    boxes = boxes_from_maps(maps_fn(list(test), size=size), test, threshold)
-    report = grounding_report(boxes, test)
-    report["threshold"] = threshold
-    report["calibration_f1"] = calibration_metrics["f1"]
-    return report

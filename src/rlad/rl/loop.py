@@ -1,13 +1,17 @@
-"""The GRPO loop for any grounding Policy (DifferAD-R1's recipe), top to bottom in `train_grpo`.
+"""The GRPO loop (DifferAD-R1's recipe) for any task and any policy, top to bottom in `train_grpo`.
+
+The task (`rlad.tasks`) turns records into prompts and reward targets and names its primary
+rewards (localization for grounding); the policy (`rlad.policies`) samples and scores completions.
+The loop sees them only through those interfaces, so it never knows which task or policy it runs.
 
 One step:
-  1. take `prompts_per_step` pairs; the policy samples G completions for each (a group);
-  2. score every completion with the configured rewards (text + target box in the policy's
-     coordinates; the rewards never see the model);
-  3. difficulty weight per group from the localization rewards of these first samples;
-  4. group-wise resampling: groups with no usable signal (localization std < 1e-6 and no perfect
+  1. take `prompts_per_step` records; the policy samples G completions for each prompt (a group);
+  2. score every completion with the configured rewards (text + target in the policy's
+     conventions; the rewards never see the model);
+  3. difficulty weight per group from the primary rewards of these first samples;
+  4. group-wise resampling: groups with no usable signal (primary-reward std < 1e-6 and no perfect
      answer) are sampled again, up to `rounds` times; the ones still invalid get advantage 0;
-  5. group advantages of the total reward (format + localization);
+  5. group advantages of the total reward (e.g. format + localization);
   6. `mu` updates of the clipped surrogate + beta * k3-KL to a frozen reference policy, each
      group's loss multiplied by its difficulty weight; truncated completions are dropped;
   7. a log line; every `checkpoint_every` steps an atomic checkpoint (resume picks it up).
@@ -24,10 +28,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from rlad.config import raise_if_problems
+from rlad.engine import TrainingState, progress
 from rlad.errors import ConfigError
 from rlad.rl.grpo import (ADVANTAGE_SCALES, AGGREGATIONS, difficulty_weights, group_advantages, grpo_loss,
                           invalid_groups)
-from rlad.rl.rewards import LOCALIZATION_REWARDS, PairTarget, get_reward
+from rlad.rl.rewards import RewardTarget, get_reward
+from rlad.rl.rollout import flatten, pad_to, padded
 
 
 @dataclass
@@ -46,7 +53,8 @@ class GRPOConfig:
     mu: int = 1
     """Policy updates per sampled batch (> 1 makes the ratio and the clip matter)."""
     rewards: list[str] = field(default_factory=lambda: ["format", "dclr"])
-    """Summed into the total reward; the localization ones (dclr, iou) drive weights and resampling."""
+    """Summed into the total reward; the task's primary ones (for grounding the localization rewards
+    dclr, iou) drive weights and resampling."""
     advantage_scale: str = "std"
     """"std" (GRPO) or "none" (Dr. GRPO)."""
     aggregation: str = "sequence"
@@ -65,57 +73,33 @@ class GRPOConfig:
     seed: int = 0
 
     def validate(self) -> "GRPOConfig":
-        problems = []
-        if self.steps < 0:
-            problems.append(f"grpo.steps must be >= 0, got {self.steps}")
-        if self.group_size < 2:
-            problems.append(f"grpo.group_size must be >= 2 (a group needs a spread), got {self.group_size}")
-        if self.prompts_per_step < 1:
-            problems.append(f"grpo.prompts_per_step must be >= 1, got {self.prompts_per_step}")
-        if self.mu < 1:
-            problems.append(f"grpo.mu must be >= 1, got {self.mu}")
-        if self.rounds < 0:
-            problems.append(f"grpo.rounds must be >= 0, got {self.rounds}")
-        if self.beta < 0 or self.eps_low < 0 or self.eps_high < 0 or self.lr <= 0:
-            problems.append("grpo.beta, eps_low, eps_high must be >= 0 and grpo.lr > 0")
-        if self.advantage_scale not in ADVANTAGE_SCALES:
-            problems.append(f"grpo.advantage_scale {self.advantage_scale!r} is not one of "
-                            f"{', '.join(ADVANTAGE_SCALES)}")
-        if self.aggregation not in AGGREGATIONS:
-            problems.append(f"grpo.aggregation {self.aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
-        if not self.rewards:
-            problems.append("grpo.rewards is empty")
+        problems = [
+            None if self.steps >= 0 else f"grpo.steps must be >= 0, got {self.steps}",
+            None if self.group_size >= 2
+            else f"grpo.group_size must be >= 2 (a group needs a spread), got {self.group_size}",
+            None if self.prompts_per_step >= 1 else f"grpo.prompts_per_step must be >= 1, got {self.prompts_per_step}",
+            None if self.mu >= 1 else f"grpo.mu must be >= 1, got {self.mu}",
+            None if self.rounds >= 0 else f"grpo.rounds must be >= 0, got {self.rounds}",
+            None if self.beta >= 0 and self.eps_low >= 0 and self.eps_high >= 0 and self.lr > 0
+            else "grpo.beta, eps_low, eps_high must be >= 0 and grpo.lr > 0",
+            None if self.advantage_scale in ADVANTAGE_SCALES
+            else f"grpo.advantage_scale {self.advantage_scale!r} is not one of {', '.join(ADVANTAGE_SCALES)}",
+            None if self.aggregation in AGGREGATIONS
+            else f"grpo.aggregation {self.aggregation!r} is not one of {', '.join(AGGREGATIONS)}",
+            None if self.rewards else "grpo.rewards is empty",
+        ]
         for name in self.rewards:
             get_reward(name)  # ConfigError listing the valid names
-        if (self.reweighting or self.resampling) and not set(self.rewards) & LOCALIZATION_REWARDS:
-            problems.append(f"grpo.reweighting/resampling need a localization reward "
-                            f"({', '.join(sorted(LOCALIZATION_REWARDS))}) in grpo.rewards, got {self.rewards}")
-        if problems:
-            raise ConfigError("; ".join(problems))
+        raise_if_problems(problems)
         return self
 
 
 # --------------------------------------------------------------------------------- pure helpers
-def score_groups(groups: Sequence[Sequence], targets: Sequence[PairTarget],
+def score_groups(groups: Sequence[Sequence], targets: Sequence[RewardTarget],
                  reward_fns: Sequence[Callable]) -> torch.Tensor:
     """(B, G, R) rewards: every reward function on every completion's text."""
     return torch.tensor([[[float(fn(c.text, t)) for fn in reward_fns] for c in group]
                          for group, t in zip(groups, targets)], dtype=torch.float32)
-
-
-def group_iou(groups: Sequence[Sequence], targets: Sequence[PairTarget]) -> float:
-    """Mean per-query score (IoU; 1 for a zero box on a normal query) in the policy's coordinates."""
-    from rlad.boxes import parse_answer
-    from rlad.metrics.grounding import query_score
-
-    scores = [query_score(parse_answer(c.text).box, t.box) for group, t in zip(groups, targets) for c in group]
-    return float(np.mean(scores)) if scores else 0.0
-
-
-def pad_to(values: torch.Tensor, width: int) -> torch.Tensor:
-    if values.shape[1] >= width:
-        return values[:, :width]
-    return torch.nn.functional.pad(values, (0, width - values.shape[1]))
 
 
 class PromptSampler:
@@ -137,55 +121,40 @@ class PromptSampler:
             self.position += take
         return out
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "order": self.order.tolist(), "position": self.position}
 
-    def load(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.order, self.position = np.array(state["order"]), state["position"]
 
 
 # ------------------------------------------------------------------------------------- the loop
-def train_grpo(policy, records: Sequence, cfg: GRPOConfig, run=None, reference=None,
+def train_grpo(policy, task, records: Sequence, cfg: GRPOConfig, run=None, reference=None,
                callback: Callable[[dict], None] | None = None) -> dict:
-    """Train `policy` on pair `records` with GRPO; resumes from `run`'s last GRPO checkpoint.
+    """Train `policy` on `task`'s `records` with GRPO; resumes from `run`'s last GRPO checkpoint.
 
     `reference` is the frozen KL reference (default: a frozen copy of `policy` as it is now, i.e.
     the initial policy). Returns a summary (steps, completions scored, throughput, last log line).
     """
-    from rlad.engine.progress import progress
-    from rlad.policies.base import flatten, padded
-
     cfg.validate()
+    task.check_rewards(cfg.rewards, needs_primary=cfg.reweighting or cfg.resampling)
     names = list(cfg.rewards)
     reward_fns = [get_reward(n) for n in names]
-    loc_columns = [i for i, n in enumerate(names) if n in LOCALIZATION_REWARDS]
+    primary_columns = [i for i, n in enumerate(names) if n in task.primary_rewards]
     G, B = cfg.group_size, cfg.prompts_per_step
 
-    policy.prepare(records)
+    prompts = [task.prompt(r) for r in records]
+    policy.prepare(prompts)
     if reference is None and cfg.beta > 0:
         reference = policy.frozen_copy()
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
     sampler = PromptSampler(len(records), cfg.seed)
-    start_step, scored_before, seconds_before = 0, 0, 0.0
-
-    if run is not None and (state := run.latest_checkpoint()) is not None and state.get("stage") == "grpo":
-        policy.load_state_dict(state["policy"])
-        if reference is not None and state.get("reference") is not None:
-            reference.load_state_dict(state["reference"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        sampler.load(state["sampler"])
-        start_step, scored_before, seconds_before = state["step"], state["scored"], state["seconds"]
-
-    def checkpoint(step: int) -> None:
-        run.save_checkpoint({
-            "stage": "grpo", "step": step, "policy": policy.state_dict(),
-            "reference": reference.state_dict() if reference is not None else None,
-            "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "sampler": sampler.state(),
-            "scored": scored_total, "seconds": seconds_before + time.perf_counter() - started,
-        }, step=step)
+    state = TrainingState(run, "grpo", policy=policy, reference=reference, optimizer=optimizer,
+                          generator=generator, sampler=sampler)
+    resumed = state.restore()
+    start_step, scored_before, seconds_before = (resumed.get(k, 0) for k in ("step", "scored", "seconds"))
 
     scored_total, line = scored_before, {}
     started = time.perf_counter()
@@ -193,21 +162,22 @@ def train_grpo(policy, records: Sequence, cfg: GRPOConfig, run=None, reference=N
     policy.train(True)
     for step in range(start_step, cfg.steps):
         step_started = time.perf_counter()
-        batch = [records[i] for i in sampler.next(B)]
-        targets = [policy.target_for(r) for r in batch]
+        picked = sampler.next(B)
+        batch = [prompts[i] for i in picked]
+        targets = [task.target(records[i], policy) for i in picked]
 
         # 1-2. sample a group per prompt and score it
         groups = policy.sample(batch, G, generator=generator)
         rewards = score_groups(groups, targets, reward_fns)  # (B, G, R)
         first_rewards = rewards.clone()
-        first_iou = group_iou(groups, targets)
+        first_stats = task.rollout_stats(groups, targets)
         scored = B * G
-        loc = rewards[..., loc_columns].sum(-1) if loc_columns else rewards.sum(-1)
+        primary = rewards[..., primary_columns].sum(-1) if primary_columns else rewards.sum(-1)
 
         # 3. difficulty weights, from the first samples (before resampling), one per group
-        weights = difficulty_weights(loc, cfg.error_threshold) if cfg.reweighting else torch.ones(B)
-        zero_variance = float((loc.std(dim=1, unbiased=False) < 1e-6).float().mean())
-        invalid = invalid_groups(loc)
+        weights = difficulty_weights(primary, cfg.error_threshold) if cfg.reweighting else torch.ones(B)
+        zero_variance = float((primary.std(dim=1, unbiased=False) < 1e-6).float().mean())
+        invalid = invalid_groups(primary)
         invalid_first = int(invalid.sum())
 
         # 4. group-wise resampling of invalid groups (same prompts), up to `rounds` times
@@ -223,8 +193,8 @@ def train_grpo(policy, records: Sequence, cfg: GRPOConfig, run=None, reference=N
                     groups[i] = fresh[j]
                 scored += len(redo) * G
                 resampled += len(redo)
-                loc = rewards[..., loc_columns].sum(-1)
-                invalid = invalid_groups(loc)
+                primary = rewards[..., primary_columns].sum(-1)
+                invalid = invalid_groups(primary)
 
         # 5. advantages of the total reward; still-invalid groups carry no signal
         advantages = group_advantages(rewards.sum(-1), cfg.advantage_scale)
@@ -260,7 +230,7 @@ def train_grpo(policy, records: Sequence, cfg: GRPOConfig, run=None, reference=N
             "stage": "grpo", "step": step + 1,
             **{f"reward/{n}": float(first_rewards[..., i].mean()) for i, n in enumerate(names)},
             "reward/total": float(first_rewards.sum(-1).mean()),
-            "mean_iou": first_iou,
+            **first_stats,
             "frac_zero_variance": zero_variance,
             "groups_invalid": invalid_first,
             "groups_resampled": resampled,
@@ -275,9 +245,10 @@ def train_grpo(policy, records: Sequence, cfg: GRPOConfig, run=None, reference=N
         if callback is not None:
             callback(line)
         bar.update(1)
-        bar.set_postfix(reward=f"{line['reward/total']:.3f}", iou=f"{first_iou:.3f}")
-        if run is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            checkpoint(step + 1)
+        bar.set_postfix(reward=f"{line['reward/total']:.3f}", **{k: f"{v:.3f}" for k, v in first_stats.items()})
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            state.save(step + 1, step=step + 1, scored=scored_total,
+                       seconds=seconds_before + time.perf_counter() - started)
     bar.close()
     seconds = seconds_before + time.perf_counter() - started
     return {

@@ -1,4 +1,4 @@
-"""Rewards: plain functions `reward(completion: str, target: PairTarget) -> float`.
+"""Rewards: plain functions `reward(completion: str, target: RewardTarget) -> float`.
 
 Box rewards compare the first valid box of the answer block with `target.box`, both in the policy's
 coordinate convention (the box in the completion is never converted here). Choice rewards compare
@@ -34,7 +34,7 @@ _LETTER_RE = re.compile(r"(?<![A-Za-z0-9.])\(?([A-Z])(?:[.)]|(?=[ \t]*(?:\n|$)))
 
 
 @dataclass(frozen=True)
-class PairTarget:
+class RewardTarget:
     """What a reward compares a completion with."""
 
     box: tuple | None = None  # ground truth in the SAME coordinate convention as the completion
@@ -42,7 +42,7 @@ class PairTarget:
 
 
 # ------------------------------------------------------------------------------------- format
-def format_reward(completion: str, target: PairTarget | None = None) -> float:
+def format_reward(completion: str, target: RewardTarget | None = None) -> float:
     """1 iff a <think> block precedes an <answer> block holding exactly one box of integers."""
     parsed = parse_answer(completion)
     ok = (parsed.has_think and parsed.has_answer and parsed.n_boxes == 1 and parsed.box is not None
@@ -51,7 +51,7 @@ def format_reward(completion: str, target: PairTarget | None = None) -> float:
 
 
 # --------------------------------------------------------------------------------- box rewards
-def _target_box(target: PairTarget | None, reward: str) -> tuple:
+def _target_box(target: RewardTarget | None, reward: str) -> tuple:
     if target is None or target.box is None:
         raise DataError(f"the {reward!r} reward needs a ground-truth box (target.box), got {target!r}")
     if len(target.box) != 4:
@@ -86,7 +86,7 @@ def _consistency(pred, gt) -> float:
     return min(1.0, max(0.0, 0.6 * center + 0.4 * area))
 
 
-def dclr_reward(completion: str, target: PairTarget) -> float:
+def dclr_reward(completion: str, target: RewardTarget) -> float:
     return dclr_from_boxes(parse_answer(completion).box, _target_box(target, "dclr"))
 
 
@@ -106,7 +106,7 @@ def iou_from_boxes(pred, gt) -> float:
     return iou
 
 
-def iou_reward(completion: str, target: PairTarget) -> float:
+def iou_reward(completion: str, target: RewardTarget) -> float:
     return iou_from_boxes(parse_answer(completion).box, _target_box(target, "iou"))
 
 
@@ -124,7 +124,7 @@ def _answer_letter(answer: str) -> str | None:
     return letters.pop() if len(letters) == 1 else None
 
 
-def _target_letter(target: PairTarget | None, reward: str) -> str:
+def _target_letter(target: RewardTarget | None, reward: str) -> str:
     choice = None if target is None else target.choice
     letter = None if choice is None else str(choice).strip().strip("().").strip().upper()
     if not letter or len(letter) != 1 or not letter.isalpha():
@@ -142,7 +142,7 @@ def _choice_blocks(completion: str) -> tuple[str, str] | None:
     return think, answers[0]
 
 
-def choice_reward(completion: str, target: PairTarget) -> float:
+def choice_reward(completion: str, target: RewardTarget) -> float:
     """1 iff the think/answer structure is present and the answer letter is the correct one."""
     truth = _target_letter(target, "choice")
     blocks = _choice_blocks(completion)
@@ -151,7 +151,7 @@ def choice_reward(completion: str, target: PairTarget) -> float:
     return 1.0 if _answer_letter(blocks[1]) == truth else 0.0
 
 
-def roam_reward(completion: str, target: PairTarget) -> float:
+def roam_reward(completion: str, target: RewardTarget) -> float:
     """AnomalyR1's reasoning-answer consistency reward (t: letter concluded in the reasoning,
     a: letter answered, s: correct letter).
 
@@ -173,7 +173,7 @@ def roam_reward(completion: str, target: PairTarget) -> float:
 
 
 # ------------------------------------------------------------------------------------ registry
-RewardFn = Callable[[str, PairTarget], float]
+RewardFn = Callable[[str, RewardTarget], float]
 
 REWARDS: dict[str, RewardFn] = {
     "format": format_reward,
@@ -230,7 +230,7 @@ def _as_box(value) -> tuple | None:
 def as_trl_reward(fn: RewardFn | str, target_columns: Mapping[str, str] | None = None) -> Callable:
     """Wrap a reward for TRL's GRPOTrainer: `f(completions, **columns) -> list[float]`.
 
-    `target_columns` maps PairTarget fields to dataset column names (default: the column "box" feeds
+    `target_columns` maps RewardTarget fields to dataset column names (default: the column "box" feeds
     `box`, "choice" feeds `choice`); absent columns leave the field None. The wrapper keeps the
     reward's name, which TRL uses in its logs (`rewards/<name>/mean`).
     """
@@ -239,7 +239,7 @@ def as_trl_reward(fn: RewardFn | str, target_columns: Mapping[str, str] | None =
     columns = dict(target_columns) if target_columns is not None else {"box": "box", "choice": "choice"}
     unknown = set(columns) - {"box", "choice"}
     if unknown:
-        raise ConfigError(f"target_columns: {sorted(unknown)} are not PairTarget fields (box, choice)")
+        raise ConfigError(f"target_columns: {sorted(unknown)} are not RewardTarget fields (box, choice)")
 
     def reward(completions, **kwargs) -> list[float]:
         n = len(completions)
@@ -249,7 +249,7 @@ def as_trl_reward(fn: RewardFn | str, target_columns: Mapping[str, str] | None =
                 values[field] = list(kwargs[column])
                 if len(values[field]) != n:
                     raise DataError(f"column {column!r} has {len(values[field])} values for {n} completions")
-        targets = [PairTarget(box=_as_box(b), choice=c) for b, c in zip(values["box"], values["choice"])]
+        targets = [RewardTarget(box=_as_box(b), choice=c) for b, c in zip(values["box"], values["choice"])]
         return [float(fn(completion_text(c), t)) for c, t in zip(completions, targets)]
 
     reward.__name__ = getattr(fn, "__name__", "reward")
@@ -257,8 +257,8 @@ def as_trl_reward(fn: RewardFn | str, target_columns: Mapping[str, str] | None =
     return reward
 
 
-def _verl_target(ground_truth) -> PairTarget:
-    """verl's `ground_truth` column as a PairTarget: a dict (or its JSON) with "box" / "choice",
+def _verl_target(ground_truth) -> RewardTarget:
+    """verl's `ground_truth` column as a RewardTarget: a dict (or its JSON) with "box" / "choice",
     a list of 4 numbers (a box) or a letter."""
     value = ground_truth
     if isinstance(value, str):
@@ -266,15 +266,15 @@ def _verl_target(ground_truth) -> PairTarget:
         if not stripped:
             raise DataError("empty ground_truth: expected a box, a letter or a JSON object")
         if stripped[0] not in "[{":
-            return PairTarget(choice=stripped)
+            return RewardTarget(choice=stripped)
         try:
             value = json.loads(stripped)
         except ValueError:
             raise DataError(f"ground_truth is not valid JSON: {stripped[:80]!r}") from None
     if isinstance(value, Mapping):
-        return PairTarget(box=_as_box(value.get("box")), choice=value.get("choice"))
+        return RewardTarget(box=_as_box(value.get("box")), choice=value.get("choice"))
     if isinstance(value, Iterable):
-        return PairTarget(box=_as_box(list(value)))
+        return RewardTarget(box=_as_box(list(value)))
     raise DataError(f"cannot read a reward target from ground_truth={ground_truth!r}")
 
 

@@ -1,4 +1,5 @@
-"""The data protocol: labelled draw, validation split and the development split (protocol.dev_fraction)."""
+"""The data protocol (rlad.data.split): labelled draw, validation split and the development split
+(protocol.dev_fraction), and how `rlad test` scores the test and development splits apart."""
 
 from __future__ import annotations
 
@@ -10,17 +11,17 @@ import pytest
 from rlad.cli.main import main
 from rlad.data.folder import discover
 from rlad.errors import ConfigError
-from rlad.models import api
+from rlad.data.split import ProtocolConfig, make_split
 
 
-def _protocol(**kwargs) -> api.ProtocolConfig:
-    return api.ProtocolConfig(**kwargs)
+def _protocol(**kwargs) -> ProtocolConfig:
+    return ProtocolConfig(**kwargs)
 
 
 def test_dev_split_is_disjoint_stratified_and_keeps_the_labelled_draw(tiny_mvtec_factory, tmp_path):
     folder = discover(tiny_mvtec_factory(tmp_path / "d", n_test_good=6, n_per_type=5))
-    without = api.make_split(folder, _protocol(labeled_per_type=2), seed=3)
-    with_dev = api.make_split(folder, _protocol(labeled_per_type=2, dev_fraction=0.4), seed=3)
+    without = make_split(folder, _protocol(labeled_per_type=2), seed=3)
+    with_dev = make_split(folder, _protocol(labeled_per_type=2, dev_fraction=0.4), seed=3)
 
     assert [s.path for s in with_dev.labeled] == [s.path for s in without.labeled]
     labeled, dev, test = ({s.path for s in part} for part in (with_dev.labeled, with_dev.dev, with_dev.test))
@@ -31,9 +32,9 @@ def test_dev_split_is_disjoint_stratified_and_keeps_the_labelled_draw(tiny_mvtec
     for s in with_dev.dev:
         groups[s.defect_type if s.label else "good"] = groups.get(s.defect_type if s.label else "good", 0) + 1
     assert groups == {"good": 2, "hole": 1, "scratch": 1}
-    assert api.make_split(folder, _protocol(labeled_per_type=2), seed=3).dev == []
+    assert make_split(folder, _protocol(labeled_per_type=2), seed=3).dev == []
     with pytest.raises(ConfigError, match="dev_fraction"):
-        api.make_split(folder, _protocol(dev_fraction=1.0), seed=0)
+        make_split(folder, _protocol(dev_fraction=1.0), seed=0)
 
 
 def _cli(capsys, *argv):

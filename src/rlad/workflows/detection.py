@@ -1,12 +1,10 @@
-"""The harness shared by every pixel-level model: configs, data protocol, fit (with resume), test,
-predict. The CLI verbs `rlad fit/test/predict` are thin wrappers over the functions here.
+"""Pixel-level detection, the library behind `rlad fit METHOD`, `rlad test` and `rlad predict`: one
+harness for every anomaly-map model (NBS and the baselines), so comparisons are side by side.
 
-Protocol (the same for every model, so comparisons are side by side):
-- `train/good` minus a held-out validation share -> unlabelled training images;
-- `protocol.labeled_per_type` defective images per type drawn with the seed from `test/`, given to
-  the model as labelled training data and REMOVED from evaluation; the run records which files;
-- thresholds are fitted on the validation split (held-out normal images, plus the labelled defects
-  when there are any), never on the test split (see `rlad.models.postprocess`).
+A model implements only `fit(FitData)`, `predict(tensor) -> AnomalyMap` and its state; this module
+does the rest: the typed run config, the data protocol (`rlad.data.split`), run directories (resume,
+refusal of a different config), thresholds fitted on the validation split (`rlad.models.postprocess`),
+metrics on the test or development split, and prediction files at each image's original size.
 """
 
 from __future__ import annotations
@@ -21,25 +19,12 @@ import numpy as np
 import torch
 
 from rlad import config as cfgmod
+from rlad.data.split import ProtocolConfig, evaluation_samples, make_split, split_record
 from rlad.engine import RunDir, progress, seed_everything, status
 from rlad.errors import ConfigError, DataError
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
 from rlad.models.postprocess import PostProcessor, fit_postprocessor
 from rlad.models.registry import get_model_class
-
-
-@dataclass
-class ProtocolConfig:
-    labeled_per_type: int = 0
-    """Defective images per defect type taken from test/ as labelled training data (0 = unsupervised)."""
-    val_normal_fraction: float = 0.1
-    """Share of train/good held out to fit thresholds (at least 2 images)."""
-    threshold_on_labeled: bool = True
-    """Use the labelled defects (un-augmented) in the threshold validation split."""
-    dev_fraction: float = 0.0
-    """Share of the test split (of test/good and of each defect type, seeded, after the labelled draw)
-    held out as a development split for choosing settings: `rlad test` leaves it out, `rlad test
-    --split dev` scores only it. 0 = none."""
 
 
 @dataclass
@@ -53,6 +38,16 @@ class FitConfig:
     model: Any = None
     """The method's own config dataclass (see `rlad.models.<method>`)."""
 
+    def validate(self) -> "FitConfig":
+        cfgmod.raise_if_problems([
+            None if self.image_size >= 32 else f"image_size must be at least 32, got {self.image_size}",
+        ])
+        self.protocol.validate()
+        if hasattr(self.model, "image_size"):
+            self.model.image_size = self.image_size
+        get_model_class(self.method).check_config(self.model)
+        return self
+
 
 def default_config(method: str) -> FitConfig:
     cls = get_model_class(method)
@@ -65,114 +60,25 @@ def config_to_dict(cfg: FitConfig) -> dict:
 
 
 def config_from_dict(data: dict) -> FitConfig:
-    data = dict(data)
     method = data.get("method")
     if not method:
         raise ConfigError("config has no 'method'")
-    cls = get_model_class(method)
-    model_data = data.pop("model", None) or {}
-    base = cfgmod.from_dict(FitConfig, {k: v for k, v in data.items()})
-    base.model = cfgmod.from_dict(cls.Config, model_data, "model")
-    return base
+    data = {**data, "model": data.get("model") or {}}
+    return cfgmod.from_dict(FitConfig, data, types={"model": get_model_class(method).Config})
 
 
 def build_config(method: str, config_file: str | None = None, overrides: list[str] | None = None) -> FitConfig:
-    data = config_to_dict(default_config(method))
+    """Defaults of `method`, then the YAML file, then `--set` overrides; validated before any data is
+    read or a run directory made."""
     if config_file:
         loaded = cfgmod.load_yaml(config_file)
         if loaded.get("method", method) != method:
             raise ConfigError(f"{config_file}: is a config for {loaded['method']!r}, not {method!r}")
-        data = _deep_merge(data, loaded)
-    if overrides:
-        data = _deep_merge(data, cfgmod.parse_overrides(overrides))
-    data["method"] = method
-    cfg = config_from_dict(data)
-    if cfg.image_size < 32:
-        raise ConfigError(f"image_size must be at least 32, got {cfg.image_size}")
-    check_dev_fraction(cfg.protocol.dev_fraction)
-    if hasattr(cfg.model, "image_size"):
-        cfg.model.image_size = cfg.image_size
-    get_model_class(method).check_config(cfg.model)  # before any data is read or a run directory made
-    return cfg
-
-
-def _deep_merge(base: dict, updates: dict) -> dict:
-    out = dict(base)
-    for key, value in updates.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-# --- data protocol ------------------------------------------------------------------------------
-
-
-@dataclass
-class Split:
-    train: list  # Samples (normal, unlabelled)
-    val: list  # Samples (held-out normal + labelled defects when threshold_on_labeled)
-    labeled: list  # Samples (defective, with masks) given to the model
-    test: list  # Samples evaluated
-    dev: list = field(default_factory=list)  # Samples held out from test for choosing settings
-
-
-def make_split(folder, protocol: ProtocolConfig, seed: int) -> Split:
-    rng = np.random.default_rng(seed)
-    normals = list(folder.train)
-    if len(normals) < 3:
-        raise DataError(f"{folder.root}: train/good needs at least 3 images, found {len(normals)}")
-    n_val = min(len(normals) - 1, max(2, int(round(protocol.val_normal_fraction * len(normals)))))
-    order = rng.permutation(len(normals))
-    val = [normals[i] for i in sorted(order[:n_val])]
-    train = [normals[i] for i in sorted(order[n_val:])]
-    labeled: list = []
-    if protocol.labeled_per_type > 0:
-        for defect_type in folder.defect_types:
-            candidates = [s for s in folder.test if s.defect_type == defect_type]
-            take = min(protocol.labeled_per_type, max(0, len(candidates) - 1))
-            picks = rng.choice(len(candidates), size=take, replace=False) if take else []
-            labeled += [candidates[i] for i in sorted(picks)]
-    labeled_paths = {s.path for s in labeled}
-    test = [s for s in folder.test if s.path not in labeled_paths]
-    dev = draw_dev(test, protocol.dev_fraction, seed)
-    dev_paths = {s.path for s in dev}
-    test = [s for s in test if s.path not in dev_paths]
-    if protocol.threshold_on_labeled:
-        val = val + labeled
-    return Split(train=train, val=val, labeled=labeled, test=test, dev=dev)
-
-
-def check_dev_fraction(fraction: float) -> None:
-    if not 0 <= fraction < 1:
-        raise ConfigError(f"protocol.dev_fraction={fraction} must be in [0, 1)")
-
-
-def draw_dev(samples: list, fraction: float, seed: int) -> list:
-    """`fraction` of each group (normal, each defect type; at least one image of a group of two or
-    more) with its own seeded generator, so the labelled draw is the same with or without a dev split."""
-    check_dev_fraction(fraction)
-    if fraction == 0:
-        return []
-    rng = np.random.default_rng([seed, 4099])
-    groups: dict = {}
-    for sample in samples:
-        groups.setdefault(sample.defect_type if sample.label else "good", []).append(sample)
-    dev = []
-    for name in sorted(groups):
-        members = groups[name]
-        take = min(len(members) - 1, max(1, int(round(fraction * len(members))))) if len(members) > 1 else 0
-        picks = rng.choice(len(members), size=take, replace=False) if take else []
-        dev += [members[i] for i in sorted(picks)]
-    return dev
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path(root).resolve()))
-    except ValueError:
-        return str(path)
+    defaults = default_config(method)
+    cfg = cfgmod.build(FitConfig, config_file, overrides,
+                       defaults={"method": method, "protocol": defaults.protocol, "model": defaults.model})
+    cfg.method = method
+    return cfg.validate()
 
 
 # --- fit ----------------------------------------------------------------------------------------
@@ -184,36 +90,15 @@ def fit(method: str, data_dir: str | Path, out: str | Path, cfg: FitConfig | Non
     from rlad.data.transforms import load_samples
 
     cfg = cfg or default_config(method)
-    run = RunDir(out)
-    if run.config_path.is_file():
-        saved = run.load_config()
-        if saved.get("method") != method:
-            raise ConfigError(f"{out}: holds a {saved.get('method')!r} run; choose a new --out for {method!r}")
-        if saved != config_to_dict(cfg) and (run.checkpoints() or run.model_path.is_file()):
-            raise ConfigError(
-                f"{out}: already holds a run with a different config; rerun with the same options to resume, "
-                f"or choose a new --out (saved config: {run.config_path})"
-            )
-        if run.model_path.is_file():
-            status(f"{out}: already trained (model.pt present); nothing to do")
-            return run
-        if run.checkpoints():
-            status(f"{out}: resuming")
-        # else: an earlier attempt stopped before its first checkpoint (nothing to lose): start afresh
-    run.create()
-    run.save_config(config_to_dict(cfg))
+    run = RunDir.open(out, config_to_dict(cfg))
+    if run.finished:
+        return run
 
     rng_seed = cfg.seed
     seed_everything(rng_seed)
     folder = discover(data_dir)
     split = make_split(folder, cfg.protocol, rng_seed)
-    labeled_record = {
-        "data": str(Path(data_dir).resolve()),
-        "category": folder.category,
-        "labeled": [_relative(s.path, folder.root) for s in split.labeled],
-        "val": [_relative(s.path, folder.root) for s in split.val],
-        "dev": [_relative(s.path, folder.root) for s in split.dev],
-    }
+    labeled_record = split_record(split, folder, data_dir)
     (run.path / "split.json").write_text(json.dumps(labeled_record, indent=2))
 
     model_cls = get_model_class(method)
@@ -294,29 +179,6 @@ def predict_arrays(model: AnomalyModel, images_uint8: np.ndarray, batch_size: in
 # --- test ---------------------------------------------------------------------------------------
 
 
-def evaluation_samples(loaded: LoadedRun, folder, split: str = "test") -> tuple[list, set[str], set[str]]:
-    """The samples of `folder` to score for `split`, and the labelled and development files of the run
-    on this folder (relative paths; empty when the run was fitted on another folder)."""
-    if split not in ("test", "dev"):
-        raise ConfigError(f"split={split!r}: choose test or dev")
-    same_data = bool(loaded.split) and Path(loaded.split.get("data", "")) == Path(folder.root).resolve()
-    excluded: set[str] = set(loaded.split.get("labeled", [])) if same_data else set()
-    dev: set[str] = set(loaded.split.get("dev", [])) if same_data else set()
-    if split == "dev":
-        if not dev:
-            raise ConfigError(
-                f"{loaded.run.path}: has no development split on {folder.root} (fit with --set protocol.dev_fraction=0.3)"
-            )
-        keep = lambda name: name in dev  # noqa: E731
-    else:
-        left_out = excluded | dev
-        keep = lambda name: name not in left_out  # noqa: E731
-    samples = [s for s in folder.test if keep(_relative(s.path, folder.root))]
-    if not samples:
-        raise DataError(f"{folder.root}: no {split} images left to evaluate")
-    return samples, excluded, dev
-
-
 def test(run_path: str | Path, data_dir: str | Path, split: str = "test") -> dict:
     """Metrics of a trained run on `data_dir`'s test split (minus the images it was trained on and
     its development split), or with split="dev" on the development split only."""
@@ -326,7 +188,7 @@ def test(run_path: str | Path, data_dir: str | Path, split: str = "test") -> dic
 
     loaded = load_run(run_path)
     folder = discover(data_dir)
-    samples, excluded, dev = evaluation_samples(loaded, folder, split)
+    samples, excluded, dev = evaluation_samples(loaded.split, folder, split, run_name=str(loaded.run.path))
     images, masks = load_samples(samples, loaded.cfg.image_size, desc="loading test")
     started = time.perf_counter()
     pred = predict_arrays(loaded.model, images, loaded.cfg.batch_size, desc="test")
@@ -439,67 +301,3 @@ def _unique_stem(path: Path, used: set[str]) -> str:
         candidate = f"{stem}_{i}"
     used.add(candidate)
     return candidate
-
-
-# --- CLI entry points ---------------------------------------------------------------------------
-
-
-def cli_fit(args) -> int:
-    from rlad.cli.common import print_json
-
-    if args.method == "compact":
-        from rlad.policies.api import cli_fit_compact
-
-        return cli_fit_compact(args)
-    if not args.data:
-        raise ConfigError(f"rlad fit {args.method} needs --data DIR")
-    overrides = list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if getattr(args, "labeled_per_type", None) is not None:
-        overrides.append(f"protocol.labeled_per_type={args.labeled_per_type}")
-    cfg = build_config(args.method, args.config, overrides)
-    run = fit(args.method, args.data, args.out, cfg)
-    if args.json:
-        print_json({"run": str(run.path), **json.loads(run.metrics_path.read_text()).get("fit", {})})
-    else:
-        print(f"trained {args.method} -> {run.path}")
-    return 0
-
-
-METRIC_ORDER = [
-    "image_auroc",
-    "pixel_auroc",
-    "aupro",
-    "pixel_f1_max",
-    "image_f1_max",
-    "pixel_ap",
-    "pixel_f1_at_val_threshold",
-    "image_f1_at_val_threshold",
-    "ms_per_image",
-    "n_test",
-]
-
-
-def cli_test(args) -> int:
-    from rlad.cli.common import print_json, print_table
-
-    metrics = test(args.run, args.data, split=args.split)
-    if args.json:
-        print_json(metrics)
-    else:
-        print_table([{"metric": k, "value": metrics[k]} for k in METRIC_ORDER if k in metrics])
-    return 0
-
-
-def cli_predict(args) -> int:
-    from rlad.cli.common import print_json
-
-    rows = predict(args.run, args.paths, args.out)
-    if args.json:
-        print_json({"out": str(args.out), "predictions": rows})
-    else:
-        flagged = sum(r["anomalous"] for r in rows)
-        print(f"{len(rows)} image(s), {flagged} flagged anomalous; results in {args.out}/predictions.jsonl")
-    return 0
-

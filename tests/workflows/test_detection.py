@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rlad.cli.main import main
-from rlad.models import api
+from rlad.workflows import detection
 
 WEIGHTS = Path(__file__).resolve().parents[2].parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"
 
@@ -58,21 +58,21 @@ def test_cli_fit_test_predict_patchcore(tiny_mvtec, tmp_path, capsys):
 
 @pytest.mark.parametrize("method", ["padim", "ae"])
 def test_library_fit_and_test_other_baselines(method, tiny_mvtec, tmp_path):
-    cfg = api.build_config(method, None, SMALL[method])
+    cfg = detection.build_config(method, None, SMALL[method])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run = api.fit(method, tiny_mvtec, tmp_path / method, cfg)
-    metrics = api.test(run.path, tiny_mvtec)
+        run = detection.fit(method, tiny_mvtec, tmp_path / method, cfg)
+    metrics = detection.test(run.path, tiny_mvtec)
     assert metrics["method"] == method and metrics["n_test"] == 7
     assert 0.0 <= metrics["pixel_auroc"] <= 1.0
     # The saved run predicts again after a reload (maps at the configured size).
-    loaded = api.load_run(run.path)
+    loaded = detection.load_run(run.path)
     assert loaded.cfg.model.image_size == 64
 
 
 def test_ae_checkpoints_land_in_the_run_directory(tiny_mvtec, tmp_path):
-    cfg = api.build_config("ae", None, SMALL["ae"] + ["model.checkpoint_every=2"])
-    run = api.fit("ae", tiny_mvtec, tmp_path / "ae", cfg)
+    cfg = detection.build_config("ae", None, SMALL["ae"] + ["model.checkpoint_every=2"])
+    run = detection.fit("ae", tiny_mvtec, tmp_path / "ae", cfg)
     assert [p.name for p in run.checkpoints()] == ["step_00000002.pt", "step_00000003.pt"]
     assert any(row.get("event") == "ae_step" for row in run.read_log())
 
@@ -99,11 +99,11 @@ def test_bad_stage_override_exits_2(tiny_mvtec, tmp_path, capsys):
 def test_patchcore_with_imagenet_weights(tiny_mvtec, tmp_path):
     if not WEIGHTS.is_file():
         pytest.skip(f"ImageNet MobileNetV2 weights not found at {WEIGHTS} (read from ../shared/weights)")
-    cfg = api.build_config("patchcore", None, SMALL["patchcore"] + [f"model.backbone.weights={WEIGHTS}"])
+    cfg = detection.build_config("patchcore", None, SMALL["patchcore"] + [f"model.backbone.weights={WEIGHTS}"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no random-init warning may appear with weights set
-        run = api.fit("patchcore", tiny_mvtec, tmp_path / "pc", cfg)
-    metrics = api.test(run.path, tiny_mvtec)
+        run = detection.fit("patchcore", tiny_mvtec, tmp_path / "pc", cfg)
+    metrics = detection.test(run.path, tiny_mvtec)
     assert metrics["image_auroc"] == 1.0  # dark discs/lines on a smooth texture: trivially separable
     assert metrics["pixel_auroc"] > 0.9
 
@@ -114,9 +114,9 @@ def test_patchcore_on_mpdd_matches_the_peer(mpdd_metal_plate, tmp_path):
     """Slow (about a minute on 2 quiet cores): the quality goal of issue 4 on real data."""
     if not WEIGHTS.is_file():
         pytest.skip(f"ImageNet MobileNetV2 weights not found at {WEIGHTS}")
-    cfg = api.build_config("patchcore", None, [f"model.backbone.weights={WEIGHTS}"])
-    run = api.fit("patchcore", mpdd_metal_plate, tmp_path / "pc", cfg)
-    metrics = api.test(run.path, mpdd_metal_plate)
+    cfg = detection.build_config("patchcore", None, [f"model.backbone.weights={WEIGHTS}"])
+    run = detection.fit("patchcore", mpdd_metal_plate, tmp_path / "pc", cfg)
+    metrics = detection.test(run.path, mpdd_metal_plate)
     assert metrics["image_auroc"] >= 0.995
     assert metrics["pixel_auroc"] >= 0.987
     assert metrics["aupro"] >= 0.946
