@@ -64,7 +64,7 @@ def run_grounding(data_root: Path, out: Path, seed: int, quick: bool) -> list[di
     """Pairs from every category; the compact grounder learns on all but one and is tested on it."""
     from rlad.cli.main import main as rlad
 
-    from rlad.data.pairs import load_pairs, split_by_category, write_pairs
+    from rlad.data.pairs.records import load_pairs, split_by_category, write_pairs
 
     work = out / "grounding"
     work.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ def write_demo_report(out: Path, pixel_rows: list[dict], grounding_rows: list[di
 def run_demo(out: Path, seed: int = 0, methods: tuple[str, ...] = PIXEL_METHODS, quick: bool = False,
              grounding: bool = True) -> dict:
     from rlad.data.folder import discover, discover_categories
-    from rlad.data.synth import write_demo_dataset
+    from rlad.data.synth.demo import write_demo_dataset
 
     out.mkdir(parents=True, exist_ok=True)
     data_root = out / "data"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rlad.data.pairs import PairRecord
+from rlad.data.pairs.records import PairRecord
 
 SIZE = 64
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlad.data.pairs import PairRecord
+from rlad.data.pairs.records import PairRecord
 from rlad.errors import ConfigError
 from rlad.policies.baselines import (PixelModelMaps, absdiff_maps, boxes_from_maps, evaluate_map_baseline,
                                      fit_threshold, map_baseline, map_to_box, scale_box)
@@ -86,7 +86,7 @@ def test_registry_errors():
 
 
 def test_pixel_model_maps_fit_once_on_the_category(tiny_mvtec, tmp_path):
-    from rlad.data.pairs import real_pairs
+    from rlad.data.pairs.builders import real_pairs
     from rlad.data.folder import discover
 
     records = real_pairs(discover(tiny_mvtec), reference="random")

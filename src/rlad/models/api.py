@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from rlad import config as cfgmod
+from rlad.data.paths import relative_to
 from rlad.engine import RunDir, progress, seed_everything, status
 from rlad.errors import ConfigError, DataError
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
@@ -168,13 +169,6 @@ def draw_dev(samples: list, fraction: float, seed: int) -> list:
     return dev
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path(root).resolve()))
-    except ValueError:
-        return str(path)
-
-
 # --- fit ----------------------------------------------------------------------------------------
 
 
@@ -210,9 +204,9 @@ def fit(method: str, data_dir: str | Path, out: str | Path, cfg: FitConfig | Non
     labeled_record = {
         "data": str(Path(data_dir).resolve()),
         "category": folder.category,
-        "labeled": [_relative(s.path, folder.root) for s in split.labeled],
-        "val": [_relative(s.path, folder.root) for s in split.val],
-        "dev": [_relative(s.path, folder.root) for s in split.dev],
+        "labeled": [relative_to(s.path, folder.root) for s in split.labeled],
+        "val": [relative_to(s.path, folder.root) for s in split.val],
+        "dev": [relative_to(s.path, folder.root) for s in split.dev],
     }
     (run.path / "split.json").write_text(json.dumps(labeled_record, indent=2))
 
@@ -311,7 +305,7 @@ def evaluation_samples(loaded: LoadedRun, folder, split: str = "test") -> tuple[
     else:
         left_out = excluded | dev
         keep = lambda name: name not in left_out  # noqa: E731
-    samples = [s for s in folder.test if keep(_relative(s.path, folder.root))]
+    samples = [s for s in folder.test if keep(relative_to(s.path, folder.root))]
     if not samples:
         raise DataError(f"{folder.root}: no {split} images left to evaluate")
     return samples, excluded, dev
@@ -369,7 +363,7 @@ def _thresholded_f1(post: PostProcessor, pred: AnomalyMap, labels: np.ndarray, m
 
 
 def collect_images(paths: list[str | Path]) -> list[Path]:
-    from rlad.data.folder import is_image_file
+    from rlad.data.images import is_image_file
 
     found: list[Path] = []
     for raw in paths:
@@ -390,7 +384,7 @@ def collect_images(paths: list[str | Path]) -> list[Path]:
 def predict(run_path: str | Path, paths: list[str | Path], out: str | Path) -> list[dict]:
     """Maps, masks, boxes and overlays for images at their original size; writes predictions.jsonl."""
     from rlad.boxes import mask_to_boxes
-    from rlad.data.folder import load_image
+    from rlad.data.images import load_image
     from rlad.data.transforms import resize_image, resize_map_to
     from rlad.viz import save_heatmap, save_mask, save_overlay
 

@@ -98,7 +98,7 @@ def _open_run(out: str | Path, saved: dict) -> RunDir | None:
 
 
 def _load_records(pairs: str | Path):
-    from rlad.data.pairs import load_pairs
+    from rlad.data.pairs.records import load_pairs
 
     return load_pairs(pairs)
 
@@ -210,7 +210,7 @@ def evaluate(run_path: str | Path, pairs: str | Path) -> dict:
 
 def ground(run_path: str | Path, reference: str | Path, query: str | Path) -> dict:
     """The box of the difference between two images, in the query's original pixels."""
-    from rlad.data.pairs import PairRecord, image_hw
+    from rlad.data.pairs.records import PairRecord, image_hw
     from rlad.errors import DataError
 
     for name, path in (("--reference", reference), ("--query", query)):

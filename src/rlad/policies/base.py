@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from rlad.boxes import CoordinateMode, parse_answer, to_pixels, to_policy_coords
-from rlad.data.pairs import PairRecord
+from rlad.data.pairs.records import PairRecord
 from rlad.rl.rewards import PairTarget
 
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from rlad.boxes import CoordinateMode, format_answer, is_zero_box
 from rlad.config import from_dict, to_dict
-from rlad.data.pairs import PairRecord
+from rlad.data.pairs.records import PairRecord
 from rlad.errors import ConfigError
 from rlad.policies.base import Completion, Policy, TokenLogProbs, flatten
 
@@ -190,7 +190,7 @@ class FeatureCache:
         self.pairs: dict[tuple[str, str], torch.Tensor] = {}
 
     def _encode(self, paths: list[str]) -> None:
-        from rlad.data.folder import load_image
+        from rlad.data.images import load_image
         from rlad.data.transforms import resize_image
         from rlad.engine.progress import progress
 
