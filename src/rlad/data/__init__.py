@@ -2,8 +2,8 @@
 transforms (`transforms`), synthetic defects and the demo dataset (`synth/`) and reference/query
 pairs (`pairs/`); `paths` holds the one rule for writing a path relative to a folder.
 
-The common names are re-exported lazily, so `import rlad.data.pairs` does not pay for PIL decoding
-helpers it does not use.
+The common names are re-exported lazily (`lazy_reexports`, also used by `synth/` and `pairs/`), so
+`import rlad.data.pairs.records` does not pay for PIL decoding helpers it does not use.
 """
 
 _HOMES = {
@@ -23,12 +23,19 @@ _HOMES = {
 }
 
 
-def __getattr__(name):
-    import importlib
+def lazy_reexports(package: str, homes: dict[str, str]):
+    """A module `__getattr__` for `package` that imports `package.<homes[name]>` only when `name` is
+    first used, so importing one submodule of a package never imports its siblings."""
 
-    if name in _HOMES:
-        return getattr(importlib.import_module(f"rlad.data.{_HOMES[name]}"), name)
-    raise AttributeError(f"module 'rlad.data' has no attribute {name!r}")
+    def __getattr__(name: str):
+        import importlib
+
+        if name in homes:
+            return getattr(importlib.import_module(f"{package}.{homes[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
 
 
+__getattr__ = lazy_reexports(__name__, _HOMES)
 __all__ = sorted(_HOMES)

@@ -8,6 +8,8 @@ The public names are re-exported here lazily, so code that only reads pair files
 import the builders.
 """
 
+from rlad.data import lazy_reexports
+
 _HOMES = {
     "FIELDS": "records",
     "SOURCES": "records",
@@ -36,12 +38,5 @@ _HOMES = {
 }
 
 
-def __getattr__(name):
-    import importlib
-
-    if name in _HOMES:
-        return getattr(importlib.import_module(f"rlad.data.pairs.{_HOMES[name]}"), name)
-    raise AttributeError(f"module 'rlad.data.pairs' has no attribute {name!r}")
-
-
+__getattr__ = lazy_reexports(__name__, _HOMES)
 __all__ = sorted(_HOMES)

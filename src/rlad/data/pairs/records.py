@@ -67,14 +67,10 @@ class PairRecord:
         row["reference_size"] = [int(v) for v in self.reference_size]
         row["label"] = self.label
         if base_dir is not None:
-            row["reference"] = _portable_path(self.reference, base_dir)
-            row["query"] = _portable_path(self.query, base_dir)
+            # Resolved first, so an image outside `base_dir` is written as an absolute path.
+            row["reference"] = relative_to(Path(self.reference).resolve(), base_dir)
+            row["query"] = relative_to(Path(self.query).resolve(), base_dir)
         return {name: row[name] for name in FIELDS}
-
-
-def _portable_path(path: str, base_dir: Path) -> str:
-    """Relative to `base_dir` when the image lies inside it, else absolute."""
-    return relative_to(Path(path).resolve(), base_dir)
 
 
 def write_pairs(records: Sequence[PairRecord], path: Path | str) -> Path:

@@ -8,9 +8,11 @@
 
 The pair builder (`rlad.data.pairs.builders`) reuses `paste_defect` and the `perlin` defect for its
 synthetic pairs (docs/grounding.md, "Pair files"). Images are float arrays in [0, 1] throughout;
-masks are bool (H, W). The public names are re-exported here lazily, so importing one submodule does
-not import the others.
+masks are bool (H, W). The public names are re-exported here lazily, so importing one submodule
+imports only what that submodule needs.
 """
+
+from rlad.data import lazy_reexports
 
 _HOMES = {
     "perlin_noise": "noise",
@@ -30,12 +32,5 @@ _HOMES = {
 }
 
 
-def __getattr__(name):
-    import importlib
-
-    if name in _HOMES:
-        return getattr(importlib.import_module(f"rlad.data.synth.{_HOMES[name]}"), name)
-    raise AttributeError(f"module 'rlad.data.synth' has no attribute {name!r}")
-
-
+__getattr__ = lazy_reexports(__name__, _HOMES)
 __all__ = sorted(_HOMES)
