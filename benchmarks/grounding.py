@@ -97,8 +97,8 @@ def prepare_domains(work: Path, synthetic: int, adapt: tuple[int, int] = (0, 0))
     """Pair files per domain (cached in `work`): {"pairs": path, "adapt": path or None, "dirs": [category
     folders]}. The adaptation pairs read the domain's train/good images only."""
     from rlad.data.folder import discover_categories
-    from rlad.data.pairs import adaptation_pairs, build_pairs
-    from rlad.data.synth import write_demo_dataset
+    from rlad.data.pairs.builders import adaptation_pairs, build_pairs
+    from rlad.data.synth.demo import write_demo_dataset
 
     work.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -125,7 +125,7 @@ def prepare_domains(work: Path, synthetic: int, adapt: tuple[int, int] = (0, 0))
 
 def split_domain(domains: dict, held_out: str):
     """(source training pairs, calibration 30%, test 70% of the held-out domain's real pairs)."""
-    from rlad.data.pairs import load_pairs, split_fraction
+    from rlad.data.pairs.records import load_pairs, split_fraction
 
     train = [r for name, d in domains.items() if name != held_out for r in load_pairs(d["pairs"])]
     real = [r for r in load_pairs(domains[held_out]["pairs"]) if r.source == "real"]
@@ -134,7 +134,7 @@ def split_domain(domains: dict, held_out: str):
 
 
 def adaptation_of(domains: dict, held_out: str) -> list:
-    from rlad.data.pairs import load_pairs
+    from rlad.data.pairs.records import load_pairs
 
     path = domains[held_out].get("adapt")
     return load_pairs(path) if path else []

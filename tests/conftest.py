@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from rlad.data.pairs import PairRecord
+from rlad.data.pairs.records import PairRecord
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

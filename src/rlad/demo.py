@@ -62,7 +62,8 @@ def run_pixel_models(data_root: Path, out: Path, seed: int, methods: tuple[str, 
 
 def run_grounding(data_root: Path, out: Path, seed: int, quick: bool) -> list[dict]:
     """Pairs from every category; the compact grounder learns on all but one and is tested on it."""
-    from rlad.data.pairs import build_pairs, load_pairs, split_by_category, write_pairs
+    from rlad.data.pairs.builders import build_pairs
+    from rlad.data.pairs.records import load_pairs, split_by_category, write_pairs
     from rlad.workflows import grounding
 
     work = out / "grounding"
@@ -125,7 +126,7 @@ def write_demo_report(out: Path, pixel_rows: list[dict], grounding_rows: list[di
 def run_demo(out: Path, seed: int = 0, methods: tuple[str, ...] = PIXEL_METHODS, quick: bool = False,
              grounding: bool = True) -> dict:
     from rlad.data.folder import discover, discover_categories
-    from rlad.data.synth import write_demo_dataset
+    from rlad.data.synth.demo import write_demo_dataset
 
     out.mkdir(parents=True, exist_ok=True)
     data_root = out / "data"

@@ -14,13 +14,29 @@ def _colormap(values: np.ndarray, name: str = "jet") -> np.ndarray:
     return (colormaps[name](np.clip(values, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] as 8-bit pixels (rounded; values outside [0, 1] are clipped)."""
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def save_png(path: Path, pixels: np.ndarray, compress_level: int = 6) -> None:
+    """Write uint8 pixels, (H, W) grey or (H, W, 3) RGB, as a PNG, creating missing folders.
+
+    `compress_level` is zlib's 0-9 (6 is PIL's default); the bytes written depend on it, so a caller
+    that promises byte-identical files keeps its level fixed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(pixels)).save(path, format="PNG", compress_level=compress_level)
+
+
 def save_heatmap(normalised_map: np.ndarray, path: Path) -> None:
     """A [0, 1] map (0.5 = the fitted threshold) as a colour PNG."""
-    Image.fromarray(_colormap(normalised_map)).save(path)
+    save_png(path, _colormap(normalised_map))
 
 
 def save_mask(mask: np.ndarray, path: Path) -> None:
-    Image.fromarray((np.asarray(mask, bool) * 255).astype(np.uint8), mode="L").save(path)
+    save_png(path, (np.asarray(mask, bool) * 255).astype(np.uint8))
 
 
 def overlay(image: np.ndarray, normalised_map: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
@@ -38,7 +54,7 @@ def overlay(image: np.ndarray, normalised_map: np.ndarray, mask: np.ndarray | No
 
 
 def save_overlay(image: np.ndarray, normalised_map: np.ndarray, mask: np.ndarray | None, path: Path) -> None:
-    Image.fromarray(overlay(image, normalised_map, mask)).save(path)
+    save_png(path, overlay(image, normalised_map, mask))
 
 
 def png_data_uri(path_or_array) -> str:

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from rlad.cli.main import main
-from rlad.data.pairs import build_pairs, load_pairs
+from rlad.data.pairs.builders import build_pairs
+from rlad.data.pairs.records import load_pairs
 from rlad.engine import RunDir
 
 pytestmark = pytest.mark.filterwarnings("ignore:policy.weights is empty")

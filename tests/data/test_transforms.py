@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rlad.data.folder import discover, load_image
+from rlad.data.folder import discover
+from rlad.data.images import load_image
 from rlad.data.transforms import (
     augment_pair,
     augmentation_matrix,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rlad.data.pairs import PairRecord
+from rlad.data.pairs.records import PairRecord
 from rlad.policies.baselines import absdiff_maps, boxes_from_maps, fit_threshold, map_to_box, nnfeature_maps, scale_box
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlad.boxes import format_answer
-from rlad.data.pairs import PairRecord
+from rlad.data.pairs.records import PairRecord
 from rlad.engine import RunDir
 from rlad.errors import ConfigError
 from rlad.policies.base import Policy

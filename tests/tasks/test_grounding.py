@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rlad.boxes import CoordinateMode
-from rlad.data.pairs import PairRecord
+from rlad.data.pairs.records import PairRecord
 from rlad.errors import ConfigError
 from rlad.rl.rewards import RewardTarget
 from rlad.tasks.grounding import GroundingTask

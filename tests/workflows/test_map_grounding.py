@@ -33,7 +33,7 @@ def test_registry_errors():
 
 
 def test_pixel_model_maps_fit_once_on_the_category(tiny_mvtec, tmp_path):
-    from rlad.data.pairs import real_pairs
+    from rlad.data.pairs.builders import real_pairs
     from rlad.data.folder import discover
 
     records = real_pairs(discover(tiny_mvtec), reference="random")

@@ -1,30 +1,41 @@
-"""Datasets: MVTec-layout folders (`folder`), image/mask transforms (`transforms`), the synthetic
-demo dataset (`synth`) and reference/query pairs (`pairs`).
+"""Datasets: decoding image and mask files (`images`), MVTec-layout folders (`folder`), image/mask
+transforms (`transforms`), synthetic defects and the demo dataset (`synth/`) and reference/query
+pairs (`pairs/`); `paths` holds the one rule for writing a path relative to a folder.
 
-The common names are re-exported lazily, so `import rlad.data.pairs` does not pay for PIL decoding
-helpers it does not use.
+The common names are re-exported lazily (`lazy_reexports`, also used by `synth/` and `pairs/`), so
+`import rlad.data.pairs.records` does not pay for PIL decoding helpers it does not use.
 """
 
-_FOLDER_NAMES = {
-    "Sample",
-    "DatasetFolder",
-    "discover",
-    "discover_categories",
-    "load_image",
-    "load_mask",
-    "IMAGE_EXTENSIONS",
+_HOMES = {
+    "Sample": "folder",
+    "DatasetFolder": "folder",
+    "discover": "folder",
+    "discover_categories": "folder",
+    "load_image": "images",
+    "load_mask": "images",
+    "IMAGE_EXTENSIONS": "images",
+    "resize_image": "transforms",
+    "resize_mask": "transforms",
+    "load_sample": "transforms",
+    "load_samples": "transforms",
+    "augment_pair": "transforms",
+    "resize_map_to": "transforms",
 }
-_TRANSFORM_NAMES = {"resize_image", "resize_mask", "load_sample", "load_samples", "augment_pair", "resize_map_to"}
 
 
-def __getattr__(name):
-    import importlib
+def lazy_reexports(package: str, homes: dict[str, str]):
+    """A module `__getattr__` for `package` that imports `package.<homes[name]>` only when `name` is
+    first used, so importing one submodule of a package never imports its siblings."""
 
-    if name in _FOLDER_NAMES:
-        return getattr(importlib.import_module("rlad.data.folder"), name)
-    if name in _TRANSFORM_NAMES:
-        return getattr(importlib.import_module("rlad.data.transforms"), name)
-    raise AttributeError(f"module 'rlad.data' has no attribute {name!r}")
+    def __getattr__(name: str):
+        import importlib
+
+        if name in homes:
+            return getattr(importlib.import_module(f"{package}.{homes[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
 
 
-__all__ = sorted(_FOLDER_NAMES | _TRANSFORM_NAMES)
+__getattr__ = lazy_reexports(__name__, _HOMES)
+__all__ = sorted(_HOMES)

@@ -14,18 +14,15 @@ run. Harmless oddities (stray files, soft masks, empty masks) become `notes` ins
 from __future__ import annotations
 
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, TypeVar
 
-import numpy as np
-from PIL import Image, ImageFile
-
+from rlad.data.images import IMAGE_EXTENSIONS, decode_mask, header_size, hw_text, is_image_file, load_image
+from rlad.data.paths import relative_to
 from rlad.errors import DataError
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 LAYOUT_HINT = "expected MVTec AD layout: train/good, test/good, test/<type>, ground_truth/<type>/<stem>_mask.png"
 MAX_LISTED_PROBLEMS = 20
 MAX_NAMES_IN_NOTE = 5
@@ -58,9 +55,10 @@ class DatasetFolder:
     def defect_types(self) -> list[str]:
         return sorted({s.defect_type for s in self.test if s.label == 1})
 
-    def counts(self) -> list[dict]:
+    def counts(self, with_total: bool = False) -> list[dict]:
         """One row per split/type: {"split", "type", "images", "masks"}; train first, then test
-        with `good` before the defect types."""
+        with `good` before the defect types; `with_total` adds a last row summing them
+        (split "total", type "")."""
         rows = []
         for split, samples in (("train", self.train), ("test", self.test)):
             types = sorted({s.defect_type for s in samples}, key=lambda t: (t != NORMAL, t))
@@ -74,138 +72,16 @@ class DatasetFolder:
                         "masks": sum(s.mask_path is not None for s in of_kind),
                     }
                 )
+        if with_total:
+            rows.append(
+                {
+                    "split": "total",
+                    "type": "",
+                    "images": sum(r["images"] for r in rows),
+                    "masks": sum(r["masks"] for r in rows),
+                }
+            )
         return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding single files
-
-
-def is_image_file(path: Path) -> bool:
-    # macOS writes "._name.png" AppleDouble files next to real images: image suffix, no image inside.
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
-def _open_decoded(path: Path) -> Image.Image:
-    """Open and fully decode one file, turning every PIL/OS failure into a DataError naming it."""
-    # A truncated file must fail loudly, never be padded with grey by PIL.
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise DataError(
-            f"{path}: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by other code), so truncated "
-            "images would load silently; set it back to False"
-        )
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except MemoryError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: image too large to decode safely ({exc})") from None
-    except Image.UnidentifiedImageError:
-        raise DataError(f"{path}: not an image (PIL cannot identify the file format)") from None
-    except Exception as exc:  # OSError for truncated files, SyntaxError for broken PNGs, ...
-        raise DataError(f"{path}: corrupt or truncated image ({type(exc).__name__}: {exc})") from None
-
-
-def _pixel_array(image: Image.Image, path: Path) -> tuple[np.ndarray, float]:
-    """The pixels as an (H, W) or (H, W, C) array and the value that means "full scale"."""
-    mode = image.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return np.asarray(image).astype(np.float32), 65535.0
-    if mode == "I":
-        values = np.asarray(image)
-        if values.size and (values.min() < 0 or values.max() > 65535):
-            raise DataError(f"{path}: 32-bit integer image with values outside 0..65535 is not supported")
-        return values.astype(np.float32), 65535.0
-    if mode == "F":
-        values = np.asarray(image, dtype=np.float32)
-        if values.size and (not np.isfinite(values).all() or values.min() < 0 or values.max() > 1):
-            raise DataError(f"{path}: floating-point image must hold values in [0, 1]")
-        return values, 1.0
-    if mode not in ("1", "L", "LA", "RGB", "RGBA"):
-        try:
-            image = image.convert("RGBA" if "A" in mode or "transparency" in image.info else "RGB")
-        except Exception as exc:
-            raise DataError(f"{path}: unsupported image mode {mode!r} ({exc})") from None
-    if image.mode == "1":
-        image = image.convert("L")
-    return np.asarray(image).astype(np.float32), 255.0
-
-
-def load_image(path: Path | str) -> np.ndarray:
-    """Decode any supported image as float32 RGB (H, W, 3) in [0, 1].
-
-    Grey is repeated over three channels; 16-bit images are scaled by 65535; palette images are
-    expanded; an alpha channel is composited on black (transparent pixels carry no content). EXIF
-    orientation is ignored on purpose: masks are drawn on the stored pixel grid.
-    """
-    path = Path(path)
-    pixels, full_scale = _pixel_array(_open_decoded(path), path)
-    pixels = pixels / full_scale
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    channels = pixels.shape[2]
-    if channels in (2, 4):  # LA / RGBA: composite on black
-        pixels = pixels[:, :, :-1] * pixels[:, :, -1:]
-    if pixels.shape[2] == 1:
-        pixels = np.repeat(pixels, 3, axis=2)
-    return np.ascontiguousarray(np.clip(pixels, 0.0, 1.0), dtype=np.float32)
-
-
-def _mask_values(path: Path) -> tuple[np.ndarray, float]:
-    """Raw single-channel mask values and their full scale. A colour mask counts a pixel as defect
-    if any channel is lit (a red-on-black mask would vanish under a luminance conversion)."""
-    image = _open_decoded(path)
-    values, full_scale = _pixel_array(image, path)
-    if values.ndim == 3:
-        if values.shape[2] in (2, 4):
-            values = values[:, :, :-1] * (values[:, :, -1:] / full_scale)
-        values = values.max(axis=2)
-    return values, full_scale
-
-
-def _binarise(values: np.ndarray, full_scale: float) -> tuple[np.ndarray, bool]:
-    """Mask -> (bool mask, was_binary). {0, 1} masks (label maps) mean 1 = defect; anything else
-    is thresholded at half scale (>= 128 for 8-bit, >= 32768 for 16-bit, >= 0.5 for float)."""
-    unique = np.unique(values)
-    if np.isin(unique, (0.0, 1.0)).all():
-        return values >= 1.0, True
-    was_binary = bool(np.isin(unique, (0.0, full_scale)).all())
-    threshold = 0.5 if full_scale == 1.0 else (full_scale + 1) / 2
-    return values >= threshold, was_binary
-
-
-def load_mask(path: Path | str, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode a mask as bool (H, W): {0, 255} and {0, 1} masks as they are, soft masks binarised
-    at >= 128 (half scale). `expected_size` is the image's (height, width); a different mask size
-    raises DataError naming both."""
-    path = Path(path)
-    values, full_scale = _mask_values(path)
-    if expected_size is not None and tuple(values.shape[:2]) != tuple(expected_size):
-        raise DataError(
-            f"{path}: mask size {_hw(values.shape[:2])} differs from its image size {_hw(expected_size)} (HxW)"
-        )
-    return _binarise(values, full_scale)[0]
-
-
-def _hw(size: Iterable[int]) -> str:
-    height, width = size
-    return f"{height}x{width}"
-
-
-def _header_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file header only (cheap); DataError if it is not an image."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            return height, width
-    except Image.UnidentifiedImageError:
-        raise DataError(f"{path}: not an image (PIL cannot identify the file format)") from None
-    except Exception as exc:
-        raise DataError(f"{path}: unreadable image header ({type(exc).__name__}: {exc})") from None
 
 
 def _parallel_map(func: Callable[[T], R], items: list[T], workers: int | None = None) -> list[R]:
@@ -225,10 +101,6 @@ def _catching(func: Callable[[T], R]) -> Callable[[T], R | DataError]:
             return exc
 
     return run
-
-
-# ---------------------------------------------------------------------------------------------
-# Folder discovery
 
 
 def _require_dir(root: Path) -> None:
@@ -264,16 +136,9 @@ class _Listing:
 
 
 def _names(paths: list[Path], root: Path, limit: int = MAX_NAMES_IN_NOTE) -> str:
-    shown = [_rel(p, root) for p in paths[:limit]]
+    shown = [relative_to(p, root) for p in paths[:limit]]
     more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
     return ", ".join(shown) + more
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def _problem_report(root: Path, problems: list[str]) -> str:
@@ -312,9 +177,9 @@ def _pair_masks(
         candidates = masks[image]
         if not candidates:
             expected = mask_folder / f"{image.stem}_mask.png"
-            problems.append(f"{_rel(image, root)}: defect image without a mask (expected {_rel(expected, root)})")
+            problems.append(f"{relative_to(image, root)}: defect image without a mask (expected {relative_to(expected, root)})")
         elif len(candidates) > 1:
-            problems.append(f"{_rel(image, root)}: several masks match ({_names(candidates, root)}); keep one")
+            problems.append(f"{relative_to(image, root)}: several masks match ({_names(candidates, root)}); keep one")
         else:
             entries.append(("test", mask_folder.name, image, candidates[0]))
     return entries
@@ -405,7 +270,7 @@ def discover(root: Path | str, verify: bool = False) -> DatasetFolder:
 
     # Headers of every image and mask: sizes for Sample and the mask/image size check.
     header_paths = [image for *_, image, _ in entries] + [mask for *_, mask in entries if mask is not None]
-    headers = dict(zip(header_paths, _parallel_map(_catching(_header_size), header_paths)))
+    headers = dict(zip(header_paths, _parallel_map(_catching(header_size), header_paths)))
     train: list[Sample] = []
     test: list[Sample] = []
     for split, kind, image, mask in entries:
@@ -420,8 +285,8 @@ def discover(root: Path | str, verify: bool = False) -> DatasetFolder:
                 continue
             if mask_size != size:
                 problems.append(
-                    f"{_rel(mask, root)}: mask size {_hw(mask_size)} differs from its image "
-                    f"{_rel(image, root)} size {_hw(size)} (HxW)"
+                    f"{relative_to(mask, root)}: mask size {hw_text(mask_size)} differs from its image "
+                    f"{relative_to(image, root)} size {hw_text(size)} (HxW)"
                 )
                 continue
         sample = Sample(image, split, 0 if kind == NORMAL else 1, kind, mask, size)
@@ -452,8 +317,7 @@ def _verify_files(samples: list[Sample], root: Path, notes: list[str]) -> list[s
         load_image(sample.path)
 
     def check_mask(sample: Sample) -> tuple[bool, bool]:
-        values, full_scale = _mask_values(sample.mask_path)
-        mask, was_binary = _binarise(values, full_scale)
+        mask, was_binary = decode_mask(sample.mask_path)
         return was_binary, bool(mask.any())
 
     problems = []
@@ -481,10 +345,6 @@ def _verify_files(samples: list[Sample], root: Path, notes: list[str]) -> list[s
     return problems
 
 
-# ---------------------------------------------------------------------------------------------
-# `rlad data check DIR [--json]`
-
-
 def check_folder(root: Path | str) -> list[DatasetFolder]:
     """Verify every category under `root` (see discover_categories); one DataError for all."""
     folders, errors = [], []
@@ -498,39 +358,25 @@ def check_folder(root: Path | str) -> list[DatasetFolder]:
     return folders
 
 
-def _with_total(rows: list[dict]) -> list[dict]:
-    total = {
-        "split": "total",
-        "type": "",
-        "images": sum(r["images"] for r in rows),
-        "masks": sum(r["masks"] for r in rows),
-    }
-    return rows + [total]
+@dataclass(frozen=True)
+class CheckReport:
+    """What `rlad data check` reports: every category under `root`, verified."""
+
+    root: Path
+    folders: list[DatasetFolder]
+
+    def to_json(self) -> dict:
+        return {
+            "root": str(self.root),
+            "valid": True,
+            "categories": [f.category for f in self.folders],
+            "counts": [{"category": f.category, **row} for f in self.folders for row in f.counts()],
+            "notes": [{"category": f.category, "note": note} for f in self.folders for note in f.notes],
+            "skipped": [{"category": f.category, "path": str(p)} for f in self.folders for p in f.skipped],
+        }
 
 
-def cli_check(args) -> int:
-    from rlad.cli.common import print_json, print_table
-
-    root = Path(args.dir)
-    folders = check_folder(root)
-    if getattr(args, "json", False):
-        print_json(
-            {
-                "root": str(root),
-                "valid": True,
-                "categories": [f.category for f in folders],
-                "counts": [{"category": f.category, **row} for f in folders for row in f.counts()],
-                "notes": [{"category": f.category, "note": note} for f in folders for note in f.notes],
-                "skipped": [{"category": f.category, "path": str(p)} for f in folders for p in f.skipped],
-            }
-        )
-        return 0
-    for index, folder in enumerate(folders):
-        if index:
-            print()
-        print(f"{folder.category}  ({folder.root})")
-        print_table(_with_total(folder.counts()), ["split", "type", "images", "masks"])
-        for note in folder.notes:
-            print(f"note: {note}")
-    sys.stdout.flush()
-    return 0
+def check_report(root: Path | str) -> CheckReport:
+    """`check_folder` as `rlad data check` reports it; DataError (every problem) if anything is wrong."""
+    root = Path(root)
+    return CheckReport(root, check_folder(root))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rlad.config import raise_if_problems
+from rlad.data.paths import relative_to
 from rlad.errors import ConfigError, DataError
 
 SPLITS = ("test", "dev")
@@ -99,22 +100,14 @@ def draw_dev(samples: list, fraction: float, seed: int) -> list:
     return dev
 
 
-def relative_path(path: Path | str, root: Path | str) -> str:
-    """`path` relative to `root` (both resolved), or `path` itself when it lies outside."""
-    try:
-        return str(Path(path).resolve().relative_to(Path(root).resolve()))
-    except ValueError:
-        return str(path)
-
-
 def split_record(split: Split, folder, data_dir: Path | str) -> dict:
     """What a run records about its split (relative file names), for `evaluation_samples` later."""
     return {
         "data": str(Path(data_dir).resolve()),
         "category": folder.category,
-        "labeled": [relative_path(s.path, folder.root) for s in split.labeled],
-        "val": [relative_path(s.path, folder.root) for s in split.val],
-        "dev": [relative_path(s.path, folder.root) for s in split.dev],
+        "labeled": [relative_to(s.path, folder.root) for s in split.labeled],
+        "val": [relative_to(s.path, folder.root) for s in split.val],
+        "dev": [relative_to(s.path, folder.root) for s in split.dev],
     }
 
 
@@ -136,7 +129,7 @@ def evaluation_samples(recorded: dict, folder, split: str = "test", run_name: st
     else:
         left_out = excluded | dev
         keep = lambda name: name not in left_out  # noqa: E731
-    samples = [s for s in folder.test if keep(relative_path(s.path, folder.root))]
+    samples = [s for s in folder.test if keep(relative_to(s.path, folder.root))]
     if not samples:
         raise DataError(f"{folder.root}: no {split} images left to evaluate")
     return samples, excluded, dev

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from rlad.data.folder import Sample, load_image, load_mask
+from rlad.data.folder import Sample
+from rlad.data.images import load_image, load_mask
 
 
 def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:

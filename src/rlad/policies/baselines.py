@@ -81,7 +81,7 @@ def fit_threshold(maps: np.ndarray, records: Sequence, n: int = 64) -> tuple[flo
 
 # ------------------------------------------------------------------------------------- the maps
 def load_resized(paths: Sequence[str], size: int) -> np.ndarray:
-    from rlad.data.folder import load_image
+    from rlad.data.images import load_image
     from rlad.data.transforms import resize_image
 
     return np.stack([resize_image(load_image(p), size).transpose(2, 0, 1) for p in paths]).astype(np.float32)

@@ -1,7 +1,7 @@
 """DifferAD-R1's task: a normal reference image and a query image -> one box around the difference
 (the zero box for a normal query), trained with format + DCLR rewards.
 
-Records are `PairRecord`s (`rlad.data.pairs`). The ground-truth box is stored in the query's
+Records are `PairRecord`s (`rlad.data.pairs.records`). The ground-truth box is stored in the query's
 original pixels and converted into the policy's coordinate convention here (`target`); answers are
 converted back to original pixels (`answer_box`) before anything is scored against the records.
 """
@@ -32,7 +32,7 @@ class GroundingTask(Task):
     primary_kind = "localization"
 
     def load(self, path: str | Path) -> list:
-        from rlad.data.pairs import load_pairs
+        from rlad.data.pairs.records import load_pairs
 
         return load_pairs(path)
 

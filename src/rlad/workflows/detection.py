@@ -231,7 +231,7 @@ def _thresholded_f1(post: PostProcessor, pred: AnomalyMap, labels: np.ndarray, m
 
 
 def collect_images(paths: list[str | Path]) -> list[Path]:
-    from rlad.data.folder import is_image_file
+    from rlad.data.images import is_image_file
 
     found: list[Path] = []
     for raw in paths:
@@ -252,7 +252,7 @@ def collect_images(paths: list[str | Path]) -> list[Path]:
 def predict(run_path: str | Path, paths: list[str | Path], out: str | Path) -> list[dict]:
     """Maps, masks, boxes and overlays for images at their original size; writes predictions.jsonl."""
     from rlad.boxes import mask_to_boxes
-    from rlad.data.folder import load_image
+    from rlad.data.images import load_image
     from rlad.data.transforms import resize_image, resize_map_to
     from rlad.viz import save_heatmap, save_mask, save_overlay
 

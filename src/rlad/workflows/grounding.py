@@ -166,7 +166,7 @@ def evaluate(run_path: str | Path, pairs: str | Path) -> dict:
 
 def ground(run_path: str | Path, reference: str | Path, query: str | Path) -> dict:
     """The box of the difference between two images, in the query's original pixels."""
-    from rlad.data.pairs import PairRecord, image_hw
+    from rlad.data.pairs.records import PairRecord, image_hw
 
     for name, path in (("--reference", reference), ("--query", query)):
         if not Path(path).is_file():

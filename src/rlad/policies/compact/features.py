@@ -76,7 +76,7 @@ class FeatureCache:
             self.bytes -= sum(t.numel() * t.element_size() for t in (old if isinstance(old, list) else [old]))
 
     def _encode(self, paths: list[str]) -> None:
-        from rlad.data.folder import load_image
+        from rlad.data.images import load_image
         from rlad.data.transforms import resize_image
         from rlad.engine.progress import progress
 
