@@ -194,8 +194,7 @@ def test_bad_config_values_are_config_errors(overrides, message):
 def test_separable_smoothing_equals_interpolate_then_blur(grid, size, sigma):
     import torch.nn.functional as F
 
-    from rlad.models.patchcore import upsample_and_smooth
-    from rlad.models.pixelstats import gaussian_blur
+    from rlad.models.maps import gaussian_blur, upsample_and_smooth
 
     maps = torch.rand(3, *grid, generator=torch.Generator().manual_seed(4))
     want = gaussian_blur(F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False), sigma)[:, 0]

@@ -92,7 +92,7 @@ def build_config(method: str, config_file: str | None = None, overrides: list[st
     check_dev_fraction(cfg.protocol.dev_fraction)
     if hasattr(cfg.model, "image_size"):
         cfg.model.image_size = cfg.image_size
-    get_model_class(method).check_config(cfg.model)  # before any data is read or a run directory made
+    cfg.model.validate()  # before any data is read or a run directory made
     return cfg
 
 

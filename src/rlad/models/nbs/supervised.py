@@ -8,20 +8,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rlad.engine import progress
+from rlad.errors import ConfigError
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
+from rlad.models.nbs.config import NBSConfig
 from rlad.models.nbs.context import ContextEncoder
+from rlad.models.nbs.head import new_predictor, predict_maps, predictor_optimizer
+from rlad.models.nbs.labelled import fit_context, prepare_labelled, require_labels, to_float_at
 from rlad.models.nbs.predictor import train_epochs
-from rlad.models.nbs.trainer import (
-    NBSConfig,
-    fit_context,
-    new_predictor,
-    predictor_optimizer,
-    predict_maps,
-    prepare_labelled,
-    require_labels,
-    to_float_at,
-    validate_config,
-)
 from rlad.rl.reinforce import linear_anneal
 
 
@@ -55,10 +49,6 @@ class SupervisedControl(AnomalyModel):
     uses_labels = True
     default_labeled_per_type = 5
 
-    @classmethod
-    def check_config(cls, config: NBSConfig) -> None:
-        validate_config(config)
-
     def __init__(self, config: NBSConfig):
         super().__init__(config)
         self.predictor = None
@@ -66,20 +56,14 @@ class SupervisedControl(AnomalyModel):
         self.history: list[dict] = []
 
     def fit(self, data: FitData, run=None) -> None:
-        from rlad.engine import progress
-
         cfg = self.config
-        validate_config(cfg)
         require_labels(data, self.name)
         seed = int(data.seed)
         encoder = fit_context(cfg, data, seed)
         if encoder.channels == 0:
-            from rlad.errors import ConfigError
-
             raise ConfigError("supervised: model.context.kind=none leaves the control with no input; use image, backbone or patchcore")
         lab = prepare_labelled(cfg, data, encoder, to_float_at(data.normal, cfg.profile_size), seed)
-        examples = [(lab.context[i], lab.masks[i]) for i in range(len(lab.context))]
-        examples += [(lab.negative_context[i], torch.zeros_like(lab.masks[0])) for i in range(len(lab.negative_context))]
+        examples = [lab.example(key) for key in lab.keys()]
         with torch.random.fork_rng():
             torch.manual_seed(seed + 29)
             predictor = new_predictor(cfg, encoder, 0)
