@@ -1,4 +1,4 @@
-"""The contract every pixel-level model implements (DESIGN.md "AnomalyModel").
+"""The contract every pixel-level model implements (docs/architecture.md, "One harness for every pixel model").
 
 Models work on tensors at their own square resolution; the harness in `rlad.models.api` does the
 folder handling, resizing, batching, thresholds, metrics and run directories, so that every model

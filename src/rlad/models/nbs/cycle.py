@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from rlad.models.nbs.autoencoder import PatchAutoencoder, crop_patches, error_maps
 from rlad.models.nbs.config import NBSConfig
 from rlad.models.nbs.context import ContextEncoder
-from rlad.models.nbs.head import new_predictor, predictor_optimizer
+from rlad.models.nbs.head import predictor_optimizer, seeded_predictor
 from rlad.models.nbs.labelled import ExampleKey, LabelledSet
 from rlad.models.nbs.predictor import Predictor, train_epochs, weighted_bce
 from rlad.models.nbs.profiles import SnapshotBank
@@ -77,9 +77,7 @@ def start_learners(cfg: NBSConfig, encoder: ContextEncoder, seed: int) -> Learne
     geometry = cfg.geometry()
     rng = np.random.default_rng([seed, 104729])
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed + 29)
-        predictor = new_predictor(cfg, encoder, cfg.window)
+    predictor = seeded_predictor(cfg, encoder, cfg.window, seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed + 17)
         policy = SamplerPolicy(geometry.crop) if cfg.sampler != "uniform" else None

@@ -26,6 +26,23 @@ def new_predictor(cfg: NBSConfig, encoder: ContextEncoder, profile_channels: int
     )
 
 
+def seeded_predictor(cfg: NBSConfig, encoder: ContextEncoder, profile_channels: int, seed: int) -> Predictor:
+    """`new_predictor` with initial weights drawn from `seed` (the same draw for NBS and the control),
+    leaving torch's global stream alone."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 29)
+        return new_predictor(cfg, encoder, profile_channels)
+
+
+def restore_head(cfg: NBSConfig, state: dict, profile_channels: int) -> tuple[ContextEncoder, Predictor]:
+    """The context encoder and the predictor (in eval mode) of a saved model's `state_dict`."""
+    encoder = ContextEncoder(cfg.context, cfg.predictor_grid)
+    encoder.load_state_dict(state["context"])
+    predictor = new_predictor(cfg, encoder, profile_channels)
+    predictor.load_state_dict(state["predictor"])
+    return encoder, predictor.eval()
+
+
 def predictor_optimizer(cfg: NBSConfig, predictor: Predictor) -> torch.optim.Optimizer:
     return torch.optim.Adam(predictor.parameters(), lr=cfg.predictor_lr, weight_decay=cfg.predictor_weight_decay)
 

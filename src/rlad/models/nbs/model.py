@@ -18,7 +18,7 @@ from rlad.models.base import AnomalyMap, AnomalyModel, FitData
 from rlad.models.nbs import cycle as nbs_cycle
 from rlad.models.nbs.config import NBSConfig
 from rlad.models.nbs.context import ContextEncoder
-from rlad.models.nbs.head import new_predictor, predict_maps
+from rlad.models.nbs.head import predict_maps, restore_head
 from rlad.models.nbs.labelled import fit_context, prepare_labelled, require_labels, to_float_at
 from rlad.models.nbs.predictor import Predictor
 from rlad.models.nbs.profiles import SnapshotBank, profile_features, resize
@@ -142,11 +142,7 @@ class NBSModel(AnomalyModel):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.encoder = ContextEncoder(self.config.context, self.config.predictor_grid)
-        self.encoder.load_state_dict(state["context"])
-        predictor = new_predictor(self.config, self.encoder, self.config.window)
-        predictor.load_state_dict(state["predictor"])
-        self.predictor = predictor.eval()
+        self.encoder, self.predictor = restore_head(self.config, state, self.config.window)
         self.bank = SnapshotBank(state["snapshots"], template=nbs_cycle.autoencoder_for(self.config))
         self.history = list(state.get("history", []))
 

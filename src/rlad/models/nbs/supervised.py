@@ -13,9 +13,9 @@ from rlad.errors import ConfigError
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
 from rlad.models.nbs.config import NBSConfig
 from rlad.models.nbs.context import ContextEncoder
-from rlad.models.nbs.head import new_predictor, predict_maps, predictor_optimizer
+from rlad.models.nbs.head import predict_maps, predictor_optimizer, restore_head, seeded_predictor
 from rlad.models.nbs.labelled import fit_context, prepare_labelled, require_labels, to_float_at
-from rlad.models.nbs.predictor import train_epochs
+from rlad.models.nbs.predictor import Predictor, train_epochs
 from rlad.rl.reinforce import linear_anneal
 
 
@@ -51,7 +51,7 @@ class SupervisedControl(AnomalyModel):
 
     def __init__(self, config: NBSConfig):
         super().__init__(config)
-        self.predictor = None
+        self.predictor: Predictor | None = None
         self.encoder: ContextEncoder | None = None
         self.history: list[dict] = []
 
@@ -64,9 +64,7 @@ class SupervisedControl(AnomalyModel):
             raise ConfigError("supervised: model.context.kind=none leaves the control with no input; use image, backbone or patchcore")
         lab = prepare_labelled(cfg, data, encoder, to_float_at(data.normal, cfg.profile_size), seed)
         examples = [lab.example(key) for key in lab.keys()]
-        with torch.random.fork_rng():
-            torch.manual_seed(seed + 29)
-            predictor = new_predictor(cfg, encoder, 0)
+        predictor = seeded_predictor(cfg, encoder, 0, seed)
         bar = progress(total=cfg.steps // cfg.reset_every, desc="supervised control")
         self.history = train_rounds(cfg, predictor, predictor_optimizer(cfg, predictor), examples, seed, bar=bar)
         bar.close()
@@ -84,9 +82,5 @@ class SupervisedControl(AnomalyModel):
         return {"predictor": self.predictor.state_dict(), "context": self.encoder.state_dict(), "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
-        self.encoder = ContextEncoder(self.config.context, self.config.predictor_grid)
-        self.encoder.load_state_dict(state["context"])
-        predictor = new_predictor(self.config, self.encoder, 0)
-        predictor.load_state_dict(state["predictor"])
-        self.predictor = predictor.eval()
+        self.encoder, self.predictor = restore_head(self.config, state, 0)
         self.history = list(state.get("history", []))
