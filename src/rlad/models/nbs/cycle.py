@@ -7,9 +7,10 @@ order (docs/nbs.md "What runs, top to bottom"):
    picks `batch_patches` patches from the unlabelled normal images and the autoencoder takes one Adam
    step on them; on the last `window` steps the error maps of the profile set are recorded and the
    weights kept as snapshots;
-3. `predictor_reward`: R_pred, the predictor's loss on the reward subset before it learns from it;
+3. `predictor_reward`: R_pred, minus the predictor's loss on the reward subset before it learns from it;
 4. `train_predictor`: epochs over a replay buffer of profiles;
-5. `update_sampler`: policy-gradient steps on the decisions of steps `sampler_update_from..to`;
+5. `update_sampler` (learned sampler only): REINFORCE steps on its decisions of cycle steps
+   `sampler_update_from..to`;
 6. `reset_autoencoder` (at the start of the next cycle, unless `reset` is off): fresh weights.
 
 `Learners` holds everything that carries over from one cycle to the next, which is what a checkpoint
