@@ -56,9 +56,8 @@ def run_variant(spec: dict) -> dict:
     from rlad.models.backbones import STAGE_LAST_FEATURE
     from rlad.models.base import FitData
     from rlad.models.nbs.supervised import train_rounds
-    from rlad.models.nbs.trainer import (
-        augment_labeled, draw_negative_ids, fit_context, masks_at, new_predictor, probability_maps,
-    )
+    from rlad.models.nbs.head import new_predictor, probability_maps
+    from rlad.models.nbs.labelled import augment_labeled, draw_negative_ids, fit_context, masks_at
 
     seed, variant = spec["seed"], parse_variant(spec["variant"])
     overrides = [f"model.context.backbone.weights={SHARED_WEIGHTS}", f"protocol.dev_fraction={spec['dev_fraction']}", f"seed={seed}"]

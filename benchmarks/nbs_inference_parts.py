@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from rlad.workflows.detection import load_run
     from rlad.models.base import FitData
     from rlad.models.nbs.profiles import resize
-    from rlad.models.nbs.trainer import predict_maps
+    from rlad.models.nbs.head import predict_maps
 
     try:
         model = load_run(args.run).model

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
 
     from rlad.workflows.detection import predict_arrays
     from rlad.errors import ConfigError
-    from rlad.models.nbs.trainer import image_score, validate_config
+    from rlad.models.nbs.head import image_score
 
     def values(text, cast):
         try:
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
                 setattr(model.config, key, value)
         cfg = model.config
         try:
-            validate_config(cfg)
+            cfg.validate()
         except ConfigError as exc:
             parser.error(str(exc))
         return {"boost": f"{cfg.prior_boost:g}", "blur": f"{cfg.blur_sigma:g}", "score_pool": str(cfg.score_pool)}

@@ -35,7 +35,7 @@ def deviation_from_median(maps: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def candidate_maps(encoder, images_uint8: np.ndarray, grid: int = 64) -> dict[str, torch.Tensor]:
-    from rlad.models.nbs.context import grey
+    from rlad.models.maps import grey
 
     maps: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images_uint8), 8):

@@ -22,7 +22,8 @@ from rlad.models.base import FitData
 from rlad.models.nbs.autoencoder import PatchAutoencoder, crop_patches, error_maps, tile, untile
 from rlad.models.nbs.context import ContextConfig, ContextEncoder
 from rlad.models.nbs.predictor import Predictor, train_epochs, weighted_bce
-from rlad.models.nbs.profiles import SnapshotBank, fused_prior
+from rlad.models.nbs.fused_prior import fused_prior
+from rlad.models.nbs.profiles import SnapshotBank
 from rlad.models.nbs.sampler import (
     STOP,
     EpisodeRunner,
@@ -33,7 +34,8 @@ from rlad.models.nbs.sampler import (
     move_centre,
     patch_origin,
 )
-from rlad.models.nbs.trainer import NBSConfig, augment_labeled, validate_config
+from rlad.models.nbs.config import NBSConfig
+from rlad.models.nbs.labelled import augment_labeled
 
 # A few cycles on 64 px images: every part of the loop runs, in seconds.
 TINY = [
@@ -201,7 +203,7 @@ def test_train_epochs_with_encode_trains_the_feature_network_too():
 
 @torch.no_grad()
 def test_blur_smooths_the_maps_and_leaves_the_image_scores_alone():
-    from rlad.models.nbs.trainer import probability_maps
+    from rlad.models.nbs.head import probability_maps
 
     logits = torch.full((1, 1, 16, 16), -6.0)
     logits[0, 0, 8, 8] = 6.0  # one hot grid cell
@@ -217,7 +219,7 @@ def test_blur_smooths_the_maps_and_leaves_the_image_scores_alone():
 
 @torch.no_grad()
 def test_prior_boost_adds_the_prior_channel_to_the_logits_at_inference():
-    from rlad.models.nbs.trainer import predict_maps
+    from rlad.models.nbs.head import predict_maps
 
     torch.manual_seed(0)
     predictor = Predictor(5, (8, 4), (1, 2), prior_residual=True).eval()
@@ -292,7 +294,7 @@ def test_context_channels_match_their_count():
 def test_config_errors_name_the_option(override, message):
     cfg = NBSConfig(**override)
     with pytest.raises(ConfigError, match=message):
-        validate_config(cfg)
+        cfg.validate()
 
 
 def test_unsupervised_data_is_refused_with_a_hint(tiny_mvtec, tmp_path):

@@ -188,17 +188,3 @@ def test_reweighted_score_follows_the_paper_formula():
 def test_bad_config_values_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         PatchCore(PatchCoreConfig(**overrides))
-
-
-@pytest.mark.parametrize("grid, size, sigma", [((32, 32), (256, 256), 4.0), ((8, 6), (64, 48), 1.0), ((5, 5), (40, 40), 0.0)])
-def test_separable_smoothing_equals_interpolate_then_blur(grid, size, sigma):
-    import torch.nn.functional as F
-
-    from rlad.models.patchcore import upsample_and_smooth
-    from rlad.models.pixelstats import gaussian_blur
-
-    maps = torch.rand(3, *grid, generator=torch.Generator().manual_seed(4))
-    want = gaussian_blur(F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False), sigma)[:, 0]
-    got = upsample_and_smooth(maps, size, sigma)
-    assert got.shape == (3, *size)
-    assert torch.allclose(got, want, atol=1e-5)

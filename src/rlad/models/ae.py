@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from rlad.config import raise_if_problems
 from rlad.engine import progress
 from rlad.errors import ConfigError
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
-from rlad.models.pixelstats import gaussian_blur
+from rlad.models.maps import gaussian_blur, scaled_sigma
 
 
 @dataclass
@@ -43,6 +44,22 @@ class AEConfig:
     blur_sigma: float = 4.0
     """Gaussian smoothing of the error map, in pixels at 256 px (scaled with image_size)."""
     checkpoint_every: int = 250
+
+    def validate(self) -> "AEConfig":
+        problems = []
+        if not self.channels or any(int(c) < 1 for c in self.channels):
+            problems.append(f"model.channels must be a non-empty list of positive widths, got {self.channels}")
+        for name in ("latent_channels", "steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            problems.append(f"model.lr must be > 0, got {self.lr}")
+        if self.train_crop < 0:
+            problems.append(f"model.train_crop must be >= 0 (0 = whole images), got {self.train_crop}")
+        if self.blur_sigma < 0:
+            problems.append(f"model.blur_sigma must be >= 0, got {self.blur_sigma}")
+        raise_if_problems(problems)
+        return self
 
 
 class ConvAutoencoder(nn.Module):
@@ -97,13 +114,8 @@ class AutoencoderBaseline(AnomalyModel):
     name = "ae"
     Config = AEConfig
 
-    @classmethod
-    def check_config(cls, config: AEConfig) -> None:
-        _check_config(config)
-
     def __init__(self, config: AEConfig):
         super().__init__(config)
-        _check_config(config)
         self.network = ConvAutoencoder(list(config.channels), config.latent_channels)
         self.network.eval()
         self.loss_history: list[float] = []
@@ -161,7 +173,7 @@ class AutoencoderBaseline(AnomalyModel):
         images = images.float()
         self.network.eval()
         errors = reconstruction_error_map(images, self.network(images))
-        maps = gaussian_blur(errors, self.config.blur_sigma * images.shape[-1] / 256.0)[:, 0]
+        maps = gaussian_blur(errors, scaled_sigma(self.config.blur_sigma, images.shape[-1]))[:, 0]
         return AnomalyMap(maps.numpy(), maps.flatten(1).amax(1).numpy())
 
     def state_dict(self) -> dict:
@@ -172,14 +184,3 @@ class AutoencoderBaseline(AnomalyModel):
         self.network.eval()
         self.loss_history = list(state.get("loss_history", []))
 
-
-def _check_config(cfg: AEConfig) -> None:
-    if not cfg.channels or any(int(c) < 1 for c in cfg.channels):
-        raise ConfigError(f"model.channels must be a non-empty list of positive widths, got {cfg.channels}")
-    for name in ("latent_channels", "steps", "batch_size", "checkpoint_every"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"model.{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.lr <= 0:
-        raise ConfigError(f"model.lr must be > 0, got {cfg.lr}")
-    if cfg.train_crop < 0:
-        raise ConfigError(f"model.train_crop must be >= 0 (0 = whole images), got {cfg.train_crop}")

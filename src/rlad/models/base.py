@@ -1,4 +1,4 @@
-"""The contract every pixel-level model implements (DESIGN.md "AnomalyModel").
+"""The contract every pixel-level model implements (docs/architecture.md, "One harness for every pixel model").
 
 Models work on tensors at their own square resolution; the harness in `rlad.workflows.detection` does the
 folder handling, resizing, batching, thresholds, metrics and run directories, so that every model
@@ -57,18 +57,17 @@ class AnomalyMap:
 
 
 class AnomalyModel(ABC):
-    """fit / predict / state. `Config` is a dataclass with at least `image_size: int`."""
+    """fit / predict / state. `Config` is a dataclass with at least `image_size: int` and a
+    `validate()` that raises one ConfigError listing every value `fit` cannot run with, and
+    returns the config (the harness calls it before any data is read)."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
     uses_labels: ClassVar[bool] = False  # True for semi-supervised models (NBS, supervised control)
 
     def __init__(self, config: Any):
-        self.config = config
-
-    @classmethod
-    def check_config(cls, config: Any) -> None:
-        """Raise ConfigError for values `fit` cannot run with (called by the harness before any work)."""
+        # Validated here as well as in the harness, so library use fails as early and as clearly.
+        self.config = config.validate()
 
     @abstractmethod
     def fit(self, data: FitData, run: Any | None = None) -> None:

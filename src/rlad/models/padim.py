@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from rlad.config import raise_if_problems
 from rlad.engine import progress
 from rlad.errors import ConfigError
 from rlad.models.backbones import BackboneConfig, FeatureExtractor, build_feature_extractor
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
-from rlad.models.patchcore import upsample_and_smooth
+from rlad.models.maps import scaled_sigma, upsample_and_smooth
 
 
 @dataclass
@@ -36,6 +37,19 @@ class PaDiMConfig:
     blur_sigma: float = 4.0
     """Gaussian smoothing of the map, in pixels at 256 px (scaled with image_size)."""
     extract_batch: int = 8
+
+    def validate(self) -> "PaDiMConfig":
+        problems = []
+        if self.n_features < 1:
+            problems.append(f"model.n_features must be at least 1, got {self.n_features}")
+        if self.regularization <= 0:
+            problems.append(f"model.regularization must be > 0, got {self.regularization}")
+        if self.extract_batch < 1:
+            problems.append(f"model.extract_batch must be at least 1, got {self.extract_batch}")
+        if self.blur_sigma < 0:
+            problems.append(f"model.blur_sigma must be >= 0, got {self.blur_sigma}")
+        raise_if_problems(problems)
+        return self
 
 
 class OnlineGaussian:
@@ -122,12 +136,6 @@ class PaDiM(AnomalyModel):
 
     def __init__(self, config: PaDiMConfig):
         super().__init__(config)
-        if config.n_features < 1:
-            raise ConfigError(f"model.n_features must be at least 1, got {config.n_features}")
-        if config.regularization <= 0:
-            raise ConfigError(f"model.regularization must be > 0, got {config.regularization}")
-        if config.extract_batch < 1:
-            raise ConfigError(f"model.extract_batch must be at least 1, got {config.extract_batch}")
         self.extractor: FeatureExtractor | None = None
         self.channel_index: torch.Tensor | None = None
         self.mean: torch.Tensor | None = None  # (Pos, C) float32
@@ -174,7 +182,7 @@ class PaDiM(AnomalyModel):
         images = images.float()
         embeddings, (h, w) = self._embed(images)
         distances = mahalanobis(embeddings, self.mean, self.precision)
-        sigma = self.config.blur_sigma * images.shape[-1] / 256.0
+        sigma = scaled_sigma(self.config.blur_sigma, images.shape[-1])
         maps = upsample_and_smooth(distances.view(-1, h, w), tuple(images.shape[-2:]), sigma)
         return AnomalyMap(maps.numpy(), maps.flatten(1).amax(1).numpy())
 

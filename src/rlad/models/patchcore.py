@@ -19,7 +19,6 @@ What keeps it bounded (the deviations from the reference implementation, see doc
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 
@@ -27,10 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rlad.config import raise_if_problems
 from rlad.engine import progress
 from rlad.errors import ConfigError
 from rlad.models.backbones import BackboneConfig, FeatureExtractor, build_feature_extractor
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
+from rlad.models.maps import scaled_sigma, upsample_and_smooth
 
 
 @dataclass
@@ -53,6 +54,24 @@ class PatchCoreConfig:
     extract_batch: int = 8
     """Images per feature-extraction step during fit."""
 
+    def validate(self) -> "PatchCoreConfig":
+        problems = []
+        if not 0 < self.coreset_ratio <= 1:
+            problems.append(f"model.coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        if len(self.backbone.stages) < 1:
+            problems.append("model.backbone.stages: give at least one stage")
+        for name in ("max_patches", "extract_batch", "reweight_neighbors"):
+            if getattr(self, name) < 1:
+                problems.append(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if self.knn_chunk_mb <= 0:
+            problems.append(f"model.knn_chunk_mb must be > 0, got {self.knn_chunk_mb}")
+        if self.projection_dim < 0:
+            problems.append(f"model.projection_dim must be >= 0 (0 = no projection), got {self.projection_dim}")
+        if self.blur_sigma < 0:
+            problems.append(f"model.blur_sigma must be >= 0, got {self.blur_sigma}")
+        raise_if_problems(problems)
+        return self
+
 
 # --- features -----------------------------------------------------------------------------------
 
@@ -66,45 +85,6 @@ def locally_aware_features(levels: list[torch.Tensor]) -> torch.Tensor:
         for p in pooled[1:]
     ]
     return torch.cat(resized, dim=1)
-
-
-# --- maps ---------------------------------------------------------------------------------------
-
-
-def _reflect(index: int, n: int) -> int:
-    """torch's 'reflect' padding (edge not repeated), applied until the index lands inside [0, n)."""
-    while index < 0 or index >= n:
-        index = -index if index < 0 else 2 * (n - 1) - index
-    return index
-
-
-@functools.lru_cache(maxsize=16)
-def smoothing_matrix(n_in: int, n_out: int, sigma: float) -> torch.Tensor:
-    """(n_out, n_in): bilinear upsampling (align_corners=False) then a reflect-padded Gaussian blur of
-    `sigma` pixels (the kernel of `pixelstats.gaussian_blur`), as one matrix for one axis.
-
-    Both steps are linear and separable, so a whole (h, w) map becomes A_h @ map @ A_w^T: two small
-    matrix products instead of a full-resolution convolution (about 10x cheaper at 256 px on CPU).
-    """
-    upsample = F.interpolate(torch.eye(n_in).unsqueeze(0), size=n_out, mode="linear", align_corners=False)[0].t()
-    if sigma <= 0 or n_out < 2:
-        return upsample.contiguous()
-    radius = max(1, int(round(3 * sigma)))
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    blur = torch.zeros(n_out, n_out)
-    for i in range(n_out):
-        for offset, weight in zip(range(-radius, radius + 1), kernel.tolist()):
-            blur[i, _reflect(i + offset, n_out)] += weight
-    return (blur @ upsample).contiguous()
-
-
-def upsample_and_smooth(grid_maps: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
-    """(B, h, w) patch-grid maps -> (B, H, W): bilinear upsampling, then Gaussian smoothing."""
-    rows = smoothing_matrix(grid_maps.shape[-2], size[0], float(sigma))
-    cols = smoothing_matrix(grid_maps.shape[-1], size[1], float(sigma))
-    return torch.matmul(torch.matmul(rows, grid_maps.float()), cols.t())
 
 
 # --- coreset ------------------------------------------------------------------------------------
@@ -212,13 +192,8 @@ class PatchCore(AnomalyModel):
     name = "patchcore"
     Config = PatchCoreConfig
 
-    @classmethod
-    def check_config(cls, config: PatchCoreConfig) -> None:
-        _check_config(config)
-
     def __init__(self, config: PatchCoreConfig):
         super().__init__(config)
-        _check_config(config)
         self.extractor: FeatureExtractor | None = None
         self.memory_bank: torch.Tensor | None = None
         self._bank_sq_norms: torch.Tensor | None = None
@@ -303,7 +278,7 @@ class PatchCore(AnomalyModel):
             patches.reshape(-1, d), self.memory_bank, self._bank_sq_norms, self.config.knn_chunk_mb
         )
         patch_scores = distances.view(b, p)
-        sigma = self.config.blur_sigma * size_hw[-1] / 256.0
+        sigma = scaled_sigma(self.config.blur_sigma, size_hw[-1])
         maps = upsample_and_smooth(patch_scores.view(b, h, w), tuple(size_hw), sigma)
         if self.config.reweight:
             scores = reweighted_scores(
@@ -329,18 +304,3 @@ class PatchCore(AnomalyModel):
         self._set_bank(state["memory_bank"])
         self.fit_info = dict(state.get("fit_info", {}))
 
-
-def _check_config(cfg: PatchCoreConfig) -> None:
-    if not 0 < cfg.coreset_ratio <= 1:
-        raise ConfigError(f"model.coreset_ratio must be in (0, 1], got {cfg.coreset_ratio}")
-    if len(cfg.backbone.stages) < 1:
-        raise ConfigError("model.backbone.stages: give at least one stage")
-    for name in ("max_patches", "extract_batch", "reweight_neighbors"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"model.{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.knn_chunk_mb <= 0:
-        raise ConfigError(f"model.knn_chunk_mb must be > 0, got {cfg.knn_chunk_mb}")
-    if cfg.projection_dim < 0:
-        raise ConfigError(f"model.projection_dim must be >= 0 (0 = no projection), got {cfg.projection_dim}")
-    if cfg.blur_sigma < 0:
-        raise ConfigError(f"model.blur_sigma must be >= 0, got {cfg.blur_sigma}")

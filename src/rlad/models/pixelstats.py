@@ -9,29 +9,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from rlad.config import raise_if_problems
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
+from rlad.models.maps import gaussian_blur
 
 
 @dataclass
 class PixelStatsConfig:
     image_size: int = 256
     blur_sigma: float = 2.0
+    """Gaussian smoothing of the map, in pixels at any image_size (not scaled, unlike the other models)."""
 
-
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, 1, H, W) maps, reflect-padded."""
-    if sigma <= 0:
-        return maps
-    radius = max(1, int(round(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    padded = F.pad(maps, (radius, radius, 0, 0), mode="reflect")
-    maps = F.conv2d(padded, kernel.view(1, 1, 1, -1))
-    padded = F.pad(maps, (0, 0, radius, radius), mode="reflect")
-    return F.conv2d(padded, kernel.view(1, 1, -1, 1))
+    def validate(self) -> "PixelStatsConfig":
+        problems = []
+        if self.blur_sigma < 0:
+            problems.append(f"model.blur_sigma must be >= 0, got {self.blur_sigma}")
+        raise_if_problems(problems)
+        return self
 
 
 class PixelStats(AnomalyModel):

@@ -7,7 +7,7 @@ import importlib
 from rlad.errors import ConfigError
 
 _MODELS = {
-    "nbs": "rlad.models.nbs.trainer:NBSModel",
+    "nbs": "rlad.models.nbs.model:NBSModel",
     "supervised": "rlad.models.nbs.supervised:SupervisedControl",
     "patchcore": "rlad.models.patchcore:PatchCore",
     "padim": "rlad.models.padim:PaDiM",

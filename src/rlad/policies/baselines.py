@@ -88,7 +88,7 @@ def load_resized(paths: Sequence[str], size: int) -> np.ndarray:
 
 
 def _blur(maps: np.ndarray, sigma: float) -> np.ndarray:
-    from rlad.models.pixelstats import gaussian_blur
+    from rlad.models.maps import gaussian_blur
 
     return gaussian_blur(torch.from_numpy(maps)[:, None], sigma)[:, 0].numpy()
 

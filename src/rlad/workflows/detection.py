@@ -45,7 +45,7 @@ class FitConfig:
         self.protocol.validate()
         if hasattr(self.model, "image_size"):
             self.model.image_size = self.image_size
-        get_model_class(self.method).check_config(self.model)
+        self.model.validate()
         return self
 
 

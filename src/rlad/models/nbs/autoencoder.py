@@ -1,4 +1,4 @@
-"""The patch autoencoder whose *learning curve* is NBS's feature (METHODS.md section 3).
+"""The patch autoencoder whose *learning curve* is NBS's feature (docs/nbs.md).
 
 A fresh autoencoder learns normal texture quickly and anomalous pixels slowly or erratically, so the
 sequence of per-pixel reconstruction errors over its first steps after a reset (the loss profile)

@@ -24,8 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rlad.models.backbones import BackboneConfig, FeatureExtractor, build_feature_extractor
+from rlad.errors import ConfigError
+from rlad.models.backbones import STAGE_CHANNELS, BackboneConfig, FeatureExtractor, build_feature_extractor
 from rlad.models.base import FitData
+from rlad.models.maps import grey
+from rlad.models.patchcore import PatchCore, PatchCoreConfig
 
 CONTEXTS = ("none", "image", "backbone", "patchcore")
 
@@ -42,23 +45,16 @@ class ContextConfig:
     prior_max_patches: int = 100_000
 
 
-def grey(images: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
-    return (images * weights).sum(1, keepdim=True)
-
-
 class ContextEncoder:
     """fit(normal images) once; then images (B, 3, S, S) in [0, 1] -> (B, channels, grid, grid)."""
 
     def __init__(self, config: ContextConfig, grid: int):
         if config.kind not in CONTEXTS:
-            from rlad.errors import ConfigError
-
             raise ConfigError(f"model.context.kind={config.kind!r}: choose one of {', '.join(CONTEXTS)}")
         self.config = config
         self.grid = grid
         self.extractor: FeatureExtractor | None = None
-        self.prior = None  # a fitted PatchCore
+        self.prior: PatchCore | None = None
         self.prior_mean = 0.0
         self.prior_std = 1.0
 
@@ -69,8 +65,6 @@ class ContextEncoder:
             return 0
         if kind == "image":
             return 1
-        from rlad.models.backbones import STAGE_CHANNELS
-
         features = sum(STAGE_CHANNELS[s] for s in self.config.backbone.stages)
         return features + (1 if kind == "patchcore" else 0)
 
@@ -87,8 +81,6 @@ class ContextEncoder:
             return
         self.extractor = build_feature_extractor(self._extractor_config(), seed=seed)
         if kind == "patchcore":
-            from rlad.models.patchcore import PatchCore, PatchCoreConfig
-
             cfg = PatchCoreConfig(
                 image_size=normal_uint8.shape[-1],
                 backbone=BackboneConfig(
@@ -162,8 +154,6 @@ class ContextEncoder:
                 self._extractor_config().stages, state["backbone"], self.config.backbone.micro_batch
             )
         if "prior" in state:
-            from rlad.models.patchcore import PatchCore, PatchCoreConfig
-
             self.prior = PatchCore(
                 PatchCoreConfig(backbone=BackboneConfig(stages=list(self.config.prior_stages), micro_batch=self.config.backbone.micro_batch))
             )

@@ -6,7 +6,8 @@ prior) and either stops or moves `move` pixels in one of 8 directions; every mov
 new position to the autoencoder's next batch. Several episodes run side by side and a finished one is
 replaced by a new episode on another image until the batch is full.
 
-Per-move rewards are computed here (R_struct, R_cover); the task reward R_pred comes from the trainer.
+Per-move rewards are computed here (R_struct, R_cover); the task reward R_pred comes from the training
+cycle (`rlad.models.nbs.cycle`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlad.models.maps import grey
 from rlad.models.nbs.autoencoder import PatchAutoencoder, error_maps
-from rlad.models.nbs.profiles import fuse_prior_terms, grey, local_variance, structure_map, zscore
+from rlad.models.nbs.fused_prior import fuse_prior_terms, local_variance, structure_map, zscore
 
 STOP = 0
 DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))  # actions 1..8

@@ -8,20 +8,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rlad.engine import progress
+from rlad.errors import ConfigError
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
+from rlad.models.nbs.config import NBSConfig
 from rlad.models.nbs.context import ContextEncoder
-from rlad.models.nbs.predictor import train_epochs
-from rlad.models.nbs.trainer import (
-    NBSConfig,
-    fit_context,
-    new_predictor,
-    predictor_optimizer,
-    predict_maps,
-    prepare_labelled,
-    require_labels,
-    to_float_at,
-    validate_config,
-)
+from rlad.models.nbs.head import predict_maps, predictor_optimizer, restore_head, seeded_predictor
+from rlad.models.nbs.labelled import fit_context, prepare_labelled, require_labels, to_float_at
+from rlad.models.nbs.predictor import Predictor, train_epochs
 from rlad.rl.reinforce import linear_anneal
 
 
@@ -55,34 +49,22 @@ class SupervisedControl(AnomalyModel):
     uses_labels = True
     default_labeled_per_type = 5
 
-    @classmethod
-    def check_config(cls, config: NBSConfig) -> None:
-        validate_config(config)
-
     def __init__(self, config: NBSConfig):
         super().__init__(config)
-        self.predictor = None
+        self.predictor: Predictor | None = None
         self.encoder: ContextEncoder | None = None
         self.history: list[dict] = []
 
     def fit(self, data: FitData, run=None) -> None:
-        from rlad.engine import progress
-
         cfg = self.config
-        validate_config(cfg)
         require_labels(data, self.name)
         seed = int(data.seed)
         encoder = fit_context(cfg, data, seed)
         if encoder.channels == 0:
-            from rlad.errors import ConfigError
-
             raise ConfigError("supervised: model.context.kind=none leaves the control with no input; use image, backbone or patchcore")
         lab = prepare_labelled(cfg, data, encoder, to_float_at(data.normal, cfg.profile_size), seed)
-        examples = [(lab.context[i], lab.masks[i]) for i in range(len(lab.context))]
-        examples += [(lab.negative_context[i], torch.zeros_like(lab.masks[0])) for i in range(len(lab.negative_context))]
-        with torch.random.fork_rng():
-            torch.manual_seed(seed + 29)
-            predictor = new_predictor(cfg, encoder, 0)
+        examples = [lab.example(key) for key in lab.keys()]
+        predictor = seeded_predictor(cfg, encoder, 0, seed)
         bar = progress(total=cfg.steps // cfg.reset_every, desc="supervised control")
         self.history = train_rounds(cfg, predictor, predictor_optimizer(cfg, predictor), examples, seed, bar=bar)
         bar.close()
@@ -100,9 +82,5 @@ class SupervisedControl(AnomalyModel):
         return {"predictor": self.predictor.state_dict(), "context": self.encoder.state_dict(), "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
-        self.encoder = ContextEncoder(self.config.context, self.config.predictor_grid)
-        self.encoder.load_state_dict(state["context"])
-        predictor = new_predictor(self.config, self.encoder, 0)
-        predictor.load_state_dict(state["predictor"])
-        self.predictor = predictor.eval()
+        self.encoder, self.predictor = restore_head(self.config, state, 0)
         self.history = list(state.get("history", []))

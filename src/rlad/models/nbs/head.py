@@ -1,0 +1,71 @@
+"""The predictor as NBS and its supervised control use it: built from the one NBSConfig, and its
+logits on the predictor grid turned into the AnomalyMap every model returns.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rlad.models.base import AnomalyMap
+from rlad.models.maps import scaled_sigma, upsample_and_smooth
+from rlad.models.nbs.config import NBSConfig
+from rlad.models.nbs.context import ContextEncoder
+from rlad.models.nbs.predictor import Predictor
+
+
+def new_predictor(cfg: NBSConfig, encoder: ContextEncoder, profile_channels: int) -> Predictor:
+    """The predictor over `profile_channels` profile maps (0 for the control) plus the context."""
+    return Predictor(
+        profile_channels + encoder.channels,
+        tuple(cfg.predictor_widths),
+        tuple(cfg.predictor_dilations),
+        project=cfg.predictor_project,
+        dropout=cfg.predictor_dropout,
+        prior_residual=encoder.has_prior,
+    )
+
+
+def seeded_predictor(cfg: NBSConfig, encoder: ContextEncoder, profile_channels: int, seed: int) -> Predictor:
+    """`new_predictor` with initial weights drawn from `seed` (the same draw for NBS and the control),
+    leaving torch's global stream alone."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 29)
+        return new_predictor(cfg, encoder, profile_channels)
+
+
+def restore_head(cfg: NBSConfig, state: dict, profile_channels: int) -> tuple[ContextEncoder, Predictor]:
+    """The context encoder and the predictor (in eval mode) of a saved model's `state_dict`."""
+    encoder = ContextEncoder(cfg.context, cfg.predictor_grid)
+    encoder.load_state_dict(state["context"])
+    predictor = new_predictor(cfg, encoder, profile_channels)
+    predictor.load_state_dict(state["predictor"])
+    return encoder, predictor.eval()
+
+
+def predictor_optimizer(cfg: NBSConfig, predictor: Predictor) -> torch.optim.Optimizer:
+    return torch.optim.Adam(predictor.parameters(), lr=cfg.predictor_lr, weight_decay=cfg.predictor_weight_decay)
+
+
+def image_score(prob_maps: torch.Tensor, pool: int) -> torch.Tensor:
+    """(B, 1, h, w) probabilities -> (B,) scores: max of the locally averaged map."""
+    if pool > 1:
+        prob_maps = F.avg_pool2d(prob_maps, pool, stride=1, padding=pool // 2, count_include_pad=False)
+    return prob_maps.flatten(1).amax(1)
+
+
+def probability_maps(logits: torch.Tensor, size: tuple[int, int], score_pool: int, blur_sigma: float = 0.0) -> AnomalyMap:
+    """Grid logits -> maps at `size` (upsampled and smoothed by a Gaussian of `blur_sigma` px at
+    256 px, as every feature model's maps) and image scores from the grid, before smoothing."""
+    probs = torch.sigmoid(logits)
+    scores = image_score(probs, score_pool)
+    maps = upsample_and_smooth(probs[:, 0], size, scaled_sigma(blur_sigma, size[-1]))
+    return AnomalyMap(maps.numpy(), scores.numpy())
+
+
+def predict_maps(cfg: NBSConfig, predictor: Predictor, features: torch.Tensor, size: tuple[int, int]) -> AnomalyMap:
+    """The predictor's maps at inference, ensembled with the prior channel (`prior_boost`)."""
+    logits = predictor(features)
+    if predictor.prior_residual and cfg.prior_boost:
+        logits = logits + cfg.prior_boost * features[:, -1:]
+    return probability_maps(logits, size, cfg.score_pool, cfg.blur_sigma)

@@ -1,0 +1,150 @@
+"""The `nbs` AnomalyModel: `fit` runs the training cycles of `rlad.models.nbs.cycle` top to bottom;
+`predict` replays the final cycle's autoencoder snapshots on an image to get its loss profile
+(exactly as training computed the labelled images'), adds the context channels, and runs the
+predictor. Seen and unseen images are treated the same, and the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+
+from rlad.engine import progress, status
+from rlad.errors import ConfigError
+from rlad.models.base import AnomalyMap, AnomalyModel, FitData
+from rlad.models.nbs import cycle as nbs_cycle
+from rlad.models.nbs.config import NBSConfig
+from rlad.models.nbs.context import ContextEncoder
+from rlad.models.nbs.head import predict_maps, restore_head
+from rlad.models.nbs.labelled import fit_context, prepare_labelled, require_labels, to_float_at
+from rlad.models.nbs.predictor import Predictor
+from rlad.models.nbs.profiles import SnapshotBank, profile_features, resize
+from rlad.models.nbs.sampler import SamplerMaps, SamplerPolicy
+from rlad.rl.reinforce import linear_anneal
+
+
+class NBSModel(AnomalyModel):
+    name = "nbs"
+    Config = NBSConfig
+    uses_labels = True
+    default_labeled_per_type = 5
+
+    def __init__(self, config: NBSConfig):
+        super().__init__(config)
+        self.predictor: Predictor | None = None
+        self.bank: SnapshotBank | None = None
+        self.encoder: ContextEncoder | None = None
+        self.history: list[dict] = []
+        self.policy: SamplerPolicy | None = None  # the trained sampler, for inspection (not saved)
+
+    def profile_input(self, errors: torch.Tensor) -> torch.Tensor:
+        """Raw errors (B, window, h, w) at profile size -> log errors on the predictor grid."""
+        return profile_features(errors, self.config.predictor_grid)
+
+    # --- fit --------------------------------------------------------------------------------------
+    def fit(self, data: FitData, run=None) -> None:
+        cfg = self.config
+        require_labels(data, self.name)
+        seed = int(data.seed)
+
+        pool = to_float_at(data.normal, cfg.profile_size)  # the sampler's images (unlabelled normals)
+        maps = SamplerMaps.of(pool) if cfg.sampler != "uniform" else None
+        status(f"nbs: context ({cfg.context.kind}) for {len(data.labeled_images)} labelled image(s) x {cfg.augment_copies}")
+        encoder = fit_context(cfg, data, seed)
+        lab = prepare_labelled(cfg, data, encoder, pool, seed)
+
+        learners = nbs_cycle.start_learners(cfg, encoder, seed)
+        torch.manual_seed(seed + 7)  # the predictor's dropout: a seeded run repeats exactly
+        start_cycle = self._resume(learners, run)
+        total_cycles = cfg.steps // cfg.reset_every
+        bar = progress(total=total_cycles * cfg.reset_every, desc=f"nbs ({cfg.sampler})", initial=start_cycle * cfg.reset_every)
+        for cycle in range(start_cycle, total_cycles):
+            started = time.perf_counter()
+            if cfg.reset and cycle > 0:
+                nbs_cycle.reset_autoencoder(cfg, learners, seed, cycle)
+            profile_set = nbs_cycle.choose_profile_set(cfg, learners, lab)
+            trace = nbs_cycle.run_autoencoder(cfg, learners, pool, maps, profile_set.images, bar)
+            step = (cycle + 1) * cfg.reset_every
+            alpha = linear_anneal(step, cfg.alpha_anneal_steps, 1.0, cfg.alpha_end)
+            beta = linear_anneal(step, cfg.beta_anneal_steps, 1.0, 0.0)
+
+            profiles = self.profile_input(torch.stack(trace.errors, dim=1)).half()
+            entries = list(zip(profiles, profile_set.keys))
+            reward_examples = [lab.example(key, profile) for profile, key in entries[: len(lab.reward_ids)]]
+            r_pred = nbs_cycle.predictor_reward(learners.predictor, reward_examples, alpha)
+            pred_loss = nbs_cycle.train_predictor(cfg, learners, lab, entries, alpha)
+            sampler_stats = {}
+            if cfg.sampler == "learned" and trace.recorded:
+                sampler_stats = nbs_cycle.update_sampler(cfg, learners, trace.recorded, beta, r_pred)
+
+            row = {
+                "event": "cycle",
+                "cycle": cycle,
+                "step": step,
+                "ae_loss": float(np.mean(trace.ae_losses)),
+                "ae_loss_last": trace.ae_losses[-1],
+                "r_pred": r_pred,
+                "pred_loss": pred_loss,
+                "alpha": alpha,
+                "beta": beta,
+                "seconds": time.perf_counter() - started,
+                **sampler_stats,
+            }
+            learners.history.append(row)
+            bar.set_postfix(
+                ae=f"{row['ae_loss_last']:.4f}", pred=f"{pred_loss:.3f}", r_pred=f"{r_pred:.3f}",
+                reward=f"{sampler_stats.get('reward', float('nan')):.3f}",
+            )
+            if run is not None:
+                run.log(row)
+                last = cycle == total_cycles - 1
+                if not last and (cycle + 1) % cfg.checkpoint_every == 0:
+                    run.save_checkpoint(nbs_cycle.checkpoint_state(learners, cycle, step), step)
+        bar.close()
+        learners.predictor.eval()
+        self.predictor = learners.predictor
+        self.bank = learners.bank
+        self.encoder = encoder
+        self.history = learners.history
+        self.policy = learners.policy
+
+    def _resume(self, learners: nbs_cycle.Learners, run) -> int:
+        """The cycle to start with: after the run's latest checkpoint, loaded into `learners`, or 0."""
+        checkpoint = run.latest_checkpoint() if run is not None else None
+        if checkpoint is None:
+            return 0
+        if checkpoint.get("kind") != nbs_cycle.CHECKPOINT_KIND:
+            raise ConfigError(f"{run.path}: its checkpoint is not from an nbs run; use a new --out")
+        start_cycle = nbs_cycle.resume(learners, checkpoint)
+        run.log({"event": "resume", "step": start_cycle * self.config.reset_every, "cycle": start_cycle})
+        return start_cycle
+
+    # --- inference --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> AnomalyMap:
+        if self.predictor is None or self.bank is None or self.encoder is None:
+            raise RuntimeError("NBSModel.predict before fit/load_state_dict")
+        images = images.float()
+        small = resize(images, self.config.profile_size)
+        feats = torch.cat([self.profile_input(self.bank.profile(small)), self.encoder(images)], dim=1)
+        return predict_maps(self.config, self.predictor, feats, tuple(images.shape[-2:]))
+
+    # --- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "predictor": self.predictor.state_dict(),
+            "snapshots": self.bank.snapshots,
+            "context": self.encoder.state_dict(),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.encoder, self.predictor = restore_head(self.config, state, self.config.window)
+        self.bank = SnapshotBank(state["snapshots"], template=nbs_cycle.autoencoder_for(self.config))
+        self.history = list(state.get("history", []))
+
+    def extra_files(self) -> dict:
+        return {"nbs_history.json": json.dumps(self.history, indent=1).encode()}
