@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from rlad.config import raise_if_problems
-from rlad.engine import progress
+from rlad.engine import TrainingState, progress
 from rlad.errors import ConfigError
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
 from rlad.models.maps import gaussian_blur, scaled_sigma
@@ -132,13 +132,10 @@ class AutoencoderBaseline(AnomalyModel):
         torch.manual_seed(data.seed)
         self.network = ConvAutoencoder(list(cfg.channels), cfg.latent_channels)
         optimiser = torch.optim.Adam(self.network.parameters(), lr=cfg.lr)
-        step = 0
-        checkpoint = run.latest_checkpoint() if run is not None else None
-        if checkpoint is not None and checkpoint.get("kind") == "ae":
-            self.network.load_state_dict(checkpoint["network"])
-            optimiser.load_state_dict(checkpoint["optimiser"])
-            step = int(checkpoint["step"])
-            self.loss_history = list(checkpoint.get("loss_history", []))
+        state = TrainingState(run, "ae", network=self.network, optimiser=optimiser)
+        saved = state.restore()
+        step = int(saved.get("step", 0))
+        self.loss_history = list(saved.get("loss_history", []))
         self.network.train()
         bar = progress(total=cfg.steps, desc="ae", initial=step)
         while step < cfg.steps:
@@ -154,16 +151,7 @@ class AutoencoderBaseline(AnomalyModel):
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.5f}")
             if run is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                run.save_checkpoint(
-                    {
-                        "kind": "ae",
-                        "step": step,
-                        "network": self.network.state_dict(),
-                        "optimiser": optimiser.state_dict(),
-                        "loss_history": self.loss_history,
-                    },
-                    step,
-                )
+                state.save(step, step=step, loss_history=self.loss_history)
                 run.log({"event": "ae_step", "step": step, "loss": loss_value})
         bar.close()
         self.network.eval()

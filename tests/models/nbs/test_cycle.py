@@ -8,14 +8,15 @@ import math
 import numpy as np
 import torch
 
+from rlad.engine import RunDir
 from rlad.models.nbs.config import NBSConfig
 from rlad.models.nbs.context import ContextConfig, ContextEncoder
 from rlad.models.nbs.cycle import (
-    checkpoint_state,
     choose_profile_set,
     predictor_reward,
     reset_autoencoder,
     resume,
+    save_checkpoint,
     run_autoencoder,
     start_learners,
 )
@@ -83,7 +84,7 @@ def test_profile_sets_put_the_reward_subset_first_and_rotate_through_every_label
     assert all(rotated.count(i) == 2 for i in (1, 2, 4, 5))
 
 
-def test_a_checkpoint_restores_every_learner_and_random_stream():
+def test_a_checkpoint_restores_every_learner_and_random_stream(tmp_path):
     cfg, lab = _config(), _labelled()
     pool = torch.rand(5, 3, SIZE, SIZE)
     learners = _learners(cfg)
@@ -93,12 +94,16 @@ def test_a_checkpoint_restores_every_learner_and_random_stream():
     assert sorted(trace.recorded) == [2, 3]  # the learned sampler's update window
     learners.buffer.append((torch.rand(cfg.window, GRID, GRID).half(), ("lab", 1)))
     learners.history.append({"cycle": 0})
-    saved = checkpoint_state(learners, cycle=0, step=cfg.reset_every)
+    run = RunDir(tmp_path / "run").create()
+    save_checkpoint(run, learners, cycle=0, step=cfg.reset_every)
+    saved = run.latest_checkpoint()
 
     fresh = _learners(cfg)
     reset_autoencoder(cfg, fresh, seed=0, cycle=5)  # different weights than the saved ones
-    assert resume(fresh, saved) == 1
-    _assert_same(checkpoint_state(fresh, cycle=0, step=cfg.reset_every), saved)
+    assert resume(run, fresh) == 1
+    again = RunDir(tmp_path / "again").create()
+    save_checkpoint(again, fresh, cycle=0, step=cfg.reset_every)
+    _assert_same(again.latest_checkpoint(), saved)
     # Both continue with the same draws.
     assert choose_profile_set(cfg, fresh, lab).keys == choose_profile_set(cfg, learners, lab).keys
     assert torch.equal(torch.rand(3, generator=fresh.generator), torch.rand(3, generator=learners.generator))

@@ -14,7 +14,7 @@ order (docs/nbs.md "What runs, top to bottom"):
 6. `reset_autoencoder` (at the start of the next cycle, unless `reset` is off): fresh weights.
 
 `Learners` holds everything that carries over from one cycle to the next, which is what a checkpoint
-saves (`checkpoint_state` / `resume`).
+saves (`save_checkpoint` / `resume`, through `rlad.engine.TrainingState`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rlad.engine import TrainingState
 from rlad.models.nbs.autoencoder import PatchAutoencoder, crop_patches, error_maps
 from rlad.models.nbs.config import NBSConfig
 from rlad.models.nbs.context import ContextEncoder
@@ -35,7 +36,7 @@ from rlad.models.nbs.profiles import SnapshotBank
 from rlad.models.nbs.sampler import STOP, EpisodeRunner, SamplerMaps, SamplerPolicy, Transitions, mark_visits, uniform_patches
 from rlad.rl.reinforce import MovingBaseline, discounted_returns, reinforce_loss
 
-CHECKPOINT_KIND = "nbs"
+CHECKPOINT_STAGE = "nbs"
 
 # A replay-buffer entry: a profile (float16, on the predictor grid) and the example it belongs to.
 BufferEntry = tuple[torch.Tensor, ExampleKey]
@@ -98,48 +99,32 @@ def start_learners(cfg: NBSConfig, encoder: ContextEncoder, seed: int) -> Learne
     )
 
 
-def checkpoint_state(learners: Learners, cycle: int, step: int) -> dict:
+def training_state(run, learners: Learners) -> TrainingState:
+    """The learners' resumable state, built anew each time (a reset replaces the autoencoder)."""
+    return TrainingState(run, CHECKPOINT_STAGE, predictor=learners.predictor, pred_opt=learners.predictor_opt,
+                         policy=learners.policy, policy_opt=learners.policy_opt, baseline=learners.baseline,
+                         ae=learners.ae, ae_opt=learners.ae_opt, rng=learners.rng, generator=learners.generator)
+
+
+def save_checkpoint(run, learners: Learners, cycle: int, step: int) -> None:
     """Everything `resume` needs to continue after `cycle` exactly as an uninterrupted run would."""
-    return {
-        "kind": CHECKPOINT_KIND,
-        "cycle": cycle,
-        "step": step,
-        "predictor": learners.predictor.state_dict(),
-        "pred_opt": learners.predictor_opt.state_dict(),
-        "policy": learners.policy.state_dict() if learners.policy is not None else None,
-        "policy_opt": learners.policy_opt.state_dict() if learners.policy_opt is not None else None,
-        "baseline": learners.baseline.state_dict(),
-        "ae": learners.ae.state_dict(),
-        "ae_opt": learners.ae_opt.state_dict(),
-        "buffer": learners.buffer,
-        "rotation": learners.rotation,
-        "snapshots": learners.bank.snapshots,
-        "history": learners.history,
-        "rng": learners.rng.bit_generator.state,
-        "generator": learners.generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-    }
+    training_state(run, learners).save(
+        step, cycle=cycle, step=step, buffer=learners.buffer, rotation=learners.rotation,
+        snapshots=learners.bank.snapshots, history=learners.history, torch_rng=torch.get_rng_state())
 
 
-def resume(learners: Learners, checkpoint: dict) -> int:
-    """Load a `checkpoint_state` into `learners` (and torch's global stream, which the predictor's
-    dropout draws from); returns the cycle to continue with."""
-    learners.predictor.load_state_dict(checkpoint["predictor"])
-    learners.predictor_opt.load_state_dict(checkpoint["pred_opt"])
-    if learners.policy is not None:
-        learners.policy.load_state_dict(checkpoint["policy"])
-        learners.policy_opt.load_state_dict(checkpoint["policy_opt"])
-    learners.baseline.load_state_dict(checkpoint["baseline"])
-    learners.ae.load_state_dict(checkpoint["ae"])
-    learners.ae_opt.load_state_dict(checkpoint["ae_opt"])
-    learners.buffer = [(profile, (kind, int(index))) for profile, (kind, index) in checkpoint["buffer"]]
-    learners.rotation = list(checkpoint["rotation"])
-    learners.bank = SnapshotBank(checkpoint["snapshots"], template=learners.ae)
-    learners.history = list(checkpoint["history"])
-    learners.rng.bit_generator.state = checkpoint["rng"]
-    learners.generator.set_state(checkpoint["generator"])
-    torch.set_rng_state(checkpoint["torch_rng"])
-    return int(checkpoint["cycle"]) + 1
+def resume(run, learners: Learners) -> int:
+    """Load the run's latest NBS checkpoint into `learners` (and torch's global stream, which the
+    predictor's dropout draws from); the cycle to continue with (0 without a checkpoint)."""
+    saved = training_state(run, learners).restore()
+    if not saved:
+        return 0
+    learners.buffer = [(profile, (kind, int(index))) for profile, (kind, index) in saved["buffer"]]
+    learners.rotation = list(saved["rotation"])
+    learners.bank = SnapshotBank(saved["snapshots"], template=learners.ae)
+    learners.history = list(saved["history"])
+    torch.set_rng_state(saved["torch_rng"])
+    return int(saved["cycle"]) + 1
 
 
 def reset_autoencoder(cfg: NBSConfig, learners: Learners, seed: int, cycle: int) -> None:

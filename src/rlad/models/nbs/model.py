@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from rlad.engine import progress, status
-from rlad.errors import ConfigError
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
 from rlad.models.nbs import cycle as nbs_cycle
 from rlad.models.nbs.config import NBSConfig
@@ -102,7 +101,7 @@ class NBSModel(AnomalyModel):
                 run.log(row)
                 last = cycle == total_cycles - 1
                 if not last and (cycle + 1) % cfg.checkpoint_every == 0:
-                    run.save_checkpoint(nbs_cycle.checkpoint_state(learners, cycle, step), step)
+                    nbs_cycle.save_checkpoint(run, learners, cycle, step)
         bar.close()
         learners.predictor.eval()
         self.predictor = learners.predictor
@@ -113,13 +112,9 @@ class NBSModel(AnomalyModel):
 
     def _resume(self, learners: nbs_cycle.Learners, run) -> int:
         """The cycle to start with: after the run's latest checkpoint, loaded into `learners`, or 0."""
-        checkpoint = run.latest_checkpoint() if run is not None else None
-        if checkpoint is None:
-            return 0
-        if checkpoint.get("kind") != nbs_cycle.CHECKPOINT_KIND:
-            raise ConfigError(f"{run.path}: its checkpoint is not from an nbs run; use a new --out")
-        start_cycle = nbs_cycle.resume(learners, checkpoint)
-        run.log({"event": "resume", "step": start_cycle * self.config.reset_every, "cycle": start_cycle})
+        start_cycle = nbs_cycle.resume(run, learners)
+        if start_cycle:
+            run.log({"event": "resume", "step": start_cycle * self.config.reset_every, "cycle": start_cycle})
         return start_cycle
 
     # --- inference --------------------------------------------------------------------------------
