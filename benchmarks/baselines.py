@@ -24,7 +24,7 @@ from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, peak
 from rlad.tables import markdown_table  # noqa: E402
 
 DATASETS = ["mpdd_metal_plate_512", "magnetic_tile"]
-PEER = {  # anomalib 2.7.0, same weights, 256 px, 2 cores, MPDD metal_plate (METHODS.md section 5)
+PEER = {  # anomalib 2.7.0, same weights, 256 px, 2 cores, MPDD metal_plate (measured on this kind of machine; docs/benchmarks.md)
     "patchcore": {"image_auroc": 1.000, "pixel_auroc": 0.992, "aupro": 0.951, "pixel_f1_max": 0.881, "fit_s": 136, "ms_per_image": 51},
     "padim": {"image_auroc": 0.476, "pixel_auroc": 0.945, "aupro": 0.809, "pixel_f1_max": 0.702, "fit_s": 7, "ms_per_image": 65},
 }

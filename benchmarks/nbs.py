@@ -39,7 +39,7 @@ VARIANTS = {  # name -> (method, overrides)
     "patchcore (unsupervised)": ("patchcore", []),
 }
 ONE_SEED = {"nbs paper input (profile only)", "patchcore (unsupervised)"}  # deterministic or for the record only
-GOALS = {  # METHODS.md section 5 / issue 3
+GOALS = {  # the NBS goals (docs/nbs.md)
     "magnetic_tile": "pixel AUROC >= 0.97, pixel F1_max >= 0.60, F1_max and AUPRO above PatchCore's",
     "mpdd_metal_plate_512": "F1_max and AUPRO above PatchCore's (the anomalib peer: F1_max 0.881, AUPRO 0.951)",
 }

@@ -1,4 +1,4 @@
-"""The run directory contract (DESIGN.md): config.yaml, model.pt, checkpoints/, metrics.json,
+"""The run directory contract (docs/architecture.md): config.yaml, model.pt, checkpoints/, metrics.json,
 log.jsonl, report.html. Every file that could be half-written when a process is killed is written
 to a temporary file first and renamed, so a kill never leaves a corrupt checkpoint behind."""
 

@@ -1,4 +1,4 @@
-"""The Policy contract (DESIGN.md "Policy"): what the GRPO loop, the evaluators and the CLI need
+"""The Policy contract (docs/architecture.md, docs/grounding.md): what the GRPO loop, the evaluators and the CLI need
 from any policy, whatever the task.
 
 A policy reads `Prompt`s (images + text, written by a task) and writes completions: text in the
