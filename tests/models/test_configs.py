@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from rlad.errors import ConfigError
-from rlad.models import api
+from rlad.workflows import detection
 from rlad.models.base import AnomalyModel
 from rlad.models.registry import MODEL_NAMES, get_model_class
 
@@ -44,4 +44,4 @@ def test_all_problems_are_reported_at_once_by_validate_the_model_and_the_harness
         cls(cls.Config(**changes))  # library use: refused on construction
     overrides = [f"model.{name}={value}" for name, value in changes.items()]
     with pytest.raises(ConfigError, match=keys[-1]):
-        api.build_config(method, None, overrides)  # the CLI: refused before any data is read
+        detection.build_config(method, None, overrides)  # the CLI: refused before any data is read
