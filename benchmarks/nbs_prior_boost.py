@@ -62,7 +62,7 @@ def load_dev(run_path: str, data: Path):
         loaded = load_run(run_path)
         if getattr(loaded.model.config, "prior_boost", None) is None or not loaded.model.encoder.has_prior:
             fail(f"{run_path}: not an nbs/supervised run with a PatchCore prior")
-        samples, _, _ = evaluation_samples(loaded.split, discover(data), split="dev", run_name=str(run_path))
+        samples = evaluation_samples(loaded.split, discover(data), split="dev", run_name=str(run_path)).samples
     except (ConfigError, DataError) as exc:
         fail(str(exc))
     images, masks = load_samples(samples, loaded.cfg.image_size, desc="loading dev")

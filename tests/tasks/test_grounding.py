@@ -49,3 +49,19 @@ def test_rewards_without_a_localization_reward_are_refused_only_when_weights_or_
         task.check_rewards(["format"], needs_primary=True)
     task.check_rewards(["format"], needs_primary=False)
     task.check_rewards(["format", "dclr"], needs_primary=True)
+
+
+@pytest.mark.parametrize("needs_primary", [True, False])
+def test_two_localization_rewards_are_refused_whatever_else_is_set(needs_primary):
+    with pytest.raises(ConfigError, match="2 localization rewards"):
+        GroundingTask().check_rewards(["format", "dclr", "iou"], needs_primary=needs_primary)
+
+
+def test_the_cli_refuses_two_localization_rewards_before_making_a_run(tmp_path, capsys):
+    from rlad.cli.main import main
+
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text("")
+    out = tmp_path / "run"
+    assert main(["grpo", "--pairs", str(pairs), "--out", str(out), "--set", "grpo.rewards=[format,dclr,iou]"]) == 2
+    assert "localization rewards" in capsys.readouterr().err and not out.exists()

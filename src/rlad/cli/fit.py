@@ -40,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="test (default): the test split minus labelled and development images; dev: only the development "
         "split of a run fitted with protocol.dev_fraction > 0 (for choosing settings without touching test)",
     )
+    test.add_argument(
+        "--allow-missing-labelled", action="store_true",
+        help="score a dataset that holds none of the labelled images the run was trained on (another "
+        "category, or a copy without them); by default that is refused, since it is not the run's protocol",
+    )
     add_json_arg(test)
     test.set_defaults(func=run_test)
 
@@ -95,7 +100,7 @@ def _fit_compact(args) -> int:
 def run_test(args) -> int:
     from rlad.workflows import detection
 
-    metrics = detection.test(args.run, args.data, split=args.split)
+    metrics = detection.test(args.run, args.data, split=args.split, allow_missing_labelled=args.allow_missing_labelled)
     if args.json:
         print_json(metrics)
     else:

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from rlad.boxes import parse_answer, to_pixels, to_policy_coords
+from rlad.errors import ConfigError
 from rlad.rl.rewards import RewardTarget
 from rlad.rl.rollout import Completion, Prompt
 from rlad.tasks.base import Task
@@ -43,6 +44,14 @@ class GroundingTask(Task):
         box = to_policy_coords(record.box, policy.coordinate_mode, record.query_size,
                                policy.resized_hw(record.query_size))
         return RewardTarget(box=box)
+
+    def check_rewards(self, names, needs_primary: bool) -> None:
+        super().check_rewards(names, needs_primary)
+        both = sorted(set(names) & self.primary_rewards)
+        if len(both) > 1:
+            raise ConfigError(f"grpo.rewards lists {len(both)} localization rewards ({', '.join(both)}): their sum "
+                              f"runs from 0 to {len(both)}, which breaks the difficulty weight and the invalid-group "
+                              f"test; keep one (dclr is the paper's, iou its ablation)")
 
     def answer_box(self, text: str, record, policy):
         """The first valid box of an answer in the query's original pixels (None if unparsable)."""

@@ -98,7 +98,7 @@ def fit(method: str, data_dir: str | Path, out: str | Path, cfg: FitConfig | Non
     seed_everything(rng_seed)
     folder = discover(data_dir)
     split = make_split(folder, cfg.protocol, rng_seed)
-    labeled_record = split_record(split, folder, data_dir)
+    labeled_record = split_record(split, folder, data_dir, cfg.protocol)
     (run.path / "split.json").write_text(json.dumps(labeled_record, indent=2))
 
     model_cls = get_model_class(method)
@@ -179,16 +179,22 @@ def predict_arrays(model: AnomalyModel, images_uint8: np.ndarray, batch_size: in
 # --- test ---------------------------------------------------------------------------------------
 
 
-def test(run_path: str | Path, data_dir: str | Path, split: str = "test") -> dict:
+def test(run_path: str | Path, data_dir: str | Path, split: str = "test", allow_missing_labelled: bool = False) -> dict:
     """Metrics of a trained run on `data_dir`'s test split (minus the images it was trained on and
-    its development split), or with split="dev" on the development split only."""
+    its development split, recognised by content), or with split="dev" on the development split only."""
     from rlad.data.folder import discover
     from rlad.data.transforms import load_samples
     from rlad.metrics.pixel import evaluate
 
     loaded = load_run(run_path)
     folder = discover(data_dir)
-    samples, excluded, dev = evaluation_samples(loaded.split, folder, split, run_name=str(loaded.run.path))
+    evaluation = evaluation_samples(loaded.split, folder, split, run_name=str(loaded.run.path),
+                                    allow_missing_labelled=allow_missing_labelled)
+    samples = evaluation.samples
+    status(f"{split}: {len(samples)} images of {folder.root}; left out: {len(evaluation.excluded_labeled)} labelled "
+           f"(training) and {len(evaluation.excluded_dev)} development images"
+           + (f"; {evaluation.missing_labeled} of the run's labelled images are not in this folder"
+              if evaluation.missing_labeled else ""))
     images, masks = load_samples(samples, loaded.cfg.image_size, desc="loading test")
     started = time.perf_counter()
     pred = predict_arrays(loaded.model, images, loaded.cfg.batch_size, desc="test")
@@ -200,8 +206,9 @@ def test(run_path: str | Path, data_dir: str | Path, split: str = "test") -> dic
     metrics.update(
         {
             "n_test": len(samples),
-            "n_excluded_labeled": len(excluded),
-            "n_excluded_dev": len(dev) if split == "test" else 0,
+            "n_excluded_labeled": len(evaluation.excluded_labeled),
+            "n_excluded_dev": len(evaluation.excluded_dev),
+            "n_missing_labeled": evaluation.missing_labeled,
             "split": split,
             "ms_per_image": round(ms_per_image, 2),
             "method": loaded.cfg.method,
