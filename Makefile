@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP_FLAGS := -c constraints.txt --disable-pip-version-check -q
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test install install-dev clean bench
+.PHONY: demo test test-slow install install-dev clean bench
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -n 2 --timeout 900
+
+# The tests marked slow (real data, minutes each; each has its own time budget): not in `make test`.
+test-slow: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m slow --timeout 1800
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
