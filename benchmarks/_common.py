@@ -1,4 +1,10 @@
-"""Shared by every benchmark script: appending results to docs/benchmarks.md, one process per measurement."""
+"""Shared by every benchmark script: raw results as JSONL under benchmarks/results/, sections in
+docs/benchmarks.md that name the commit, the exact command and the results file they were rendered
+from, and one process per measurement.
+
+A script records each measurement as soon as it is made (`Results.add`, so a crash keeps what was
+done), records a job that failed as a row with `status: failed` and its error (never dropped), and
+renders its section from the results file, so `--from-results FILE` can render it again."""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
+RESULTS_DIR = ROOT / "benchmarks" / "results"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SHARED_WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"
 
@@ -31,25 +38,102 @@ def machine_line() -> str:
         f"({threads} threads), Python {platform.python_version()}"
     )
 
-def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+def portable(text: str) -> str:
+    """`text` without this machine's paths: the repository as ".", the shared data as "../shared",
+    any other absolute path as $WORK/<last part> (a scratch folder of the reader's choice)."""
+    import re
 
-def append_section(title: str, body: str, command: str | None = None) -> None:
-    """Append one dated section (title, exact command, machine, body) to docs/benchmarks.md."""
+    text = text.replace(str(ROOT.parent / "shared"), "../shared").replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
+    return re.sub(r"(?<![\w.$])/(?:[\w.+-]+/)*([\w.+-]+)", r"$WORK/\1", text)
+
+
+def command_line() -> str:
+    return portable(" ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]))
+
+
+def git_commit() -> str:
+    """The commit the code ran at, marked when the working tree had uncommitted changes."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks")
+    return commit + (" (with uncommitted changes to src/ or benchmarks/)" if dirty else "")
+
+
+class Results:
+    """One benchmark run's raw rows: benchmarks/results/<name>-<date>.jsonl, one JSON object per line,
+    the first holding the run's metadata (commit, command, machine)."""
+
+    def __init__(self, name: str, path: Path | str | None = None):
+        if path is not None:  # an earlier run's file (--from-results)
+            self.path = Path(path)
+            lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.meta, self.rows = lines[0].get("meta", {}), lines[1:]
+            return
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.path = RESULTS_DIR / f"{name}-{stamp}.jsonl"
+        self.meta = {"commit": git_commit(), "command": command_line(), "machine": machine_line(),
+                     "started": _dt.datetime.now().isoformat(timespec="seconds")}
+        self.rows = []
+        self.path.write_text(json.dumps({"meta": self.meta}) + "\n")
+
+    def add(self, row: dict) -> dict:
+        self.rows.append(row)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(row, default=str) + "\n")
+        return row
+
+    @property
+    def relative_path(self) -> str:
+        try:
+            return self.path.resolve().relative_to(ROOT).as_posix()
+        except ValueError:
+            return portable(str(self.path))
+
+
+def failed_row(keys: dict, error: str) -> dict:
+    """A measurement that did not come back: shown in the tables as failed, with its error."""
+    last = error.strip().splitlines()[-1][:300] if error.strip() else "failed"
+    return {**keys, "status": "failed", "error": last}
+
+
+def ok_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r.get("status") != "failed"]
+
+
+def failures_text(rows: list[dict]) -> str:
+    """The failed measurements as a list under the tables ("" when none failed)."""
+    failed = [r for r in rows if r.get("status") == "failed"]
+    if not failed:
+        return ""
+    lines = ["", "**Failed measurements** (no figures; the error as reported):", ""]
+    lines += [f"- {', '.join(f'{k}={v}' for k, v in r.items() if k not in ('status', 'error'))}: {r['error']}"
+              for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def append_section(title: str, body: str, results: "Results | None" = None, command: str | None = None) -> None:
+    """Append one dated section (title, commit, exact command, results file, machine, body) to
+    docs/benchmarks.md."""
     BENCHMARKS_MD.parent.mkdir(parents=True, exist_ok=True)
     if not BENCHMARKS_MD.exists():
         BENCHMARKS_MD.write_text(
-            "# Benchmarks\n\nEvery section below was appended by a script in `benchmarks/`; the exact "
-            "command is written with it. Newer sections come last.\n"
+            "# Benchmarks\n\nEvery section below was appended by a script in `benchmarks/`, rendered from the raw "
+            "results file it names (`benchmarks/results/`), with the commit and the exact command that made it. "
+            "Newer sections come last.\n"
         )
-    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    text = (
-        f"\n## {title} ({stamp})\n\n"
-        f"Command: `{command or command_line()}`  \n"
-        f"Machine: {machine_line()}\n\n{body.rstrip()}\n"
-    )
+    meta = results.meta if results is not None else {"commit": git_commit(), "command": command_line(),
+                                                     "machine": machine_line()}
+    stamp = meta.get("started", _dt.datetime.now().isoformat(timespec="minutes")).replace("T", " ")[:16]
+    lines = [f"\n## {title} ({stamp})\n", f"Commit: `{meta['commit']}`  ", f"Command: `{command or meta['command']}`  "]
+    if results is not None:
+        lines.append(f"Results: `{results.relative_path}`  ")
+    lines.append(f"Machine: {meta['machine']}\n")
     with open(BENCHMARKS_MD, "a") as handle:
-        handle.write(text)
+        handle.write("\n".join(lines) + f"\n{body.rstrip()}\n")
+
 
 # --- one measurement per fresh interpreter ---------------------------------------------------------
 # Each job runs in its own process so that its peak RSS and timings are its own. A script calls
@@ -70,23 +154,26 @@ def run_child(spec_json: str, jobs: dict) -> None:
     result["load_1min"] = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"
     print("RESULT " + json.dumps(result), flush=True)
 
-def spawn(script: str, spec: dict, threads: int | None, tag: str = "bench", env: dict | None = None) -> dict | None:
-    """Driver side: run `script --child SPEC` in a fresh interpreter; its last 'RESULT {...}' line
-    is the answer (None, with a message, when the job failed)."""
+def spawn(script: str, spec: dict, threads: int | None, tag: str = "bench", env: dict | None = None) -> dict:
+    """Driver side: run `script --child SPEC` in a fresh interpreter; its last 'RESULT {...}' line is the
+    answer, or a failed row (`failed_row`) with the end of its error output when the job failed."""
     spec = {**spec, "threads": threads}
     child_env = {**os.environ, "RLAD_PROGRESS": os.environ.get("RLAD_PROGRESS", "0"), "PYTHONWARNINGS": "ignore", **(env or {})}
     if threads:
         child_env["OMP_NUM_THREADS"] = str(threads)
     shown = {k: v for k, v in spec.items() if k not in ("kind", "threads")}
     print(f"[{tag}] {spec['kind']}: {json.dumps(shown)}", file=sys.stderr, flush=True)
-    proc = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], stdout=subprocess.PIPE, text=True, env=child_env)
+    proc = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=child_env)
+    sys.stderr.write(proc.stderr[-4000:])
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         print(f"[{tag}] job failed (exit {proc.returncode}); continuing", file=sys.stderr)
-        return None
+        return failed_row({}, proc.stderr or f"exit {proc.returncode}")
     result = json.loads(lines[-1][len("RESULT ") :])
     print(f"[{tag}]   -> {json.dumps(result)}", file=sys.stderr, flush=True)
     return result
+
 
 def work_dir(path: str | None, prefix: str) -> tuple[Path, "tempfile.TemporaryDirectory | None"]:
     """The benchmark's scratch folder: `path` (kept) or a temporary one (the holder cleans it up)."""

@@ -4,10 +4,13 @@
     .venv/bin/python benchmarks/baselines.py --quick         # MPDD only, short AE, small scaling sweep
     .venv/bin/python benchmarks/baselines.py --methods patchcore,padim --no-scaling
 
+    .venv/bin/python benchmarks/baselines.py --from-results benchmarks/results/baselines-DATE.jsonl
+
 Everything goes through the library a user runs (`rlad.workflows.detection.build_config/fit/test`), one
-subprocess per measurement so each peak RSS is that job's own. Appends its tables to
+subprocess per measurement so each peak RSS is that job's own. Raw rows go to
+benchmarks/results/baselines-DATE.jsonl as they are measured; the tables are appended to
 docs/benchmarks.md (unless --no-append). Needs ../shared/weights/mobilenet_v2-b0353104.pth and the
-datasets under ../shared/data; whatever is absent is skipped with a message.
+datasets under ../shared/data; an absent dataset or a job that fails is listed as failed.
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ def run_child(spec_json: str) -> None:
     _common.run_child(spec_json, JOBS)
 
 
-def spawn(spec: dict, threads: int | None) -> dict | None:
+def spawn(spec: dict, threads: int | None) -> dict:
     # nbs/supervised find the backbone through the environment (their key is model.context.backbone.weights).
     return _common.spawn(__file__, spec, threads, tag="baselines", env={"RLAD_BACKBONE_WEIGHTS": str(SHARED_WEIGHTS)})
 
@@ -171,28 +174,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-scaling", action="store_true", help="skip the PatchCore batch-size and fit-size sweeps")
     parser.add_argument("--work", default=None, help="keep run directories here (default: a temporary folder)")
     parser.add_argument("--no-append", action="store_true", help="print the tables instead of appending to docs/benchmarks.md")
+    parser.add_argument("--from-results", metavar="FILE", help="render the section again from a results file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD:KEY=VALUE",
                         help="extra override for one method, e.g. --set ae:model.steps=500 (repeatable)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
-def _fmt_peer(method: str) -> list[dict]:
-    if method not in PEER:
-        return []
-    peer = PEER[method]
-    return [{"dataset": "mpdd_metal_plate_512", "method": f"{method} (anomalib peer)", **peer, "fit_s": float(peer["fit_s"]),
-             "ms_per_image": float(peer["ms_per_image"])}]
+def _peer_rows(methods: list[str]) -> list[dict]:
+    return [{"dataset": "mpdd_metal_plate_512", "method": f"{m} (anomalib peer)", **PEER[m],
+             "fit_s": float(PEER[m]["fit_s"]), "ms_per_image": float(PEER[m]["ms_per_image"])} for m in methods if m in PEER]
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.child:
-        run_child(args.child)
-        return 0
-    if not SHARED_WEIGHTS.is_file():
-        print(f"[baselines] skipped: ImageNet MobileNetV2 weights not found at {SHARED_WEIGHTS}", file=sys.stderr)
-        return 0
+def measure(args, results: _common.Results) -> None:
+    """Every measurement of the run, each recorded as soon as it is made (`kind` tells which table)."""
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     datasets = ["mpdd_metal_plate_512"] if args.quick else [d.strip() for d in args.datasets.split(",") if d.strip()]
     present = []
@@ -200,21 +195,16 @@ def main(argv=None) -> int:
         if (SHARED_DATA / name / "train").is_dir():
             present.append(name)
         else:
-            print(f"[baselines] skipping {name}: {SHARED_DATA / name} not found", file=sys.stderr)
-    if not present:
-        print("[baselines] no dataset found; nothing to do", file=sys.stderr)
-        return 0
+            results.add(_common.failed_row({"kind": "quality", "dataset": name}, f"{SHARED_DATA / name} not found"))
     per_method: dict[str, list[str]] = {}
     for item in args.overrides:
         method, _, override = item.partition(":")
         per_method.setdefault(method, []).append(override)
     if args.quick:
         per_method.setdefault("ae", []).append("model.steps=150")
+    results.meta["methods"], results.meta["threads"] = methods, args.threads
 
     work, work_holder = _common.work_dir(args.work, "rlad_baselines_")
-
-    started = time.time()
-    rows: list[dict] = []
     for dataset in present:
         for method in methods:
             run = work / f"{dataset}_{method}"
@@ -222,65 +212,88 @@ def main(argv=None) -> int:
                 import shutil
 
                 shutil.rmtree(run)
-            result = spawn(
-                {"kind": "quality", "method": method, "data": str(SHARED_DATA / dataset), "run": str(run),
-                 "overrides": per_method.get(method, [])},
-                args.threads,
-            )
-            if result:
-                rows.append({"dataset": dataset, "method": method, **result})
+            row = spawn({"kind": "quality", "method": method, "data": str(SHARED_DATA / dataset), "run": str(run),
+                         "overrides": per_method.get(method, [])}, args.threads)
+            results.add({"kind": "quality", "dataset": dataset, "method": method, **row})
+
+    mpdd = SHARED_DATA / "mpdd_metal_plate_512"
+    if "patchcore" in methods and "mpdd_metal_plate_512" in present:
+        row = spawn({"kind": "all_train", "method": "patchcore", "data": str(mpdd),
+                     "overrides": per_method.get("patchcore", [])}, args.threads)
+        results.add({"kind": "all_train", "dataset": "mpdd_metal_plate_512", **row})
+    if "patchcore" in methods and not args.no_scaling:
+        run = work / "mpdd_metal_plate_512_patchcore"
+        if (run / "model.pt").is_file():
+            row = spawn({"kind": "batch", "run": str(run), "data": str(mpdd), "batch_sizes": [1, 8, 32],
+                         "n_images": 32 if args.quick else 96}, args.threads)
+            results.add({"kind": "batch", **row})
+        tile = SHARED_DATA / "magnetic_tile"
+        if (tile / "train").is_dir():
+            for n in [50, 200] if args.quick else [50, 200, 800]:
+                row = spawn({"kind": "scaling", "data": str(tile), "n_images": n,
+                             "overrides": per_method.get("patchcore", [])}, args.threads)
+                results.add({"kind": "scaling", "n_images": n, **row})
+    if work_holder is not None:
+        work_holder.cleanup()
+
+
+def render(results: _common.Results) -> str:
+    rows = results.rows
+    of = lambda kind: [r for r in rows if r.get("kind") == kind]  # noqa: E731
+    methods = results.meta.get("methods", sorted({r["method"] for r in of("quality") if "method" in r}))
+    quality = of("quality")
     columns = ["dataset", "method", "image_auroc", "pixel_auroc", "aupro", "pixel_f1_max", "fit_s", "ms_per_image",
                "peak_rss_mb", "n_test", "load_1min"]
-    peer_rows = [r for m in methods for r in _fmt_peer(m)] if "mpdd_metal_plate_512" in present else []
+    peers = _peer_rows(methods) if any(r.get("dataset") == "mpdd_metal_plate_512" for r in quality) else []
     body = [
         "Protocol: the harness default (10% of train/good held out for thresholds, unsupervised, 256 px, seed 0); "
         "fit_s = model.fit only (features + coreset/statistics/training), ms_per_image = test-split prediction "
         "at batch 8 (no image decoding), peak_rss_mb = the whole job's peak (fit + test), one process per row. "
-        f"Threads per job: {args.threads or 'torch default'}. load_1min = the machine's 1-minute load average "
-        "before-after the job (other work was running on the shared 2 cores when it is above ~0.5).",
+        f"Threads per job: {results.meta.get('threads') or 'torch default'}. load_1min = the machine's 1-minute "
+        "load average before-after the job (other work was running on the shared 2 cores when it is above ~0.5).",
         "",
-        markdown_table(rows + peer_rows, columns, floatfmt="{:.3f}"),
+        markdown_table(_common.ok_rows(quality) + peers, columns, floatfmt="{:.3f}"),
     ]
+    if _common.ok_rows(of("all_train")):
+        body += ["", "PatchCore on MPDD fitted on all train/good images (no threshold hold-out; metrics are "
+                 "threshold-free so none is needed), to separate the hold-out's cost from the method's:", "",
+                 markdown_table(_common.ok_rows(of("all_train")), floatfmt="{:.3f}")]
+    if _common.ok_rows(of("batch")):
+        body += ["", "PatchCore inference (MPDD run above, ms/image by batch size, test images preloaded):", "",
+                 markdown_table(_common.ok_rows(of("batch")), floatfmt="{:.2f}")]
+    if _common.ok_rows(of("scaling")):
+        body += ["", "PatchCore fit time by training-set size (magnetic_tile train/good; 800 = the 762 images "
+                 "plus horizontally flipped copies). pooled_patches is capped by model.max_patches, so the "
+                 "coreset time stops growing; peak_rss_mb includes the decoded images (images_mb):", "",
+                 markdown_table(_common.ok_rows(of("scaling")), ["n_images", "fit_s", "training_patches", "pooled_patches",
+                                                                  "memory_bank", "images_mb", "rss_before_fit_mb",
+                                                                  "peak_rss_mb", "load_1min"], floatfmt="{:.2f}")]
+    body.append(_common.failures_text(rows))
+    return "\n".join(body)
 
-    mpdd = SHARED_DATA / "mpdd_metal_plate_512"
-    if "patchcore" in methods and "mpdd_metal_plate_512" in present:
-        all_train = spawn({"kind": "all_train", "method": "patchcore", "data": str(mpdd),
-                           "overrides": per_method.get("patchcore", [])}, args.threads)
-        if all_train:
-            body += ["", "PatchCore on MPDD fitted on all train/good images (no threshold hold-out; metrics are "
-                     "threshold-free so none is needed), to separate the hold-out's cost from the method's:", "",
-                     markdown_table([all_train], floatfmt="{:.3f}")]
 
-    if "patchcore" in methods and not args.no_scaling:
-        run = work / "mpdd_metal_plate_512_patchcore"
-        if run.is_dir() and (run / "model.pt").is_file():
-            timing = spawn({"kind": "batch", "run": str(run), "data": str(mpdd), "batch_sizes": [1, 8, 32],
-                            "n_images": 32 if args.quick else 96}, args.threads)
-            if timing:
-                body += ["", "PatchCore inference (MPDD run above, ms/image by batch size, test images preloaded):", "",
-                         markdown_table([timing], floatfmt="{:.2f}")]
-        tile = SHARED_DATA / "magnetic_tile"
-        if (tile / "train").is_dir():
-            sizes = [50, 200] if args.quick else [50, 200, 800]
-            scaling = [spawn({"kind": "scaling", "data": str(tile), "n_images": n,
-                              "overrides": per_method.get("patchcore", [])}, args.threads) for n in sizes]
-            scaling = [s for s in scaling if s]
-            if scaling:
-                body += ["", "PatchCore fit time by training-set size (magnetic_tile train/good; 800 = the 762 images "
-                         "plus horizontally flipped copies). pooled_patches is capped by model.max_patches, so the "
-                         "coreset time stops growing; peak_rss_mb includes the decoded images (images_mb):", "",
-                         markdown_table(scaling, ["n_images", "fit_s", "training_patches", "pooled_patches",
-                                                  "memory_bank", "images_mb", "rss_before_fit_mb", "peak_rss_mb", "load_1min"],
-                                        floatfmt="{:.2f}")]
-    body.append(f"\nTotal benchmark wall time: {(time.time() - started) / 60:.1f} min.")
-    text = "\n".join(body)
-    if args.no_append:
-        print(text)
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        run_child(args.child)
+        return 0
+    if args.from_results:
+        results = _common.Results("baselines", path=args.from_results)
     else:
-        append_section("Baselines: PatchCore, PaDiM, AE (issue 4)", text)
-        print(text)
-    if work_holder is not None:
-        work_holder.cleanup()
+        if not SHARED_WEIGHTS.is_file():
+            print(f"[baselines] skipped: ImageNet MobileNetV2 weights not found at {SHARED_WEIGHTS}", file=sys.stderr)
+            return 0
+        results = _common.Results("baselines")
+        started = time.time()
+        measure(args, results)
+        results.add({"kind": "wall", "minutes": round((time.time() - started) / 60, 1)})
+    text = render(results)
+    wall = [r for r in results.rows if r.get("kind") == "wall"]
+    if wall:
+        text += f"\nTotal benchmark wall time: {wall[-1]['minutes']} min.\n"
+    print(text)
+    if not args.no_append:
+        append_section("Baselines: PatchCore, PaDiM, AE", text, results=results)
     return 0
 
 
