@@ -79,6 +79,13 @@ class Results:
         self.rows = []
         self.path.write_text(json.dumps({"meta": self.meta}) + "\n")
 
+    def note(self, **meta) -> None:
+        """Add to the run's metadata (the file's first line), e.g. the options a renderer needs."""
+        self.meta.update(meta)
+        lines = self.path.read_text().splitlines()
+        lines[0] = json.dumps({"meta": self.meta}, default=str)
+        self.path.write_text("\n".join(lines) + "\n")
+
     def add(self, row: dict) -> dict:
         self.rows.append(row)
         with open(self.path, "a") as handle:

@@ -202,7 +202,7 @@ def measure(args, results: _common.Results) -> None:
         per_method.setdefault(method, []).append(override)
     if args.quick:
         per_method.setdefault("ae", []).append("model.steps=150")
-    results.meta["methods"], results.meta["threads"] = methods, args.threads
+    results.note(methods=methods, threads=args.threads)
 
     work, work_holder = _common.work_dir(args.work, "rlad_baselines_")
     for dataset in present:

@@ -28,7 +28,9 @@ feature distance (nnfeature, training-free), and PatchCore / PaDiM fitted on the
 category's own train/good images. Every row is scored on the same remaining 70%.
 
 Usage: .venv/bin/python benchmarks/grounding.py [--quick] [--seeds 0 1 2] [--eval ...] [--jobs 2]
-Results go to docs/benchmarks.md (append_section) and, raw, to WORK/results.json.
+       .venv/bin/python benchmarks/grounding.py --from-results benchmarks/results/grounding-DATE.jsonl
+Raw rows go to benchmarks/results/grounding-DATE.jsonl as they are measured, the tables to
+docs/benchmarks.md; a baseline that fails is listed as failed with its error.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, Results, append_section, failed_row, failures_text, ok_rows  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
 DOMAINS = {
@@ -83,8 +85,7 @@ def parse_args(argv=None):
     parser.add_argument("--pixel-models", nargs="*", default=["patchcore", "padim"])
     parser.add_argument("--jobs", type=int, default=1, help="parallel worker processes (one torch thread each)")
     parser.add_argument("--no-write", action="store_true", help="print the table, do not touch docs/benchmarks.md")
-    parser.add_argument("--from-results", action="store_true",
-                        help="do not train: render WORK/results.json of an earlier run (same options) again")
+    parser.add_argument("--from-results", metavar="FILE", help="do not train: render an earlier run's results file again")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.eval, args.steps, args.warm_epochs, args.pixel_models = [0], ["mpdd_metal_plate"], 60, 15, []
@@ -241,8 +242,9 @@ def baseline_rows(domains: dict, held_out: str, work: Path, weights: str, pixel_
         try:
             threshold, _ = fit_threshold(maker(calibration), calibration)
             boxes = boxes_from_maps(maker(test), test, threshold)
-        except Exception as exc:  # a missing optional model must not sink the whole benchmark
+        except Exception as exc:  # a missing optional model must not sink the whole benchmark, nor vanish
             print(f"baseline {method} on {held_out} failed: {exc}", file=sys.stderr)
+            rows.append(failed_row({"held_out": held_out, "method": f"baseline: {method}"}, f"{type(exc).__name__}: {exc}"))
             continue
         rows.append({"held_out": held_out, "method": f"baseline: {method}", "seed": 0,
                      **summary_of(grounding_report(boxes, test)), "train_s": time.perf_counter() - started})
@@ -342,34 +344,32 @@ def main(argv=None) -> int:
     weights = str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else ""
     if not weights:
         print(f"warning: {SHARED_WEIGHTS} not found, using a random trunk", file=sys.stderr)
-    load_before = os.getloadavg()
-    started = time.perf_counter()
     if args.from_results:
-        rows = json.loads((work / "results.json").read_text())
-        meta = json.loads((work / "meta.json").read_text())
-        args = parse_args([*meta["argv"][1:], "--no-write"] if args.no_write else meta["argv"][1:])
-        args.no_write = "--no-write" in sys.argv
-        load_before, load_after, total = meta["load_before"], meta["load_after"], meta["seconds"]
-        command = " ".join(["python", *meta["argv"]]) + "  (rendered again with --from-results)"
+        results = Results("grounding", path=args.from_results)
+        args = parse_args([*results.meta["argv"][1:], *(["--no-write"] if args.no_write else [])])
+        command = results.meta["command"] + "  (rendered again with --from-results)"
     else:
+        results = Results("grounding")
+        results.note(argv=sys.argv)
+        load_before, started = os.getloadavg(), time.perf_counter()
         domains = prepare_domains(work, args.synthetic, tuple(args.adapt))
         held_outs = [d for d in args.eval if d in domains]
         jobs = [{"domains": domains, "held_out": h, "seed": s, "weights": weights, "project": args.project,
                  "warm_epochs": args.warm_epochs, "steps": args.steps, "lr": args.lr,
                  "prompts_per_step": args.prompts_per_step} for h in held_outs for s in args.seeds]
-        rows: list[dict] = []
         with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             futures = [pool.submit(policy_unit, job) for job in jobs]
             futures += [pool.submit(baseline_rows, domains, h, work, weights, args.pixel_models) for h in held_outs]
             for future in futures:
-                rows += future.result()
-                (work / "results.partial.json").write_text(json.dumps(rows, indent=1))
-                print(f"[{time.perf_counter() - started:.0f} s] {len(rows)} rows", file=sys.stderr, flush=True)
-        load_after, total = os.getloadavg(), time.perf_counter() - started
+                for row in future.result():
+                    results.add(row)
+                print(f"[{time.perf_counter() - started:.0f} s] {len(results.rows)} rows", file=sys.stderr, flush=True)
+        results.add({"kind": "wall", "load_before": load_before[0], "load_after": os.getloadavg()[0],
+                     "seconds": time.perf_counter() - started})
         command = None
-        (work / "results.json").write_text(json.dumps(rows, indent=1))
-        (work / "meta.json").write_text(json.dumps({"load_before": load_before, "load_after": load_after,
-                                                    "seconds": total, "argv": sys.argv}))
+    wall = next(r for r in results.rows if r.get("kind") == "wall")
+    load_before, load_after, total = (wall["load_before"],), (wall["load_after"],), wall["seconds"]
+    rows = ok_rows([r for r in results.rows if r.get("kind") != "wall"])
     table = markdown_table(aggregate(rows))
     statements = claims(rows)
     if any(args.adapt):
@@ -394,6 +394,7 @@ def main(argv=None) -> int:
         f"{load_after[0]:.1f} after; total {total:.0f} s.\n\n"
         f"{table}\nGRPO on the training pairs (reward = format + localization, 0..2; means over seeds):\n\n"
         f"{markdown_table(diagnostics(rows))}\nWhat held (Acc@0.3 differences, points):\n\n" + "\n".join(statements) + "\n"
+        + failures_text(results.rows)
     )
     print(body)
     if not args.no_write:
@@ -402,7 +403,7 @@ def main(argv=None) -> int:
             title += f" (warm start {args.warm_epochs} epochs)"
         if any(args.adapt):
             title += ", with adaptation pairs from normal images"
-        append_section(title, body, command=command)
+        append_section(title, body, results=results, command=command)
     return 0
 
 
