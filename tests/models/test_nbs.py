@@ -440,7 +440,7 @@ def test_a_killed_cli_fit_resumes_when_rerun(tiny_mvtec, tmp_path):
         ("nbs", ["model.sampler=uniform"]),
         ("nbs", ["model.reset=false"]),
         ("nbs", ["model.context.kind=none"]),
-        ("supervised", []),
+        ("refine", []),
     ],
 )
 def test_ablations_and_the_supervised_control_run(method, extra, tiny_mvtec, tmp_path):

@@ -192,13 +192,18 @@ class PatchCore(AnomalyModel):
 
     # -- fit --
     def fit(self, data: FitData, run=None) -> None:
-        cfg = self.config
-        rng = np.random.default_rng(data.seed)
-        self.extractor = build_feature_extractor(cfg.backbone, seed=data.seed)
-        n_images = len(data.normal)
-        if n_images == 0:
+        if len(data.normal) == 0:
             raise ConfigError("patchcore: no training images")
+        self.extractor = build_feature_extractor(self.config.backbone, seed=data.seed)
+        self.fit_from_levels(data.normal, self.extractor, data.seed, run)
 
+    def fit_from_levels(self, normal_uint8: np.ndarray, extract, seed: int, run=None) -> None:
+        """The memory bank of `normal_uint8`, whose backbone levels (this model's stages, in order)
+        `extract(float images)` gives, batch after batch in order: a model that runs the backbone for
+        other outputs as well (NBS's context) fits its prior from the same pass."""
+        cfg = self.config
+        rng = np.random.default_rng(seed)
+        n_images = len(normal_uint8)
         pool: torch.Tensor | None = None  # allocated once its size is known, after the first batch
         keep = None
         filled = 0
@@ -206,7 +211,7 @@ class PatchCore(AnomalyModel):
         with torch.inference_mode():
             for start in range(0, n_images, cfg.extract_batch):
                 stop = min(n_images, start + cfg.extract_batch)
-                patches = self._embed(FitData.to_tensor(data.normal[start:stop]))[0]
+                patches = self._embed_levels(extract(FitData.to_tensor(normal_uint8[start:stop])))[0]
                 per_image, dim = patches.shape[1], patches.shape[2]
                 rows = patches.reshape(-1, dim)
                 if pool is None:
@@ -227,7 +232,7 @@ class PatchCore(AnomalyModel):
 
         count = max(1, int(math.ceil(cfg.coreset_ratio * pool_size)))
         if cfg.projection_dim and cfg.projection_dim < dim:
-            reduced = pool @ random_projection(dim, cfg.projection_dim, data.seed)
+            reduced = pool @ random_projection(dim, cfg.projection_dim, seed)
         else:
             reduced = pool
         start_row = int(rng.integers(pool_size))
@@ -282,16 +287,17 @@ class PatchCore(AnomalyModel):
 
     # -- state --
     def state_dict(self) -> dict:
-        return {
-            "backbone": self.extractor.weights_state(),
-            "memory_bank": self.memory_bank,
-            "fit_info": dict(self.fit_info),
-        }
+        state = {"memory_bank": self.memory_bank, "fit_info": dict(self.fit_info)}
+        if self.extractor is not None:  # None when fitted from another model's backbone pass
+            state["backbone"] = self.extractor.weights_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.extractor = FeatureExtractor.from_weights_state(
-            self.config.backbone.stages, state["backbone"], self.config.backbone.micro_batch
-        )
+        self.extractor = None
+        if "backbone" in state:
+            self.extractor = FeatureExtractor.from_weights_state(
+                self.config.backbone.stages, state["backbone"], self.config.backbone.micro_batch
+            )
         self._set_bank(state["memory_bank"])
         self.fit_info = dict(state.get("fit_info", {}))
 
