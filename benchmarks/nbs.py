@@ -34,7 +34,7 @@ VARIANTS = {  # name -> (method, overrides)
     "nbs learned sampler": ("nbs", []),
     "nbs uniform sampler": ("nbs", ["model.sampler=uniform"]),
     "nbs no reset": ("nbs", ["model.reset=false"]),
-    "supervised control": ("supervised", []),
+    "supervised control": ("refine", []),  # the prior refiner (`rlad fit refine`); the name keeps old results comparable
     "nbs paper input (profile only)": ("nbs", ["model.context.kind=none", "model.predictor_project=0", "model.predictor_dropout=0"]),
     "patchcore (unsupervised)": ("patchcore", []),
 }
@@ -169,7 +169,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's own)")
     parser.add_argument("--quick", action="store_true", help="MPDD, seed 0, 400 NBS steps: a smoke run, not a result")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra override for every nbs/supervised run (repeatable)")
+                        help="extra override for every nbs/refine run (repeatable)")
     parser.add_argument("--work", default=None, help="run directories and results.jsonl here (default: a temp folder)")
     parser.add_argument("--keep-runs", action="store_true", help="keep each run directory (default: deleted after testing)")
     parser.add_argument("--from-results", default=None, help="render the tables from a results.jsonl instead of running")

@@ -55,13 +55,13 @@ def run_variant(spec: dict) -> dict:
     from rlad.workflows.detection import build_config
     from rlad.models.backbones import STAGE_LAST_FEATURE
     from rlad.models.base import FitData
-    from rlad.models.nbs.supervised import train_rounds
+    from rlad.models.nbs.refiner import train_rounds
     from rlad.models.nbs.head import new_predictor, probability_maps
     from rlad.models.nbs.labelled import augment_labeled, draw_negative_ids, fit_context, masks_at
 
     seed, variant = spec["seed"], parse_variant(spec["variant"])
     overrides = [f"model.context.backbone.weights={SHARED_WEIGHTS}", f"protocol.dev_fraction={spec['dev_fraction']}", f"seed={seed}"]
-    cfg = build_config("supervised", overrides=overrides + spec["set"])
+    cfg = build_config("refine", overrides=overrides + spec["set"])
     mc = cfg.model
     folder = discover(spec["data"])
     split = make_split(folder, cfg.protocol, seed)
@@ -70,7 +70,7 @@ def run_variant(spec: dict) -> dict:
     labelled, labelled_masks = load_samples(split.labeled, size, desc="labelled")
 
     started = time.perf_counter()
-    encoder = fit_context(mc, FitData(normal, labelled, labelled_masks, seed), seed)
+    encoder, _ = fit_context(mc, FitData(normal, labelled, labelled_masks, seed), seed)
     extractor = encoder.extractor
     modules = list(extractor.features)
     split_at = STAGE_LAST_FEATURE[variant[0] - 1] + 1 if variant else len(modules)
@@ -100,7 +100,7 @@ def run_variant(spec: dict) -> dict:
                 if index in context_taps and index < split_at:
                     taps.append(to_grid(x))
             start = x if start is None else start
-            prior = (encoder._prior_maps(images, levels) - encoder.prior_mean) / encoder.prior_std
+            prior = (encoder._prior_maps(levels, tuple(images.shape[-2:])) - encoder.prior_mean) / encoder.prior_std
             fixed = torch.cat(taps + [prior], 1)
             out += [(start[j].half(), fixed[j].half()) for j in range(len(images))]
         return out
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     from rlad.workflows.detection import build_config
 
     try:
-        build_config("supervised", overrides=args.set)
+        build_config("refine", overrides=args.set)
     except ConfigError as exc:
         parser.error(str(exc))
     if not SHARED_WEIGHTS.is_file():

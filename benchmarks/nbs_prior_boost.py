@@ -46,7 +46,7 @@ def scores_by_type(maps, scores, samples, masks) -> dict:
 
 
 def load_dev(run_path: str, data: Path):
-    """An nbs/supervised run with a PatchCore prior, and its development split of `data` as arrays:
+    """An nbs/refine run with a PatchCore prior, and its development split of `data` as arrays:
     (loaded run, samples, uint8 images, boolean masks). Exits with a one-line message otherwise."""
     from rlad.data.folder import discover
     from rlad.data.transforms import load_samples
@@ -61,7 +61,7 @@ def load_dev(run_path: str, data: Path):
     try:
         loaded = load_run(run_path)
         if getattr(loaded.model.config, "prior_boost", None) is None or not loaded.model.encoder.has_prior:
-            fail(f"{run_path}: not an nbs/supervised run with a PatchCore prior")
+            fail(f"{run_path}: not an nbs/refine run with a PatchCore prior")
         samples = evaluation_samples(loaded.split, discover(data), split="dev", run_name=str(run_path)).samples
     except (ConfigError, DataError) as exc:
         fail(str(exc))

@@ -17,7 +17,7 @@ TWO_PROBLEMS = {
     "padim": ({"n_features": 0, "regularization": 0}, ["model.n_features", "model.regularization"]),
     "ae": ({"steps": 0, "lr": 0}, ["model.steps", "model.lr"]),
     "nbs": ({"window": 30, "score_pool": 0}, ["model.window", "model.score_pool"]),
-    "supervised": ({"prior_boost": -1.0, "blur_sigma": -1.0}, ["model.prior_boost", "model.blur_sigma"]),
+    "refine": ({"prior_boost": -1.0, "blur_sigma": -1.0}, ["model.prior_boost", "model.blur_sigma"]),
 }
 
 

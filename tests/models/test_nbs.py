@@ -19,7 +19,16 @@ import torch
 from rlad.errors import ConfigError, DataError
 from rlad.workflows import detection as api
 from rlad.models.base import FitData
-from rlad.models.nbs.autoencoder import PatchAutoencoder, crop_patches, error_maps, tile, untile
+from rlad.models.nbs.autoencoder import (
+    PatchAutoencoder,
+    SnapshotStack,
+    crop_patches,
+    error_maps,
+    stacked_error_maps,
+    subpixel_weight,
+    tile,
+    untile,
+)
 from rlad.models.nbs.context import ContextConfig, ContextEncoder
 from rlad.models.nbs.predictor import Predictor, train_epochs, weighted_bce
 from rlad.models.nbs.fused_prior import fused_prior
@@ -252,6 +261,41 @@ def test_snapshot_bank_replays_the_stored_weights():
     assert torch.allclose(rebuilt.profile(images), torch.stack(expected, 1), atol=1e-6)
 
 
+def test_subpixel_convolution_equals_the_transposed_one():
+    torch.manual_seed(1)
+    weight, x = torch.randn(5, 3, 4, 4), torch.randn(2, 5, 6, 7)
+    transposed = torch.nn.functional.conv_transpose2d(x, weight, stride=2, padding=1)
+    subpixel = torch.nn.functional.pixel_shuffle(torch.nn.functional.conv2d(x, subpixel_weight(weight), padding=1), 2)
+    assert torch.allclose(transposed, subpixel, atol=1e-5)
+
+
+@pytest.mark.parametrize("patch, width, bottleneck", [(16, 8, 16), (32, 16, 200), (64, 8, 20)])
+def test_stacked_snapshots_equal_one_pass_per_snapshot(patch, width, bottleneck):
+    torch.manual_seed(patch)
+    snapshots = [PatchAutoencoder(patch, width, bottleneck) for _ in range(3)]
+    for ae in snapshots:  # away from the initialisation, so every weight matters
+        with torch.no_grad():
+            for p in ae.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    images = torch.rand(2, 3, 2 * patch, 3 * patch)
+    expected = torch.stack([error_maps(ae, images) for ae in snapshots], dim=1)
+    assert torch.allclose(stacked_error_maps(SnapshotStack(snapshots), images), expected, atol=1e-5)
+
+
+def test_snapshot_bank_falls_back_where_it_cannot_stack():
+    torch.manual_seed(2)
+    ae = PatchAutoencoder(16, 8, 8, norm="batch")
+    assert not SnapshotStack.supports(ae)
+    ae(torch.rand(4, 3, 16, 16))  # running statistics
+    bank = SnapshotBank(template=ae)
+    bank.add(ae)
+    images = torch.rand(1, 3, 32, 32)
+    assert torch.allclose(bank.profile(images), error_maps(ae, images)[:, None], atol=1e-6)
+    plain = SnapshotBank(template=PatchAutoencoder(16, 8, 8))
+    plain.add(PatchAutoencoder(16, 8, 8))
+    assert torch.allclose(plain.profile(images, offsets=(0, 8)), error_maps(plain._built()[0], images, (0, 8))[:, None], atol=1e-6)
+
+
 def test_augmentation_keeps_originals_first_and_masks_binary():
     images = np.random.default_rng(0).integers(0, 255, (2, 3, 32, 32), dtype=np.uint8)
     masks = np.zeros((2, 32, 32), np.uint8)
@@ -396,7 +440,7 @@ def test_a_killed_cli_fit_resumes_when_rerun(tiny_mvtec, tmp_path):
         ("nbs", ["model.sampler=uniform"]),
         ("nbs", ["model.reset=false"]),
         ("nbs", ["model.context.kind=none"]),
-        ("supervised", []),
+        ("refine", []),
     ],
 )
 def test_ablations_and_the_supervised_control_run(method, extra, tiny_mvtec, tmp_path):

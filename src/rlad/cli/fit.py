@@ -14,8 +14,12 @@ METRIC_ORDER = ["image_auroc", "pixel_auroc", "aupro", "pixel_f1_max", "image_f1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    fit = sub.add_parser("fit", help="train a model: nbs | patchcore | padim | ae | compact")
-    fit.add_argument("method", help="nbs | patchcore | padim | ae | compact (grounder)")
+    fit = sub.add_parser("fit", help="train a model: refine | nbs | patchcore | padim | ae | compact")
+    fit.add_argument(
+        "method",
+        help="refine (few labelled defects correct a PatchCore prior; fast, for production) | nbs (the NBS paper's "
+        "loss profiles + RL sampler on top of it) | patchcore | padim | ae (unsupervised) | compact (grounder)",
+    )
     fit.add_argument("--data", metavar="DIR", help="dataset folder in MVTec AD layout")
     fit.add_argument("--pairs", metavar="PAIRS.jsonl", help="pair file (compact grounder only)")
     fit.add_argument("--out", metavar="RUN", required=True, help="run directory; an existing one resumes")
@@ -26,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N",
         help="defective images per type taken from test/ as labelled training data and removed from "
-        "evaluation (nbs default 5; unsupervised methods default 0)",
+        "evaluation (refine and nbs default 5; unsupervised methods default 0)",
     )
     add_config_args(fit)
     add_json_arg(fit)

@@ -205,7 +205,7 @@ def fuse_conv_bn(module: nn.Module) -> nn.Module:
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             fused = nn.Conv2d(
                 conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                dilation=conv.dilation, groups=conv.groups, bias=True,
+                dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
             )
             bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
             with torch.no_grad():

@@ -13,8 +13,9 @@ What keeps it bounded (the deviations from the reference implementation, see doc
 - the greedy coreset runs on a random projection (`projection_dim`) stored transposed, so each of its
   sequential steps is one cache-friendly matrix-vector product over the pool: time is linear in
   pool size x coreset size, and the pool is capped;
-- nearest-neighbour search runs in chunks of queries whose distance block never exceeds
-  `knn_chunk_mb`.
+- nearest-neighbour search (`rlad.models.nearest.BankSearch`) runs in chunks of queries whose
+  distance block never exceeds `knn_chunk_mb`; on CPUs with bf16 matrix units a bf16 screen leaves
+  only a few bank slices per query to measure in fp32, with the same neighbours as a full fp32 search.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from rlad.errors import ConfigError
 from rlad.models.backbones import BackboneConfig, FeatureExtractor, build_feature_extractor
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
 from rlad.models.maps import scaled_sigma, upsample_and_smooth
+from rlad.models.nearest import SCREENS, BankSearch
 
 
 @dataclass
@@ -51,6 +53,10 @@ class PatchCoreConfig:
     reweight_neighbors: int = 9
     knn_chunk_mb: float = 4.0
     """Upper bound on the query x bank distance block during nearest-neighbour search."""
+    knn_screen: str = "auto"
+    """Nearest-neighbour search route, same neighbours either way (rlad.models.nearest): bf16 (a bf16
+    screen, then fp32 on what it cannot rule out; fast on CPUs with AMX/AVX512-BF16), fp32, or auto
+    (bf16 where the CPU has bf16 units)."""
     extract_batch: int = 8
     """Images per feature-extraction step during fit."""
 
@@ -63,6 +69,8 @@ class PatchCoreConfig:
         for name in ("max_patches", "extract_batch", "reweight_neighbors"):
             if getattr(self, name) < 1:
                 problems.append(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if self.knn_screen not in SCREENS:
+            problems.append(f"model.knn_screen must be one of {', '.join(SCREENS)}, got {self.knn_screen!r}")
         if self.knn_chunk_mb <= 0:
             problems.append(f"model.knn_chunk_mb must be > 0, got {self.knn_chunk_mb}")
         if self.projection_dim < 0:
@@ -134,29 +142,12 @@ def greedy_coreset(features: torch.Tensor, count: int, start: int = 0, show_prog
 
 
 def nearest_neighbors(
-    queries: torch.Tensor, bank: torch.Tensor, bank_sq_norms: torch.Tensor | None = None, chunk_mb: float = 64.0
+    queries: torch.Tensor, bank: torch.Tensor, chunk_mb: float = 64.0, screen: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Euclidean distance of each query row to its nearest bank row, and that row's index.
-
-    Queries are processed in chunks so the (chunk x M) distance block stays under `chunk_mb`.
-    """
-    if bank.shape[0] == 0:
-        raise ValueError("nearest_neighbors: empty memory bank")
-    if bank_sq_norms is None:
-        bank_sq_norms = bank.square().sum(1)
-    rows_per_chunk = max(1, int(chunk_mb * 2**20 // (4 * bank.shape[0])))
-    distances = torch.empty(queries.shape[0])
-    indices = torch.empty(queries.shape[0], dtype=torch.long)
-    bank_t = bank.t()
-    for start in range(0, queries.shape[0], rows_per_chunk):
-        q = queries[start : start + rows_per_chunk]
-        # ||q - m||^2 = ||q||^2 + (||m||^2 - 2 q.m): the first term does not change the argmin, so it
-        # is added after the min (one pass less over the block).
-        block = torch.addmm(bank_sq_norms.unsqueeze(0), q, bank_t, beta=1.0, alpha=-2.0)
-        best, where = block.min(dim=1)
-        distances[start : start + len(q)] = best + q.square().sum(1)
-        indices[start : start + len(q)] = where
-    return distances.clamp_min_(0.0).sqrt_(), indices
+    """Euclidean distance of each query row to its nearest bank row, and that row's index (one-off
+    searches; a fitted model keeps its `BankSearch`)."""
+    distances, indices = BankSearch(bank, screen, chunk_mb).search(queries, with_index=True)
+    return distances, indices
 
 
 def reweighted_scores(
@@ -196,32 +187,39 @@ class PatchCore(AnomalyModel):
         super().__init__(config)
         self.extractor: FeatureExtractor | None = None
         self.memory_bank: torch.Tensor | None = None
-        self._bank_sq_norms: torch.Tensor | None = None
+        self.search: BankSearch | None = None
         self.fit_info: dict = {}
 
     # -- fit --
     def fit(self, data: FitData, run=None) -> None:
-        cfg = self.config
-        rng = np.random.default_rng(data.seed)
-        self.extractor = build_feature_extractor(cfg.backbone, seed=data.seed)
-        n_images = len(data.normal)
-        if n_images == 0:
+        if len(data.normal) == 0:
             raise ConfigError("patchcore: no training images")
+        self.extractor = build_feature_extractor(self.config.backbone, seed=data.seed)
+        self.fit_from_levels(data.normal, self.extractor, data.seed, run)
 
-        with torch.inference_mode():
-            first, _ = self._embed(FitData.to_tensor(data.normal[:1]))
-        per_image, dim = first.shape[1], first.shape[2]
-        total = n_images * per_image
-        pool_size = min(total, cfg.max_patches)
-        # Choose the kept patch rows before extraction, so the buffer is allocated once at its final size.
-        keep = np.sort(rng.choice(total, size=pool_size, replace=False)) if pool_size < total else None
-        pool = torch.empty(pool_size, dim)
+    def fit_from_levels(self, normal_uint8: np.ndarray, extract, seed: int, run=None) -> None:
+        """The memory bank of `normal_uint8`, whose backbone levels (this model's stages, in order)
+        `extract(float images)` gives, batch after batch in order: a model that runs the backbone for
+        other outputs as well (NBS's context) fits its prior from the same pass."""
+        cfg = self.config
+        rng = np.random.default_rng(seed)
+        n_images = len(normal_uint8)
+        pool: torch.Tensor | None = None  # allocated once its size is known, after the first batch
+        keep = None
         filled = 0
         bar = progress(total=n_images, desc="patchcore features")
         with torch.inference_mode():
             for start in range(0, n_images, cfg.extract_batch):
                 stop = min(n_images, start + cfg.extract_batch)
-                rows = self._embed(FitData.to_tensor(data.normal[start:stop]))[0].reshape(-1, dim)
+                patches = self._embed_levels(extract(FitData.to_tensor(normal_uint8[start:stop])))[0]
+                per_image, dim = patches.shape[1], patches.shape[2]
+                rows = patches.reshape(-1, dim)
+                if pool is None:
+                    total = n_images * per_image
+                    pool_size = min(total, cfg.max_patches)
+                    # The kept patch rows are drawn before they are seen, so the buffer has its final size.
+                    keep = np.sort(rng.choice(total, size=pool_size, replace=False)) if pool_size < total else None
+                    pool = torch.empty(pool_size, dim)
                 if keep is None:
                     chosen = rows
                 else:
@@ -234,7 +232,7 @@ class PatchCore(AnomalyModel):
 
         count = max(1, int(math.ceil(cfg.coreset_ratio * pool_size)))
         if cfg.projection_dim and cfg.projection_dim < dim:
-            reduced = pool @ random_projection(dim, cfg.projection_dim, data.seed)
+            reduced = pool @ random_projection(dim, cfg.projection_dim, seed)
         else:
             reduced = pool
         start_row = int(rng.integers(pool_size))
@@ -248,7 +246,7 @@ class PatchCore(AnomalyModel):
 
     def _set_bank(self, bank: torch.Tensor) -> None:
         self.memory_bank = bank.float().contiguous()
-        self._bank_sq_norms = self.memory_bank.square().sum(1)
+        self.search = BankSearch(self.memory_bank, self.config.knn_screen, self.config.knn_chunk_mb)
 
     def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, P, D) patch features of float images (B, 3, S, S), and the patch grid (H, W)."""
@@ -274,15 +272,13 @@ class PatchCore(AnomalyModel):
         lets a model that already ran the backbone reuse its pass."""
         patches, (h, w) = self._embed_levels(levels)
         b, p, d = patches.shape
-        distances, nn_index = nearest_neighbors(
-            patches.reshape(-1, d), self.memory_bank, self._bank_sq_norms, self.config.knn_chunk_mb
-        )
+        distances, nn_index = self.search.search(patches.reshape(-1, d), with_index=self.config.reweight)
         patch_scores = distances.view(b, p)
         sigma = scaled_sigma(self.config.blur_sigma, size_hw[-1])
         maps = upsample_and_smooth(patch_scores.view(b, h, w), tuple(size_hw), sigma)
         if self.config.reweight:
             scores = reweighted_scores(
-                patch_scores, nn_index.view(b, p), patches, self.memory_bank, self._bank_sq_norms,
+                patch_scores, nn_index.view(b, p), patches, self.memory_bank, self.search.sq_norms,
                 self.config.reweight_neighbors,
             )
         else:
@@ -291,16 +287,17 @@ class PatchCore(AnomalyModel):
 
     # -- state --
     def state_dict(self) -> dict:
-        return {
-            "backbone": self.extractor.weights_state(),
-            "memory_bank": self.memory_bank,
-            "fit_info": dict(self.fit_info),
-        }
+        state = {"memory_bank": self.memory_bank, "fit_info": dict(self.fit_info)}
+        if self.extractor is not None:  # None when fitted from another model's backbone pass
+            state["backbone"] = self.extractor.weights_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.extractor = FeatureExtractor.from_weights_state(
-            self.config.backbone.stages, state["backbone"], self.config.backbone.micro_batch
-        )
+        self.extractor = None
+        if "backbone" in state:
+            self.extractor = FeatureExtractor.from_weights_state(
+                self.config.backbone.stages, state["backbone"], self.config.backbone.micro_batch
+            )
         self._set_bank(state["memory_bank"])
         self.fit_info = dict(state.get("fit_info", {}))
 

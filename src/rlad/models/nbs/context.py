@@ -13,7 +13,7 @@ pixel of the predictor grid:
   images refine a strong starting point instead of having to find defects from scratch.
 
 Every channel is computed once per image from the image alone (no profile), so the supervised
-control (`rlad.models.nbs.supervised`) can use exactly the same context without the profile.
+refiner (`rlad.models.nbs.refiner`) can use exactly the same context without the profile.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from rlad.models.maps import grey
 from rlad.models.patchcore import PatchCore, PatchCoreConfig
 
 CONTEXTS = ("none", "image", "backbone", "patchcore")
+REFERENCE_IMAGES = 32  # training normals whose prior maps set its standardisation
 
 
 @dataclass
@@ -72,31 +73,51 @@ class ContextEncoder:
     def has_prior(self) -> bool:
         return self.config.kind == "patchcore"
 
-    def fit(self, normal_uint8: np.ndarray, seed: int, prior_reference: np.ndarray | None = None) -> None:
-        """Load the backbone; for `patchcore`, fit the prior on `normal_uint8` and standardise its
-        maps on `prior_reference` (normal images the prior was not fitted on; default: a subset of
-        the training normals, whose distances are optimistic but still set a sensible scale)."""
+    def fit(self, normal_uint8: np.ndarray, seed: int, keep_ids: list[int] | tuple[int, ...] = ()) -> torch.Tensor:
+        """Load the backbone; for `patchcore`, fit the prior on `normal_uint8` and standardise its maps
+        on the first 32 of them (distances of training images are optimistic, but set a sensible
+        scale). Returns the context (float16) of normal_uint8[keep_ids]: every image passes through
+        the backbone once, the prior's fit, its standardisation and the kept context share that pass."""
         kind = self.config.kind
+        keep_ids = [int(i) for i in keep_ids]
         if kind in ("none", "image"):
-            return
+            return self.encode_uint8(normal_uint8[keep_ids])
         self.extractor = build_feature_extractor(self._extractor_config(), seed=seed)
-        if kind == "patchcore":
-            cfg = PatchCoreConfig(
-                image_size=normal_uint8.shape[-1],
-                backbone=BackboneConfig(
-                    weights=self.config.backbone.weights,
-                    stages=list(self.config.prior_stages),
-                    micro_batch=self.config.backbone.micro_batch,
-                ),
-                coreset_ratio=self.config.prior_coreset_ratio,
-                max_patches=self.config.prior_max_patches,
-            )
-            self.prior = PatchCore(cfg)
-            self.prior.fit(FitData(normal_uint8, normal_uint8[:0], np.zeros((0,) + normal_uint8.shape[2:], np.uint8), seed))
-            reference = prior_reference if prior_reference is not None and len(prior_reference) else normal_uint8[:32]
-            maps = torch.cat([self._prior_maps(FitData.to_tensor(reference[i : i + 8])) for i in range(0, len(reference), 8)])
+        if kind != "patchcore":
+            return self.encode_uint8(normal_uint8[keep_ids])
+        reference_ids = list(range(min(REFERENCE_IMAGES, len(normal_uint8))))
+        wanted = set(keep_ids) | set(reference_ids)
+        kept: dict[int, dict[int, torch.Tensor]] = {}
+        seen = 0
+
+        def extract(images: torch.Tensor) -> list[torch.Tensor]:
+            nonlocal seen
+            levels = self._levels(images)
+            for offset in range(len(images)):
+                if seen + offset in wanted:
+                    kept[seen + offset] = {stage: level[offset : offset + 1].clone() for stage, level in levels.items()}
+            seen += len(images)
+            return [levels[stage] for stage in sorted(self.config.prior_stages)]
+
+        def levels_of(ids: list[int]) -> dict[int, torch.Tensor]:
+            return {stage: torch.cat([kept[i][stage] for i in ids]) for stage in self.extractor.stages}
+
+        size = tuple(normal_uint8.shape[-2:])
+        cfg = PatchCoreConfig(
+            image_size=normal_uint8.shape[-1],
+            backbone=BackboneConfig(stages=list(self.config.prior_stages), micro_batch=self.config.backbone.micro_batch),
+            coreset_ratio=self.config.prior_coreset_ratio,
+            max_patches=self.config.prior_max_patches,
+        )
+        self.prior = PatchCore(cfg)
+        self.prior.fit_from_levels(normal_uint8, extract, seed)
+        with torch.no_grad():
+            maps = self._prior_maps(levels_of(reference_ids), size)
             self.prior_mean = float(maps.mean())
             self.prior_std = float(maps.std().clamp_min(1e-6))
+            if not keep_ids:
+                return torch.zeros(0, self.channels, self.grid, self.grid, dtype=torch.float16)
+            return self._assemble(levels_of(keep_ids), size).half()
 
     def _extractor_config(self) -> BackboneConfig:
         """One backbone pass serves the context features and the prior (the union of their stages)."""
@@ -108,11 +129,21 @@ class ContextEncoder:
     def _levels(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         return dict(zip(self.extractor.stages, self.extractor(images)))
 
-    def _prior_maps(self, images: torch.Tensor, levels: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-        levels = levels if levels is not None else self._levels(images)
-        prior = self.prior.predict_from_levels([levels[s] for s in sorted(self.config.prior_stages)], tuple(images.shape[-2:]))
+    def _prior_maps(self, levels: dict[int, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """The raw prior map of images of `size` from their backbone levels, on the predictor grid."""
+        prior = self.prior.predict_from_levels([levels[s] for s in sorted(self.config.prior_stages)], size)
         maps = torch.from_numpy(prior.maps)[:, None]
         return F.interpolate(maps, size=(self.grid, self.grid), mode="area")
+
+    def _assemble(self, levels: dict[int, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """The context channels from backbone levels: features on the grid, then the standardised prior."""
+        parts = [
+            F.interpolate(levels[s], size=(self.grid, self.grid), mode="bilinear", align_corners=False)
+            for s in sorted(self.config.backbone.stages)
+        ]
+        if self.config.kind == "patchcore":
+            parts.append((self._prior_maps(levels, size) - self.prior_mean) / self.prior_std)
+        return torch.cat(parts, dim=1)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -122,14 +153,7 @@ class ContextEncoder:
             return torch.zeros(batch, 0, self.grid, self.grid)
         if kind == "image":
             return F.interpolate(grey(images), size=(self.grid, self.grid), mode="area")
-        levels = self._levels(images)
-        parts = [
-            F.interpolate(levels[s], size=(self.grid, self.grid), mode="bilinear", align_corners=False)
-            for s in sorted(self.config.backbone.stages)
-        ]
-        if kind == "patchcore":
-            parts.append((self._prior_maps(images, levels) - self.prior_mean) / self.prior_std)
-        return torch.cat(parts, dim=1)
+        return self._assemble(self._levels(images), tuple(images.shape[-2:]))
 
     def encode_uint8(self, images_uint8: np.ndarray, chunk: int = 16) -> torch.Tensor:
         """Context of many uint8 images, stored as float16 (bounded memory)."""

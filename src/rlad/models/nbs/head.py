@@ -4,9 +4,12 @@ logits on the predictor grid turned into the AnomalyMap every model returns.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
+from rlad.models.backbones import fuse_conv_bn
 from rlad.models.base import AnomalyMap
 from rlad.models.maps import scaled_sigma, upsample_and_smooth
 from rlad.models.nbs.config import NBSConfig
@@ -69,3 +72,21 @@ def predict_maps(cfg: NBSConfig, predictor: Predictor, features: torch.Tensor, s
     if predictor.prior_residual and cfg.prior_boost:
         logits = logits + cfg.prior_boost * features[:, -1:]
     return probability_maps(logits, size, cfg.score_pool, cfg.blur_sigma)
+
+
+class InferenceHead:
+    """The trained predictor as inference runs it: a copy with every BatchNorm folded into the
+    convolution before it and channels-last weights (about 2x faster on CPU than the training
+    module in eval mode, same maths), turned into maps by `predict_maps`."""
+
+    def __init__(self, cfg: NBSConfig, predictor: Predictor):
+        self.cfg = cfg
+        frozen = copy.deepcopy(predictor).eval()
+        frozen.body = fuse_conv_bn(frozen.body)
+        self.predictor = frozen.to(memory_format=torch.channels_last)
+        for param in self.predictor.parameters():
+            param.requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, features: torch.Tensor, size: tuple[int, int]) -> AnomalyMap:
+        return predict_maps(self.cfg, self.predictor, features, size)

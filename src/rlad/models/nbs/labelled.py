@@ -64,10 +64,12 @@ def masks_at(masks_uint8: np.ndarray, size: int) -> torch.Tensor:
     return resize(torch.from_numpy(np.ascontiguousarray(masks_uint8 > 0)).float()[:, None], size)
 
 
-def fit_context(cfg: NBSConfig, data: FitData, seed: int) -> ContextEncoder:
+def fit_context(cfg: NBSConfig, data: FitData, seed: int) -> tuple[ContextEncoder, torch.Tensor]:
+    """The context encoder fitted on the normal images, and the context of the normal subset
+    (`draw_negative_ids`), taken from the same backbone pass."""
     encoder = ContextEncoder(cfg.context, cfg.predictor_grid)
-    encoder.fit(data.normal, seed)
-    return encoder
+    negative_context = encoder.fit(data.normal, seed, keep_ids=draw_negative_ids(cfg, len(data.normal), seed))
+    return encoder, negative_context
 
 
 def draw_negative_ids(cfg: NBSConfig, n_normal: int, seed: int) -> list[int]:
@@ -78,7 +80,7 @@ def draw_negative_ids(cfg: NBSConfig, n_normal: int, seed: int) -> list[int]:
 
 @dataclass
 class LabelledSet:
-    """images: augmented labelled images at profile size (float); masks: their soft masks on the
+    """images: augmented labelled images at profile size (float; empty without profiles); masks: their soft masks on the
     predictor grid; context: their context maps (float16); negative_* the same for a fixed subset of
     unlabelled normal images (all-normal examples); reward_ids: un-augmented originals spread over
     the labelled set (R_pred's fixed yardstick)."""
@@ -106,19 +108,24 @@ class LabelledSet:
         return (context if profile is None else torch.cat([profile, context])), mask
 
 
-def prepare_labelled(cfg: NBSConfig, data: FitData, encoder: ContextEncoder, pool: torch.Tensor, seed: int) -> LabelledSet:
-    """The LabelledSet of `data`; `pool` holds the normal images at profile size (the sampler's)."""
+def prepare_labelled(
+    cfg: NBSConfig, data: FitData, encoder: ContextEncoder, negative_context: torch.Tensor, pool: torch.Tensor | None, seed: int
+) -> LabelledSet:
+    """The LabelledSet of `data`; `negative_context` is the context of the normal subset
+    (`fit_context`); `pool` holds the normal images at profile size (the sampler's), None for a
+    method without loss profiles (no image is then resized to the profile size)."""
     lab_images_u8, lab_masks_u8 = augment_labeled(data.labeled_images, data.labeled_masks, cfg.augment_copies, seed)
     n_originals = len(data.labeled_images)
     spread = np.linspace(0, n_originals - 1, min(cfg.reward_images, n_originals)).round().astype(int)
     reward_ids = sorted({int(i) * cfg.augment_copies for i in spread}) if cfg.reward_images else []
-    negative_ids = draw_negative_ids(cfg, len(pool), seed)
+    negative_ids = draw_negative_ids(cfg, len(data.normal), seed)
+    profiles = pool is not None
     return LabelledSet(
-        images=to_float_at(lab_images_u8, cfg.profile_size),
+        images=to_float_at(lab_images_u8, cfg.profile_size) if profiles else torch.zeros(0),
         masks=masks_at(lab_masks_u8, cfg.predictor_grid),
         context=encoder.encode_uint8(lab_images_u8),
         negative_ids=negative_ids,
-        negative_images=pool[negative_ids],
-        negative_context=encoder.encode_uint8(data.normal[negative_ids]),
+        negative_images=pool[negative_ids] if profiles else torch.zeros(0),
+        negative_context=negative_context,
         reward_ids=reward_ids,
     )

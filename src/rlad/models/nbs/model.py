@@ -17,7 +17,7 @@ from rlad.models.base import AnomalyMap, AnomalyModel, FitData
 from rlad.models.nbs import cycle as nbs_cycle
 from rlad.models.nbs.config import NBSConfig
 from rlad.models.nbs.context import ContextEncoder
-from rlad.models.nbs.head import predict_maps, restore_head
+from rlad.models.nbs.head import InferenceHead, restore_head
 from rlad.models.nbs.labelled import fit_context, prepare_labelled, require_labels, to_float_at
 from rlad.models.nbs.predictor import Predictor
 from rlad.models.nbs.profiles import SnapshotBank, profile_features, resize
@@ -38,6 +38,7 @@ class NBSModel(AnomalyModel):
         self.encoder: ContextEncoder | None = None
         self.history: list[dict] = []
         self.policy: SamplerPolicy | None = None  # the trained sampler, for inspection (not saved)
+        self.head: InferenceHead | None = None
 
     def profile_input(self, errors: torch.Tensor) -> torch.Tensor:
         """Raw errors (B, window, h, w) at profile size -> log errors on the predictor grid."""
@@ -52,8 +53,8 @@ class NBSModel(AnomalyModel):
         pool = to_float_at(data.normal, cfg.profile_size)  # the sampler's images (unlabelled normals)
         maps = SamplerMaps.of(pool) if cfg.sampler != "uniform" else None
         status(f"nbs: context ({cfg.context.kind}) for {len(data.labeled_images)} labelled image(s) x {cfg.augment_copies}")
-        encoder = fit_context(cfg, data, seed)
-        lab = prepare_labelled(cfg, data, encoder, pool, seed)
+        encoder, negative_context = fit_context(cfg, data, seed)
+        lab = prepare_labelled(cfg, data, encoder, negative_context, pool, seed)
 
         learners = nbs_cycle.start_learners(cfg, encoder, seed)
         torch.manual_seed(seed + 7)  # the predictor's dropout: a seeded run repeats exactly
@@ -109,6 +110,7 @@ class NBSModel(AnomalyModel):
         self.encoder = encoder
         self.history = learners.history
         self.policy = learners.policy
+        self.head = InferenceHead(cfg, self.predictor)
 
     def _resume(self, learners: nbs_cycle.Learners, run) -> int:
         """The cycle to start with: after the run's latest checkpoint, loaded into `learners`, or 0."""
@@ -120,12 +122,12 @@ class NBSModel(AnomalyModel):
     # --- inference --------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> AnomalyMap:
-        if self.predictor is None or self.bank is None or self.encoder is None:
+        if self.head is None or self.bank is None or self.encoder is None:
             raise RuntimeError("NBSModel.predict before fit/load_state_dict")
         images = images.float()
         small = resize(images, self.config.profile_size)
         feats = torch.cat([self.profile_input(self.bank.profile(small)), self.encoder(images)], dim=1)
-        return predict_maps(self.config, self.predictor, feats, tuple(images.shape[-2:]))
+        return self.head(feats, tuple(images.shape[-2:]))
 
     # --- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -138,6 +140,7 @@ class NBSModel(AnomalyModel):
 
     def load_state_dict(self, state: dict) -> None:
         self.encoder, self.predictor = restore_head(self.config, state, self.config.window)
+        self.head = InferenceHead(self.config, self.predictor)
         self.bank = SnapshotBank(state["snapshots"], template=nbs_cycle.autoencoder_for(self.config))
         self.history = list(state.get("history", []))
 

@@ -14,7 +14,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from rlad.models.nbs.autoencoder import PatchAutoencoder, error_maps
+from rlad.models.nbs.autoencoder import PatchAutoencoder, SnapshotStack, error_maps, stacked_error_maps
 
 LOG_EPS = 1e-3  # errors live on [0, 1]; the log spreads the small ones where normal pixels sit
 
@@ -42,6 +42,7 @@ class SnapshotBank:
         self.snapshots: list[dict] = list(snapshots or [])
         self._template = template
         self._modules: list[PatchAutoencoder] | None = None
+        self._stack: SnapshotStack | None = None
 
     def __len__(self) -> int:
         return len(self.snapshots)
@@ -49,11 +50,11 @@ class SnapshotBank:
     def add(self, model: PatchAutoencoder) -> None:
         self.snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         self._template = self._template or model
-        self._modules = None
+        self._modules = self._stack = None
 
     def clear(self) -> None:
         self.snapshots = []
-        self._modules = None
+        self._modules = self._stack = None
 
     def _built(self) -> list[PatchAutoencoder]:
         if self._modules is None:
@@ -70,5 +71,11 @@ class SnapshotBank:
 
     @torch.no_grad()
     def profile(self, images: torch.Tensor, offsets: tuple[int, ...] = (0,)) -> torch.Tensor:
-        """(B, 3, h, w) at the profile resolution -> raw errors (B, len(self), h, w)."""
-        return torch.stack([error_maps(m, images, offsets) for m in self._built()], dim=1)
+        """(B, 3, h, w) at the profile resolution -> raw errors (B, len(self), h, w): all snapshots
+        in one stacked pass where the architecture allows (`SnapshotStack`), else one by one."""
+        modules = self._built()
+        if offsets == (0,) and modules and SnapshotStack.supports(modules[0]):
+            if self._stack is None:
+                self._stack = SnapshotStack(modules)
+            return stacked_error_maps(self._stack, images)
+        return torch.stack([error_maps(m, images, offsets) for m in modules], dim=1)

@@ -1,0 +1,232 @@
+"""Few-label detection at PatchCore's speed (issue 19): PatchCore, PaDiM, NBS and the prior refiner
+fitted and timed in one benchmark, on the same images, with the same thread count: fit seconds,
+ms/image at batch 1 and 8, peak memory, and each as a ratio to PatchCore.
+
+    .venv/bin/python benchmarks/speed.py                                    # magnetic tile, 2 threads
+    .venv/bin/python benchmarks/speed.py --baseline-src /path/to/old/src    # plus every method from another checkout
+    .venv/bin/python benchmarks/speed.py --quick --no-append                # smoke run (tiny schedule); not a result
+
+Every row is one fresh process (its peak RSS is its own) that fits with the library a user runs
+(`rlad.workflows.detection.build_config` + `fit`; 5 labelled defects per type for every method, the
+same seeded split), then times `predict_arrays` on the same test images, already decoded, after one
+warm-up batch. fit_s is `model.fit` alone, as `rlad fit` reports it. `--baseline-src` runs the same
+rows with another checkout's `src` first on the path (the code before a change: "today"), so speed-ups
+are measured side by side in one run; the refiner is `supervised` there if that code has no `refine`.
+The backbone weights come from $RLAD_BACKBONE_WEIGHTS (default: ../shared/weights), which every
+version reads. Raw rows go to benchmarks/results/speed-<time>.jsonl, the tables to docs/benchmarks.md.
+Timings taken while other work runs on the machine are noise: the load average is recorded per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _common  # noqa: E402
+from benchmarks._common import ROOT, SHARED_DATA, SHARED_WEIGHTS, append_section, peak_rss_mb  # noqa: E402
+
+METHODS = ["patchcore", "padim", "refine", "nbs"]
+RESULTS = ROOT / "benchmarks" / "results"
+PEER = {  # anomalib 2.7.0 on MPDD metal_plate, 256 px, 2 cores, same weights (METHODS.md section 5; docs/benchmarks.md)
+    "patchcore": {"fit_s": 136, "ms_per_image": 51},
+    "padim": {"fit_s": 7, "ms_per_image": 65},
+}
+GOALS = [  # (row, column, comparison, limit, text)
+    ("nbs", "ms_b8_vs_patchcore", "<=", 1.5, "NBS within 1.5x of PatchCore's ms/image (batch 8)"),
+    ("nbs", "ms_b1_vs_patchcore", "<=", 1.5, "NBS within 1.5x of PatchCore's ms/image (batch 1)"),
+    ("refine", "ms_b8_vs_patchcore", "<=", 1.5, "refiner within 1.5x of PatchCore's ms/image (batch 8)"),
+    ("refine", "ms_b1_vs_patchcore", "<=", 1.5, "refiner within 1.5x of PatchCore's ms/image (batch 1)"),
+    ("patchcore", "fit_s", "<", 15.0, "PatchCore fit under 15 s"),
+    ("nbs", "fit_s", "<=", 600.0, "NBS fit at most 10 minutes"),
+    ("refine", "fit_s", "<=", 180.0, "refiner fit at most 3 minutes"),
+    ("patchcore", "b8_speedup_vs_baseline", ">=", 2.0, "PatchCore at least 2x faster per image than the baseline code (batch 8)"),
+    ("patchcore", "b1_speedup_vs_baseline", ">=", 2.0, "PatchCore at least 2x faster per image than the baseline code (batch 1)"),
+]
+
+
+# --- the child job --------------------------------------------------------------------------------
+
+
+def timing_samples(data: str, count: int) -> list:
+    """`count` test images spread over the folder's defect types and good images (every method and
+    every code version times the same ones)."""
+    from rlad.data.folder import discover
+
+    samples = list(discover(data).test)
+    step = max(1, len(samples) // count)
+    return samples[::step][:count]
+
+
+def job_speed(spec: dict) -> dict:
+    from rlad.data.transforms import load_samples
+    from rlad.workflows import detection as api
+
+    overrides = [f"seed={spec['seed']}", "protocol.labeled_per_type=5", *spec["overrides"]]
+    cfg = api.build_config(spec["method"], None, overrides)
+    started = time.perf_counter()
+    run = api.fit(spec["method"], spec["data"], spec["run"], cfg)
+    fit_wall = time.perf_counter() - started
+    fit_s = json.loads(run.metrics_path.read_text())["fit"]["fit_seconds"]
+    model = api.load_run(run.path).model
+    images, _ = load_samples(timing_samples(spec["data"], spec["n_images"]), cfg.image_size, desc="loading")
+    row = {"fit_s": fit_s, "fit_wall_s": round(fit_wall, 1), "n_images": int(len(images))}
+    for batch in spec["batch_sizes"]:
+        api.predict_arrays(model, images[:batch], batch)  # warm-up: allocations, primitive caches
+        started = time.perf_counter()
+        api.predict_arrays(model, images, batch)
+        row[f"ms_b{batch}"] = round((time.perf_counter() - started) * 1000 / len(images), 2)
+    row["peak_rss_mb"] = peak_rss_mb()
+    if not spec.get("keep"):
+        shutil.rmtree(spec["run"], ignore_errors=True)
+    return row
+
+
+JOBS = {"speed": job_speed}
+
+
+# --- tables -----------------------------------------------------------------------------------------
+
+
+def with_ratios(rows: list[dict]) -> list[dict]:
+    """Each row's figures over PatchCore's of the same code, and this code's over the baseline's."""
+    by_key = {(r["code"], r["method"]): r for r in rows}
+    out = []
+    for row in rows:
+        row = dict(row)
+        reference = by_key.get((row["code"], "patchcore"))
+        for column in ("fit_s", "ms_b1", "ms_b8", "peak_rss_mb"):
+            if reference and row.get(column) and reference.get(column):
+                name = "fit_vs_patchcore" if column == "fit_s" else f"{column.replace('_mb', '')}_vs_patchcore"
+                row[name] = round(row[column] / reference[column], 2)
+        before = by_key.get(("baseline", row["method"]))
+        if row["code"] == "this" and before:
+            for batch in ("b1", "b8"):
+                if row.get(f"ms_{batch}") and before.get(f"ms_{batch}"):
+                    row[f"{batch}_speedup_vs_baseline"] = round(before[f"ms_{batch}"] / row[f"ms_{batch}"], 2)
+            if row.get("fit_s") and before.get("fit_s"):
+                row["fit_speedup_vs_baseline"] = round(before["fit_s"] / row["fit_s"], 2)
+        out.append(row)
+    return out
+
+
+def goal_lines(rows: list[dict]) -> list[str]:
+    this = {r["method"]: r for r in rows if r["code"] == "this"}
+    lines = []
+    for method, column, op, limit, text in GOALS:
+        value = this.get(method, {}).get(column)
+        if value is None:
+            lines.append(f"- {text}: not measured in this run")
+            continue
+        met = value <= limit if op == "<=" else value < limit if op == "<" else value >= limit
+        lines.append(f"- {text}: {value} ({'met' if met else 'MISSED'}; goal {op} {limit})")
+    return lines
+
+
+def render(rows: list[dict], header: str) -> str:
+    from rlad.tables import markdown_table
+
+    columns = ["method", "code", "fit_s", "ms_b1", "ms_b8", "peak_rss_mb", "fit_vs_patchcore", "ms_b1_vs_patchcore",
+               "ms_b8_vs_patchcore", "peak_rss_vs_patchcore", "b1_speedup_vs_baseline", "b8_speedup_vs_baseline",
+               "fit_speedup_vs_baseline", "load_1min"]
+    rows = with_ratios(rows)
+    present = [c for c in columns if any(c in r for r in rows)]
+    peer = [{"method": f"{m} (anomalib peer, MPDD)", "fit_s": v["fit_s"], "ms_per_image": v["ms_per_image"]} for m, v in PEER.items()]
+    return "\n".join([
+        header, "", markdown_table(rows, present, floatfmt="{:.2f}"), "",
+        "For reference, the anomalib peer measured here on MPDD metal_plate (METHODS.md section 5, another dataset and "
+        "a busier library, so not a ratio of this run):", "", markdown_table(peer, ["method", "fit_s", "ms_per_image"]), "",
+        "Against the goals (this code):", "", *goal_lines(rows),
+    ])
+
+
+# --- driver -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(SHARED_DATA / "magnetic_tile"), help="dataset folder (default: magnetic tile)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of every row (default 2)")
+    parser.add_argument("--images", type=int, default=64, help="test images timed per row (default 64)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline-src", default=None, metavar="SRC",
+                        help="also run every method with this `src` folder first on the path (the code before a change)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra override for the nbs and refine rows (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 100 NBS steps, 16 images; not a result")
+    parser.add_argument("--work", default=None, help="run directories here, kept (default: a temporary folder, deleted)")
+    parser.add_argument("--no-append", action="store_true", help="print instead of appending to docs/benchmarks.md")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        _common.run_child(args.child, JOBS)
+        return 0
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        print(f"[speed] unknown method(s) {unknown}; choose from {METHODS}", file=sys.stderr)
+        return 2
+    weights = os.environ.get("RLAD_BACKBONE_WEIGHTS") or str(SHARED_WEIGHTS)
+    if not Path(weights).is_file():
+        print(f"[speed] skipped: ImageNet MobileNetV2 weights not found at {weights}", file=sys.stderr)
+        return 0
+    if not (Path(args.data) / "train").is_dir():
+        print(f"[speed] skipped: {args.data} is not a dataset folder", file=sys.stderr)
+        return 0
+    baseline = Path(args.baseline_src).resolve() if args.baseline_src else None
+    if baseline is not None and not (baseline / "rlad" / "__init__.py").is_file():
+        print(f"[speed] --baseline-src {baseline}: no rlad package there", file=sys.stderr)
+        return 2
+
+    quick = ["model.steps=100"] if args.quick else []
+    n_images = 16 if args.quick else args.images
+    work, holder = _common.work_dir(args.work, "rlad_speed_")
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results_path = RESULTS / f"speed-{stamp}{'-quick' if args.quick else ''}.jsonl"
+    codes = [("this", Path(__file__).resolve().parents[1] / "src")] + ([("baseline", baseline)] if baseline else [])
+    rows = []
+    for code, src in codes:
+        for method in methods:
+            # The refiner's name before issue 19 was `supervised` (still accepted as an alias).
+            name = "supervised" if code == "baseline" and method == "refine" and not (src / "rlad" / "models" / "nbs" / "refiner.py").is_file() else method
+            overrides = (quick + args.overrides) if method in ("nbs", "refine") else []
+            spec = {"kind": "speed", "method": name, "data": args.data, "run": str(work / f"{code}_{method}"), "seed": args.seed,
+                    "overrides": overrides, "n_images": n_images, "batch_sizes": [1, 8], "keep": bool(args.work)}
+            shutil.rmtree(spec["run"], ignore_errors=True)
+            env = {"RLAD_BACKBONE_WEIGHTS": weights, "PYTHONPATH": str(src)}
+            result = _common.spawn(__file__, spec, args.threads, tag=f"speed {code}", env=env)
+            if result:
+                row = {"method": method, "code": code, **result}
+                rows.append(row)
+                with open(results_path, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+    header = (
+        f"Data: {Path(args.data).name}; {n_images} test images timed per row (decoded beforehand), batch 1 and 8, "
+        f"{args.threads} torch threads per row, one process per row, rows one after another; 5 labelled defects per type "
+        f"for every method (seed {args.seed}); defaults{' + ' + '; '.join(quick + args.overrides) if quick + args.overrides else ''}. "
+        f"code = this checkout{f' or the baseline src {baseline}' if baseline else ''}. Raw rows: "
+        f"{results_path.relative_to(ROOT)}. load_1min = the machine's load average before-after each row."
+    )
+    text = render(rows, header)
+    print(text)
+    if not args.no_append and not args.quick:
+        append_section("Speed: few-label detection next to PatchCore (issue 19)", text)
+    if holder is not None:
+        holder.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

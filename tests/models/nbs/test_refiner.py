@@ -1,0 +1,110 @@
+"""The prior refiner (`rlad fit refine`) through the harness and the CLI on the tiny generated dataset:
+fit, test and predict, a resume that equals an uninterrupted run, a real kill and rerun, and the old
+name `supervised` for runs made before the rename."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from rlad.engine.run import RunDir
+from rlad.errors import ConfigError, DataError
+from rlad.workflows import detection as api
+
+TINY = [
+    "image_size=64",
+    "model.predictor_grid=32",
+    "model.steps=120",  # 6 rounds of reset_every = 20 steps
+    "model.augment_copies=2",
+    "model.predictor_buffer=8",
+    "model.checkpoint_every=1",
+    "model.context.backbone.stages=[1]",
+    "model.context.prior_stages=[1,2]",
+]
+
+
+def _fit(data, out, extra=(), method="refine"):
+    cfg = api.build_config(method, None, TINY + list(extra))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-weight backbone warning
+        return api.fit(method, data, out, cfg)
+
+
+def test_fit_test_predict_and_a_resume_that_equals_an_uninterrupted_run(tiny_mvtec, tmp_path, monkeypatch):
+    whole = _fit(tiny_mvtec, tmp_path / "whole")
+    history = json.loads((whole.path / "refine_history.json").read_text())
+    assert [row["cycle"] for row in history] == list(range(6))
+    metrics = api.test(whole.path, tiny_mvtec)
+    assert metrics["method"] == "refine" and metrics["n_excluded_labeled"] == 2
+    assert metrics["pixel_auroc"] > 0.8
+    rows = api.predict(whole.path, [tiny_mvtec / "test" / "hole" / "000.png"], tmp_path / "pred")
+    assert (tmp_path / "pred" / rows[0]["map"]).is_file()
+
+    original = RunDir.save_checkpoint
+    calls = {"n": 0}
+
+    def save_then_crash(self, state, step, keep=2):
+        path = original(self, state, step, keep)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C right after the 2nd checkpoint
+        return path
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tiny_mvtec, tmp_path / "cut")
+    monkeypatch.setattr(RunDir, "save_checkpoint", original)
+    resumed = _fit(tiny_mvtec, tmp_path / "cut")
+    log = resumed.read_log()
+    assert [row["round"] for row in log if row.get("event") == "resume"] == [2]
+    assert sorted(row["cycle"] for row in log if row.get("event") == "round") == list(range(6))
+
+    whole, cut = api.load_run(whole.path), api.load_run(resumed.path)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert np.allclose(whole.model.predict(images).maps, cut.model.predict(images).maps, atol=1e-6)
+
+
+def test_a_killed_cli_fit_resumes_when_rerun(tiny_mvtec, tmp_path):
+    run = tmp_path / "run"
+    # Enough rounds that the process is still training when the first checkpoint appears.
+    command = [sys.executable, "-m", "rlad", "fit", "refine", "--data", str(tiny_mvtec), "--out", str(run)]
+    for item in TINY:
+        command += ["--set", "model.steps=1000" if item.startswith("model.steps=") else item]
+    env = dict(os.environ, RLAD_PROGRESS="0", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((run / "checkpoints").glob("*.pt")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "model.pt").exists()
+
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "resuming" in finished.stderr
+    assert (run / "model.pt").is_file()
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    resume = [row for row in log if row.get("event") == "resume"]
+    assert len(resume) == 1 and resume[0]["round"] >= 1
+    # No round was skipped (those after the last checkpoint before the kill ran twice).
+    assert sorted({row["cycle"] for row in log if row.get("event") == "round"}) == list(range(1000 // 20))
+
+
+def test_old_supervised_runs_still_load_and_refine_refuses_bad_input(tiny_mvtec, tmp_path):
+    old = _fit(tiny_mvtec, tmp_path / "old", method="supervised")  # what `rlad fit supervised` wrote
+    assert api.test(old.path, tiny_mvtec)["method"] == "supervised"
+    with pytest.raises(DataError, match="--labeled-per-type"):
+        _fit(tiny_mvtec, tmp_path / "none", ["protocol.labeled_per_type=0"])
+    with pytest.raises(ConfigError, match="context.kind=none"):
+        _fit(tiny_mvtec, tmp_path / "nothing", ["model.context.kind=none"])

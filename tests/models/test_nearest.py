@@ -1,0 +1,88 @@
+"""rlad.models.nearest: both search routes give the neighbours of a float64 brute-force search, on data
+built to be hard for a bf16 screen (a large common offset, near-ties, duplicates), and the screen
+really prunes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlad.models.nearest import BankSearch, cpu_has_bf16_units
+
+
+def _brute_force(queries: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distances and indices of the nearest bank row in float64, and each query's relative gap to its
+    second-nearest row (where fp32 itself cannot tell two rows apart, any of them is right)."""
+    distances = torch.cdist(queries.double(), bank.double())
+    two = distances.topk(min(2, bank.shape[0]), dim=1, largest=False).values
+    gap = (two[:, -1] - two[:, 0]) / two[:, -1].clamp_min(1e-12)
+    return two[:, 0], distances.argmin(1), gap
+
+
+def _clustered(generator: torch.Generator, rows: int, dim: int, offset: float, spread: float) -> torch.Tensor:
+    """Rows around 20 centres far from the origin (like post-ReLU features: large mean, small spread)."""
+    centres = torch.randn(20, dim, generator=generator) + offset
+    return centres[torch.randint(0, 20, (rows,), generator=generator)] + spread * torch.randn(rows, dim, generator=generator)
+
+
+CASES = {
+    "gaussian": lambda g: (torch.randn(700, 32, generator=g), torch.randn(301, 32, generator=g)),
+    "far from the origin": lambda g: (_clustered(g, 700, 128, 30.0, 0.3), _clustered(g, 1000, 128, 30.0, 0.3)),
+    "wide dynamic range": lambda g: (torch.randn(500, 64, generator=g) * torch.logspace(-3, 2, 64), torch.randn(257, 64, generator=g) * torch.logspace(-3, 2, 64)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("screen", ["fp32", "bf16"])
+@pytest.mark.parametrize("chunk_mb", [64.0, 0.001])
+def test_both_routes_find_the_brute_force_neighbours(case, screen, chunk_mb):
+    queries, bank = CASES[case](torch.Generator().manual_seed(len(case)))
+    want_d, want_i, gap = _brute_force(queries, bank)
+    search = BankSearch(bank, screen, chunk_mb=chunk_mb, width=16)
+    distances, indices = search.search(queries, with_index=True)
+    assert torch.allclose(distances.double(), want_d, rtol=1e-4, atol=1e-5 * float(want_d.max()))
+    resolvable = gap > 1e-4
+    assert resolvable.float().mean() > 0.5
+    assert torch.equal(indices[resolvable], want_i[resolvable])
+    alone, none = search.search(queries)  # without indices: the same distances
+    assert none is None and torch.equal(alone, distances)
+
+
+@pytest.mark.parametrize("screen", ["fp32", "bf16"])
+def test_near_ties_and_duplicates_keep_the_exact_nearest_row(screen):
+    """Bank rows 2e-3 apart (and exact copies): fp32 tells them apart, the bf16 screen's error bound
+    is hundreds of times larger, yet the row returned is the nearest one."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(200, 96, generator=g)
+    bank = torch.cat([base, base + 2e-3 * torch.randn(200, 96, generator=g), base[:10]])
+    queries = base[torch.randint(0, 200, (500,), generator=g)] + 0.05 * torch.randn(500, 96, generator=g)
+    want_d, want_i, gap = _brute_force(queries, bank)
+    search = BankSearch(bank, screen, width=8)
+    distances, indices = search.search(queries, with_index=True)
+    assert torch.allclose(distances.double(), want_d, rtol=1e-5)
+    resolvable = gap > 1e-4
+    assert resolvable.float().mean() > 0.9 and torch.equal(indices[resolvable], want_i[resolvable])
+    if screen == "bf16":  # the case is hard for the screen: its error exceeds the gaps it must resolve
+        squared_gap = 2 * want_d.square() * gap
+        error = search._input_error((queries - search.mean).norm(dim=1))
+        assert (error > 100 * squared_gap).float().mean() > 0.9
+
+
+def test_the_screen_leaves_few_slices_to_measure():
+    g = torch.Generator().manual_seed(6)
+    bank = _clustered(g, 4096, 128, 5.0, 0.5)
+    queries = bank[:512] + 0.05 * torch.randn(512, 128, generator=g)
+    search = BankSearch(bank, "bf16", width=64)
+    pairs = search._candidate_slices(queries - search.mean)
+    per_query = len(pairs) / len(queries)
+    assert 1.0 <= per_query < 0.25 * search.slices
+
+
+def test_auto_follows_the_cpu_and_bad_input_is_refused(monkeypatch):
+    bank = torch.randn(10, 4)
+    assert BankSearch(bank, "auto").screened == cpu_has_bf16_units()
+    assert not BankSearch(bank, "fp32").screened and BankSearch(bank, "bf16").screened
+    with pytest.raises(ValueError, match="screen"):
+        BankSearch(bank, "fp16")
+    with pytest.raises(ValueError, match="empty"):
+        BankSearch(torch.zeros(0, 4))
