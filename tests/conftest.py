@@ -50,11 +50,15 @@ def pytest_configure(config):
 
 
 @pytest.fixture(autouse=True)
-def _quiet_progress(monkeypatch):
+def _quiet_progress(monkeypatch, tmp_path_factory):
     """Progress bars off in every test (they go to stderr and would clutter captured output)."""
     monkeypatch.setenv("RLAD_PROGRESS", "0")
-    # Tests decide themselves whether a backbone has real weights.
+    # Tests decide themselves whether a backbone has real weights: `weights=random`, or a path such as
+    # `imagenet_mobilenet`. The default (`imagenet`) finds no file here: an empty torch hub cache, and a
+    # download URL on a closed loopback port, so nothing is ever fetched from the network.
     monkeypatch.delenv("RLAD_BACKBONE_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+    monkeypatch.setenv("RLAD_WEIGHTS_URL", "http://127.0.0.1:9/")
 
 
 def _texture(rng: np.random.Generator, size_hw: tuple[int, int]) -> np.ndarray:
@@ -118,6 +122,17 @@ def tiny_mvtec(tmp_path) -> Path:
 @pytest.fixture
 def tiny_mvtec_factory():
     return write_tiny_mvtec
+
+
+IMAGENET_MOBILENET = REAL_DATA.parent / "weights" / "mobilenet_v2-b0353104.pth"
+
+
+@pytest.fixture
+def imagenet_mobilenet() -> Path:
+    """torchvision's ImageNet MobileNetV2 file from `../shared/weights`; the test skips when it is absent."""
+    if not IMAGENET_MOBILENET.is_file():
+        pytest.skip(f"ImageNet MobileNetV2 weights not found at {IMAGENET_MOBILENET} (read from ../shared/weights)")
+    return IMAGENET_MOBILENET
 
 
 @pytest.fixture

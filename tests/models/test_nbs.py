@@ -34,6 +34,7 @@ from rlad.models.nbs.sampler import (
     move_centre,
     patch_origin,
 )
+from rlad.models.backbones import BackboneConfig
 from rlad.models.nbs.config import NBSConfig
 from rlad.models.nbs.labelled import augment_labeled
 
@@ -56,6 +57,7 @@ TINY = [
     "model.predictor_buffer=8",
     "model.checkpoint_every=1",
     "model.context.backbone.stages=[1]",
+    "model.context.backbone.weights=random",
     "model.context.prior_stages=[1,2]",
 ]
 
@@ -266,7 +268,8 @@ def test_context_channels_match_their_count():
     images = torch.rand(2, 3, 64, 64)
     normal = (np.random.default_rng(0).random((4, 3, 64, 64)) * 255).astype(np.uint8)
     for kind in ("none", "image", "backbone", "patchcore"):
-        encoder = ContextEncoder(ContextConfig(kind=kind, prior_stages=[1, 2]), grid=16)
+        backbone = BackboneConfig(weights="random", stages=[1, 2, 4])
+        encoder = ContextEncoder(ContextConfig(kind=kind, backbone=backbone, prior_stages=[1, 2]), grid=16)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             encoder.fit(normal, seed=0)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from rlad.errors import ConfigError
-from rlad.models.backbones import STAGE_CHANNELS, BackboneConfig, FeatureExtractor, build_feature_extractor
+from rlad.models.backbones import ARCHS, BackboneConfig, FeatureExtractor, build_feature_extractor
 from rlad.models.base import FitData
 from rlad.models.maps import grey
 from rlad.models.patchcore import PatchCore, PatchCoreConfig
@@ -38,7 +38,7 @@ class ContextConfig:
     kind: str = "patchcore"
     """none (the paper: profile only) | image | backbone | patchcore (backbone + PatchCore prior)."""
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(stages=[1, 2, 4]))
-    """Frozen features for `backbone`/`patchcore` (set backbone.weights to the ImageNet file)."""
+    """Frozen features for `backbone`/`patchcore` (ImageNet weights by default; rlad.models.weights)."""
     prior_stages: list[int] = field(default_factory=lambda: [2, 4])
     """Stages of the PatchCore prior (anomalib's default pair)."""
     prior_coreset_ratio: float = 0.1
@@ -65,7 +65,7 @@ class ContextEncoder:
             return 0
         if kind == "image":
             return 1
-        features = sum(STAGE_CHANNELS[s] for s in self.config.backbone.stages)
+        features = sum(ARCHS[self.config.backbone.arch].channels[s] for s in self.config.backbone.stages)
         return features + (1 if kind == "patchcore" else 0)
 
     @property
@@ -79,12 +79,13 @@ class ContextEncoder:
         kind = self.config.kind
         if kind in ("none", "image"):
             return
-        self.extractor = build_feature_extractor(self._extractor_config(), seed=seed)
+        self.extractor = build_feature_extractor(self._extractor_config(), seed=seed, option="model.context.backbone")
         if kind == "patchcore":
             cfg = PatchCoreConfig(
                 image_size=normal_uint8.shape[-1],
                 backbone=BackboneConfig(
                     weights=self.config.backbone.weights,
+                    arch=self.config.backbone.arch,
                     stages=list(self.config.prior_stages),
                     micro_batch=self.config.backbone.micro_batch,
                 ),
@@ -103,7 +104,8 @@ class ContextEncoder:
         stages = set(self.config.backbone.stages)
         if self.config.kind == "patchcore":
             stages |= set(self.config.prior_stages)
-        return BackboneConfig(weights=self.config.backbone.weights, stages=sorted(stages), micro_batch=self.config.backbone.micro_batch)
+        return BackboneConfig(weights=self.config.backbone.weights, arch=self.config.backbone.arch, stages=sorted(stages),
+                              micro_batch=self.config.backbone.micro_batch)
 
     def _levels(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         return dict(zip(self.extractor.stages, self.extractor(images)))
