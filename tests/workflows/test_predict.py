@@ -16,26 +16,18 @@ from PIL import Image
 from rlad.cli.main import main
 from rlad.workflows import detection
 from rlad.workflows import predict as predict_mod
-from tests.conftest import write_tiny_mvtec
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "predict.md"
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """One PatchCore run on the tiny dataset (random backbone, 64 px), shared by this module's tests."""
-    root = tmp_path_factory.mktemp("predict_run")
-    data = write_tiny_mvtec(root / "tiny")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RLAD_PROGRESS", "0")
-        cfg = detection.build_config("patchcore", None, ["image_size=64", "model.backbone.weights=random"])
-        detection.fit("patchcore", data, root / "run", cfg)
-    return root / "run"
+@pytest.fixture
+def run(tiny_patchcore_run) -> Path:
+    return tiny_patchcore_run
 
 
-@pytest.fixture(scope="module")
-def data(run) -> Path:
-    return run.parent / "tiny"
+@pytest.fixture
+def data(tiny_patchcore_run) -> Path:
+    return tiny_patchcore_run.parent / "tiny"
 
 
 def _predict(capsys, *argv: str) -> tuple[int, str, str]:

@@ -15,19 +15,13 @@ import torch
 from rlad.cli import fit as fit_cli
 from rlad.cli.main import build_parser, main
 from rlad.workflows import detection
-from tests.conftest import write_tiny_mvtec
 
 RANDOM = ["image_size=64", "model.backbone.weights=random"]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    data = write_tiny_mvtec(root / "tiny")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RLAD_PROGRESS", "0")
-        detection.fit("patchcore", data, root / "run", detection.build_config("patchcore", None, RANDOM))
-    return root / "run"
+@pytest.fixture
+def run(tiny_patchcore_run):
+    return tiny_patchcore_run
 
 
 def _cli(capsys, *argv) -> tuple[int, str, str]:
@@ -96,12 +90,12 @@ def test_the_run_records_its_backbone_and_warns_when_it_was_random(run, capsys):
         detection.test(other, report=False)
 
 
-def test_test_defaults_to_the_runs_dataset_and_warns_on_another_category(run, tmp_path, capsys):
+def test_test_defaults_to_the_runs_dataset_and_warns_on_another_category(run, tmp_path, capsys, tiny_mvtec_factory):
     code, out, err = _cli(capsys, "test", run, "--json", "--no-report")
     assert code == 0, err
     metrics = json.loads(out)
     assert metrics["data"] == str((run.parent / "tiny").resolve()) and metrics["n_test"] == 7
-    other = write_tiny_mvtec(tmp_path / "other", seed=3)
+    other = tiny_mvtec_factory(tmp_path / "other", seed=3)
     with pytest.warns(UserWarning, match="was fitted on 'tiny' .* testing it on 'other'"):
         detection.test(run, other, report=False)
 
