@@ -173,8 +173,8 @@ def test_odd_sizes_are_refused_or_warned_and_huge_images_stay_bounded(run, data,
     assert set(rows) == {"wide.png", "large.png"}
     assert rows["wide.png"]["warnings"] and "48x384" in rows["wide.png"]["warnings"][0]
     large = rows["large.png"]
-    assert large["output_scale"] == pytest.approx(100 / 320)
-    assert Image.open(out / large["map"]).size == (100, 90)
+    assert large["output_scale"] == pytest.approx(80 / 320)  # shrunk by 4, the first whole factor to <= 100
+    assert Image.open(out / large["map"]).size == (80, 72)
     for item in large["boxes"]:  # boxes stay in the original image's pixels
         x0, y0, x1, y1 = item["box"]
         assert 0 <= x0 < x1 <= 320 and 0 <= y0 < y1 <= 288

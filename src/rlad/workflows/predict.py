@@ -14,9 +14,9 @@ and a program can rely on (the fields are documented in docs/predict.md).
   around the map's peak), so `anomalous` and `boxes` never contradict each other.
 - Scores and thresholds are on the run's 0-1 scale (`models.postprocess`: 0.5 = the threshold fitted
   on the validation split); `threshold` / `pixel_threshold` replace those on the same scale.
-- Maps and masks are written at the image's size up to `MAX_OUTPUT_SIDE` (larger images get a
-  proportionally smaller map, `output_scale` says by how much; boxes are always in the original
-  image's pixels), so an 8000 x 8000 photo does not need gigabytes.
+- Maps and masks are written at the image's size up to `MAX_OUTPUT_SIDE` (a larger image is shrunk
+  by a whole factor while it is decoded, and its map with it; `output_scale` says by how much; boxes
+  are always in the original image's pixels), so an 8000 x 8000 photo does not need gigabytes.
 """
 
 from __future__ import annotations
@@ -127,11 +127,6 @@ def _check_out(out: Path) -> None:
         raise ConfigError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
 
 
-def _output_size(height: int, width: int) -> tuple[int, int, float]:
-    scale = min(1.0, MAX_OUTPUT_SIDE / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale)), scale
-
-
 def _regions(scores: np.ndarray, mask: np.ndarray) -> list[tuple[list[int], float]]:
     """([x0, y0, x1, y1] end-exclusive, peak score) per connected region of `mask`, highest peak first."""
     from scipy import ndimage
@@ -160,12 +155,14 @@ def _decide_mask(scores: np.ndarray, anomalous: bool, pixel_threshold: float) ->
     return labels == labels[peak], f"peak region (no pixel at the pixel threshold; >= {PEAK_FRACTION:.0%} of the peak)"
 
 
-def _to_original(box: list[int], scale: float, height: int, width: int) -> list[int]:
-    if scale == 1.0:
+def _to_original(box: list[int], shown_hw: tuple[int, int], height: int, width: int) -> list[int]:
+    """A box on the (possibly shrunk) map in the original image's pixels, covering every pixel it touches."""
+    if shown_hw == (height, width):
         return box
+    sy, sx = height / shown_hw[0], width / shown_hw[1]
     x0, y0, x1, y1 = box
-    return [max(0, int(np.floor(x0 / scale))), max(0, int(np.floor(y0 / scale))),
-            min(width, int(np.ceil(x1 / scale))), min(height, int(np.ceil(y1 / scale)))]
+    return [max(0, int(np.floor(x0 * sx))), max(0, int(np.floor(y0 * sy))),
+            min(width, int(np.ceil(x1 * sx))), min(height, int(np.ceil(y1 * sy)))]
 
 
 def size_warning(height: int, width: int, train_size: dict | None) -> str | None:
@@ -200,19 +197,19 @@ class _Writer:
 
 
 def _predict_one(loaded, path: Path, stem: str, out: Path, thresholds: Thresholds, raw: bool) -> dict:
-    from rlad.data.images import load_image
+    from rlad.data.images import header_size, load_image
     from rlad.data.transforms import resize_image, resize_map_to
     from rlad.viz import labelled_panel, save_png, to_uint16
 
-    image = load_image(path)
-    height, width = image.shape[:2]
+    height, width = header_size(path)
     if min(height, width) < MIN_SIDE:
         raise DataError(f"{path}: {height}x{width} is too small to score (at least {MIN_SIDE} pixels a side)")
+    image = load_image(path, max_side=MAX_OUTPUT_SIDE)  # maps and overlays are made at this size
+    out_h, out_w = image.shape[:2]
     size = loaded.cfg.image_size
     model_input = resize_image(image, size).transpose(2, 0, 1)[None]
     with torch.inference_mode():
         pred = loaded.model.predict(torch.from_numpy(np.ascontiguousarray(model_input)))
-    out_h, out_w, scale = _output_size(height, width)
     raw_map = resize_map_to(pred.maps[0], (out_h, out_w))
     scores = loaded.post.normalise_maps(raw_map)
     score = float(loaded.post.normalise_scores(pred.scores)[0])
@@ -227,7 +224,7 @@ def _predict_one(loaded, path: Path, stem: str, out: Path, thresholds: Threshold
         save_png(writer.path("_mask.png"), (mask * 255).astype(np.uint8))
         if raw:
             np.save(writer.path("_map.npy"), raw_map.astype(np.float32))
-        shown = image if scale == 1.0 else resize_image(image, (out_h, out_w))
+        shown = image
         panel_scale = min(1.0, OVERLAY_SIDE / max(out_h, out_w))
         if panel_scale < 1.0:
             panel_hw = (max(1, round(out_h * panel_scale)), max(1, round(out_w * panel_scale)))
@@ -250,13 +247,14 @@ def _predict_one(loaded, path: Path, stem: str, out: Path, thresholds: Threshold
         "anomalous": bool(anomalous),
         "image_threshold": thresholds.image,
         "pixel_threshold": thresholds.pixel,
-        "boxes": [{"box": _to_original(box, scale, height, width), "score": round(peak, 6)} for box, peak in regions],
+        "boxes": [{"box": _to_original(box, (out_h, out_w), height, width), "score": round(peak, 6)}
+                  for box, peak in regions],
         "mask_rule": mask_rule,
         "map": f"{stem}_map.png",
         "mask": f"{stem}_mask.png",
         "overlay": f"{stem}_overlay.png",
         "raw_map": f"{stem}_map.npy" if raw else None,
-        "output_scale": round(scale, 6),
+        "output_scale": round(out_w / width, 6),
         "warnings": notes,
     }
 
