@@ -60,6 +60,7 @@ PROFILES = {
     "smoke": Budget(
         pixel={"pixelstats": ("image_size=128",), "patchcore": ("image_size=128",),
                "nbs": ("image_size=128", "model.steps=60", "model.profile_size=64")},
+        only={"nbs": (GROUNDING_EVAL_CATEGORY,)},
         synthetic_pairs=60, warm_epochs=3, grpo_steps=10,
         dataset={"n_train": 20, "n_test_good": 8, "n_per_defect": 3},
     ),

@@ -1,4 +1,5 @@
-"""Pictures people look at instead of reading numbers: heatmaps, masks, overlays, report plots."""
+"""Pictures people look at instead of reading numbers: PNG writing, heat-map overlays, labelled panels,
+plots as data URIs and the self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -36,31 +37,13 @@ def to_uint16(values: np.ndarray) -> np.ndarray:
     return np.round(np.clip(values, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
-def save_heatmap(normalised_map: np.ndarray, path: Path) -> None:
-    """A [0, 1] map (0.5 = the fitted threshold) as a colour PNG."""
-    save_png(path, _colormap(normalised_map))
-
-
-def save_mask(mask: np.ndarray, path: Path) -> None:
-    save_png(path, (np.asarray(mask, bool) * 255).astype(np.uint8))
-
-
-def overlay(image: np.ndarray, normalised_map: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
-    """The image with the heatmap blended in and the mask outline drawn in white; uint8 (H, W, 3)."""
+def overlay(image: np.ndarray, normalised_map: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The image with the heat map blended in, more strongly where the map is higher (fully from the
+    threshold, 0.5, up); uint8 (H, W, 3)."""
     base = np.clip(image, 0, 1) * 255
     heat = _colormap(normalised_map).astype(np.float32)
-    weight = alpha * np.clip(normalised_map, 0, 1)[..., None] * 2
-    out = base * (1 - np.clip(weight, 0, alpha)) + heat * np.clip(weight, 0, alpha)
-    if mask is not None and np.any(mask):
-        from scipy import ndimage
-
-        edge = mask & ~ndimage.binary_erosion(mask)
-        out[edge] = 255
-    return out.astype(np.uint8)
-
-
-def save_overlay(image: np.ndarray, normalised_map: np.ndarray, mask: np.ndarray | None, path: Path) -> None:
-    save_png(path, overlay(image, normalised_map, mask))
+    weight = np.clip(alpha * np.clip(normalised_map, 0, 1)[..., None] * 2, 0, alpha)
+    return (base * (1 - weight) + heat * weight).astype(np.uint8)
 
 
 GOOD_COLOUR = (40, 160, 60)
@@ -117,19 +100,14 @@ def labelled_panel(image: np.ndarray, scores: np.ndarray, boxes: list[tuple[list
 
 
 def figure_png_uri(draw, size: tuple[float, float] = (5.0, 3.6)) -> str:
-    """A matplotlib figure drawn by `draw(axes)` as a PNG data URI (headless backend, closed after)."""
-    import matplotlib
+    """A matplotlib figure drawn by `draw(axes)` as a PNG data URI. A bare `Figure`, not pyplot: no GUI
+    backend is ever started and nothing global is left open."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(figsize=size)
-    try:
-        draw(axes)
-        fig.tight_layout()
-        return png_data_uri_bytes(figure_png(fig))
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=size)
+    draw(fig.subplots())
+    fig.tight_layout()
+    return png_data_uri_bytes(figure_png(fig))
 
 
 def png_data_uri_bytes(data: bytes) -> str:

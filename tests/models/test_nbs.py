@@ -316,8 +316,8 @@ def test_fit_test_predict_and_repeatability(tiny_mvtec, tmp_path):
     assert len(history) == 6 and all("r_pred" in row for row in history)
     assert any("entropy" in row for row in history)  # the learned sampler was updated
 
-    first = api.test(run.path, tiny_mvtec)
-    second = api.test(run.path, tiny_mvtec)
+    first = api.test(run.path, tiny_mvtec, report=False)
+    second = api.test(run.path, tiny_mvtec, report=False)
     assert first["n_test"] == 7 - 2 and first["n_excluded_labeled"] == 2
     for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_f1_max"):
         assert first[key] == second[key]
@@ -329,8 +329,10 @@ def test_fit_test_predict_and_repeatability(tiny_mvtec, tmp_path):
     image = np.asarray(Image.open(tiny_mvtec / "test" / "good" / "000.png")).copy()
     image[10:20, 10:20] = 20
     Image.fromarray(image).save(unseen)
-    rows = api.predict(run.path, [unseen], tmp_path / "pred")
-    again = api.predict(run.path, [unseen], tmp_path / "pred2")
+    from rlad.workflows.predict import predict
+
+    rows = predict(run.path, [unseen], tmp_path / "pred").rows
+    again = predict(run.path, [unseen], tmp_path / "pred2").rows
     assert rows[0]["raw_score"] == again[0]["raw_score"]
     assert (tmp_path / "pred" / rows[0]["map"]).is_file()
 
