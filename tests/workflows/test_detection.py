@@ -121,3 +121,27 @@ def test_patchcore_on_mpdd_matches_the_peer(mpdd_metal_plate, tmp_path, imagenet
     assert metrics["image_auroc"] >= 0.995
     assert metrics["pixel_auroc"] >= 0.987
     assert metrics["aupro"] >= 0.946
+
+
+@pytest.mark.parametrize("method, overrides", [
+    ("padim", ["model.backbone.arch=resnet18", "model.backbone.stages=[1,2,3]"]),  # PaDiM's paper backbone
+    ("patchcore", ["model.backbone.arch=wide_resnet50_2", "model.backbone.stages=[2,3]"]),  # PatchCore's
+])
+def test_the_papers_backbones_by_name(method, overrides, tiny_mvtec, tmp_path):
+    cfg = detection.build_config(method, None, SMALL[method] + overrides)
+    run = detection.fit(method, tiny_mvtec, tmp_path / "run", cfg)
+    loaded = detection.load_run(run.path)  # the saved backbone is recognised as the right network
+    assert loaded.model.extractor.arch == cfg.model.backbone.arch
+    assert loaded.backbones[0]["arch"] == cfg.model.backbone.arch
+    metrics = detection.test(run.path, tiny_mvtec, report=False)
+    assert metrics["pixel_auroc"] > 0.8  # dark discs and lines: found even by random features
+
+
+def test_a_backbone_unknown_or_with_stages_it_lacks_is_refused_before_any_work(tiny_mvtec, tmp_path, capsys):
+    code, _, err = _cli(capsys, "fit", "patchcore", "--data", str(tiny_mvtec), "--out", str(tmp_path / "run"),
+                        *_set_args("patchcore", ["model.backbone.arch=vgg16"]))
+    assert code == 2 and "model.backbone.arch='vgg16': choose one of mobilenet_v2, resnet18, wide_resnet50_2" in err
+    code, _, err = _cli(capsys, "fit", "nbs", "--data", str(tiny_mvtec), "--out", str(tmp_path / "run"),
+                        "--set", "model.context.backbone.arch=resnet18", "--set", "model.context.backbone.stages=[1,6]")
+    assert code == 2 and "model.context.backbone.stages=[1, 6]: give distinct stage numbers of resnet18" in err
+    assert not (tmp_path / "run").exists()

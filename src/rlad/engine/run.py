@@ -48,6 +48,8 @@ def to_loadable(obj: Any, where: str = "state") -> Any:
     import numpy as np
     import torch
 
+    if isinstance(obj, np.generic):  # before the Python types: np.float64 is a float subclass
+        return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.device)):
         return obj
     if isinstance(obj, np.ndarray):
@@ -55,8 +57,6 @@ def to_loadable(obj: Any, where: str = "state") -> Any:
             raise TypeError(f"{where}: NumPy object arrays cannot be stored safely")
         data = torch.frombuffer(bytearray(np.ascontiguousarray(obj).tobytes()), dtype=torch.uint8) if obj.size else torch.zeros(0, dtype=torch.uint8)
         return {_NDARRAY: data, "dtype": obj.dtype.str, "shape": list(obj.shape)}
-    if isinstance(obj, np.generic):
-        return obj.item()
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, dict):
@@ -91,16 +91,36 @@ def atomic_torch_save(obj: Any, path: Path | str) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _numpy_array_globals() -> list:
+    """What pickled NumPy arrays and scalars need, and nothing else: how files written before run
+    folders held tagged tensors stored arrays (PyTorch's documented way to allow them)."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # NumPy 1.x
+        from numpy.core import multiarray
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+
+
 def load_torch_file(path: Path | str) -> Any:
     """A file written by `atomic_torch_save`, read without unpickling arbitrary objects; a ConfigError
-    (one line) when it is damaged, truncated or holds anything else."""
+    (one line) when it is damaged, truncated or holds anything else. Files of older rlad versions,
+    which pickled NumPy arrays directly, load with only NumPy's array globals allowed."""
     import pickle
 
     import torch
 
     path = Path(path)
     try:
-        return from_loadable(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            return from_loadable(torch.load(path, map_location="cpu", weights_only=True))
+        except pickle.UnpicklingError as exc:
+            if "GLOBAL numpy." not in str(exc):
+                raise
+            with torch.serialization.safe_globals(_numpy_array_globals()):
+                return from_loadable(torch.load(path, map_location="cpu", weights_only=True))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except pickle.UnpicklingError as exc:
