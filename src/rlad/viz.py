@@ -95,7 +95,9 @@ def labelled_panel(image: np.ndarray, scores: np.ndarray, boxes: list[tuple[list
     for (x0, y0, x1, y1), score in boxes:
         shape = (width + gap + x0, strip + y0, width + gap + max(x0, x1 - 1), strip + max(y0, y1 - 1))
         draw.rectangle(shape, outline=BAD_COLOUR, width=line)
-        draw.text((shape[0] + 2, max(strip, shape[1] - text_size)), f"{score:.2f}", fill=BAD_COLOUR, font=box_font)
+        label = (shape[0], max(strip, shape[1] - text_size))
+        draw.rectangle(draw.textbbox(label, f"{score:.2f}", font=box_font), fill=BAD_COLOUR)
+        draw.text(label, f"{score:.2f}", fill=(255, 255, 255), font=box_font)
     return np.asarray(canvas)
 
 
