@@ -51,7 +51,7 @@ def job_quality(spec: dict) -> dict:
     run = api.fit(spec["method"], spec["data"], spec["run"], cfg)
     wall = time.perf_counter() - started
     fit_metrics = json.loads(run.metrics_path.read_text())["fit"]
-    metrics = api.test(run.path, spec["data"])
+    metrics = api.test(run.path, spec["data"], report=False)
     return {
         **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_f1_max", "ms_per_image", "n_test")},
         "fit_s": fit_metrics["fit_seconds"],

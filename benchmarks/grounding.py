@@ -341,8 +341,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("RLAD_PROGRESS", "0")
     work = Path(args.work)
-    weights = str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else ""
-    if not weights:
+    weights = str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else "random"
+    if weights == "random":
         print(f"warning: {SHARED_WEIGHTS} not found, using a random trunk", file=sys.stderr)
     if args.from_results:
         results = Results("grounding", path=args.from_results)

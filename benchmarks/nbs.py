@@ -58,7 +58,7 @@ def job_quality(spec: dict) -> dict:
     run = api.fit(spec["method"], spec["data"], spec["run"], cfg)
     wall = time.perf_counter() - started
     fit_metrics = json.loads(run.metrics_path.read_text())["fit"]
-    metrics = api.test(run.path, spec["data"], split=spec.get("split", "test"))
+    metrics = api.test(run.path, spec["data"], split=spec.get("split", "test"), report=False)
     row = {k: metrics[k] for k in (*METRICS, "pixel_f1_at_val_threshold", "ms_per_image", "n_test", "split")}
     row.update({"fit_s": fit_metrics["fit_seconds"], "fit_wall_s": round(wall, 1), "peak_rss_mb": peak_rss_mb(),
                 "dev_fraction": spec.get("dev_fraction", 0.0)})

@@ -20,6 +20,9 @@ four corners of the query (nothing in every fourth), 64 x 64: a trivially learna
 `tiny_mvtec_factory(root, **options) -> Path` writes the same layout under any folder (e.g. several
 categories under one root); options: `n_train`, `n_test_good`, `defect_types`, `n_per_type`, `size`
 as (height, width).
+
+`tiny_patchcore_run` (session): a PatchCore run on that data (random backbone, 64 px), data beside it.
+`imagenet_mobilenet`: torchvision's MobileNetV2 file from ../shared/weights (skips when absent).
 """
 
 from __future__ import annotations
@@ -50,11 +53,15 @@ def pytest_configure(config):
 
 
 @pytest.fixture(autouse=True)
-def _quiet_progress(monkeypatch):
+def _quiet_progress(monkeypatch, tmp_path_factory):
     """Progress bars off in every test (they go to stderr and would clutter captured output)."""
     monkeypatch.setenv("RLAD_PROGRESS", "0")
-    # Tests decide themselves whether a backbone has real weights.
+    # Tests decide themselves whether a backbone has real weights: `weights=random`, or a path such as
+    # `imagenet_mobilenet`. The default (`imagenet`) finds no file here: an empty torch hub cache, and a
+    # download URL on a closed loopback port, so nothing is ever fetched from the network.
     monkeypatch.delenv("RLAD_BACKBONE_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+    monkeypatch.setenv("RLAD_WEIGHTS_URL", "http://127.0.0.1:9/")
 
 
 def _texture(rng: np.random.Generator, size_hw: tuple[int, int]) -> np.ndarray:
@@ -118,6 +125,32 @@ def tiny_mvtec(tmp_path) -> Path:
 @pytest.fixture
 def tiny_mvtec_factory():
     return write_tiny_mvtec
+
+
+@pytest.fixture(scope="session")
+def tiny_patchcore_run(tmp_path_factory) -> Path:
+    """A PatchCore run (random backbone, 64 px) fitted once per session on `tiny_mvtec`'s data, which
+    lies beside it (`run.parent / "tiny"`). Tests may read it, score with it and add files next to it."""
+    from rlad.workflows import detection
+
+    root = tmp_path_factory.mktemp("tiny_patchcore")
+    data = write_tiny_mvtec(root / "tiny")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RLAD_PROGRESS", "0")
+        cfg = detection.build_config("patchcore", None, ["image_size=64", "model.backbone.weights=random"])
+        detection.fit("patchcore", data, root / "run", cfg)
+    return root / "run"
+
+
+IMAGENET_MOBILENET = REAL_DATA.parent / "weights" / "mobilenet_v2-b0353104.pth"
+
+
+@pytest.fixture
+def imagenet_mobilenet() -> Path:
+    """torchvision's ImageNet MobileNetV2 file from `../shared/weights`; the test skips when it is absent."""
+    if not IMAGENET_MOBILENET.is_file():
+        pytest.skip(f"ImageNet MobileNetV2 weights not found at {IMAGENET_MOBILENET} (read from ../shared/weights)")
+    return IMAGENET_MOBILENET
 
 
 @pytest.fixture

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import json
-import warnings
 
-from rlad.demo import print_summary, run_demo
+from rlad.demo import main, print_summary, run_demo
 
 
 def test_quick_demo_runs_every_stage(tmp_path, capsys):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        summary = run_demo(tmp_path / "demo", seed=0, methods=("pixelstats", "nbs"), quick=True)
+    summary = run_demo(tmp_path / "demo", seed=0, profile="smoke", methods=("pixelstats", "nbs"), random_weights=True)
     pixel = {(row["method"], row["category"]) for row in summary["pixel"]}
-    assert {("nbs", c) for c in ("brick", "grass", "gravel")} <= pixel
+    assert pixel == {("pixelstats", c) for c in ("brick", "grass", "gravel")} | {("nbs", "gravel")}
     assert [row["policy"] for row in summary["grounding"]] == ["warm start", "+ GRPO"]
     report = (tmp_path / "demo" / "report.html").read_text()
     assert "Difference grounding" in report and "data:image/png;base64," in report
+    assert "runs/nbs_gravel/report.html" in report  # links to each run's own report
+    assert (tmp_path / "demo" / "runs" / "nbs_gravel" / "report.html").is_file()
     saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert len(saved["pixel"]) == len(summary["pixel"])
     print_summary(summary)
     assert "pixel_auroc" in capsys.readouterr().out
+
+
+def test_the_demo_without_weights_offline_stops_at_once_with_the_one_line_error(tmp_path, capsys):
+    # The tests' environment has no weight file and no network: the default demo must say where to
+    # put the file right after building its data, not fail (or silently go random) minutes later.
+    assert main(["--out", str(tmp_path / "demo"), "--quick", "--no-grounding"]) == 2
+    err = capsys.readouterr().err
+    assert "rlad demo: error: model.backbone.weights=imagenet" in err and "mobilenet_v2-b0353104.pth" in err
+    assert not (tmp_path / "demo" / "runs").exists()
+

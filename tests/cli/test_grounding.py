@@ -13,9 +13,8 @@ from rlad.data.pairs.builders import build_pairs
 from rlad.data.pairs.records import load_pairs
 from rlad.engine import RunDir
 
-pytestmark = pytest.mark.filterwarnings("ignore:policy.weights is empty")
-
-SMALL = ["--set", "policy.image_size=64", "--set", "policy.width=16", "--set", "policy.bins=16"]
+SMALL = ["--set", "policy.image_size=64", "--set", "policy.width=16", "--set", "policy.bins=16",
+         "--set", "policy.weights=random"]
 
 
 @pytest.fixture

@@ -78,7 +78,8 @@ def test_cli_test_scores_test_and_dev_splits_apart(tiny_mvtec_factory, tmp_path,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         code, _, err = _cli(capsys, "fit", "patchcore", "--data", str(data), "--out", str(run),
-                            "--set", "image_size=64", "--set", "protocol.dev_fraction=0.5")
+                            "--set", "image_size=64", "--set", "protocol.dev_fraction=0.5",
+                            "--set", "model.backbone.weights=random")
     assert code == 0, err
     recorded = json.loads((run / "split.json").read_text())
     assert len(recorded["dev"]) == 2 + 2 + 2  # half of good (4) and of each type (4)
@@ -102,7 +103,8 @@ def test_cli_dev_split_errors_are_clear(tiny_mvtec, tmp_path, capsys):
     run = tmp_path / "run"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert _cli(capsys, "fit", "patchcore", "--data", str(tiny_mvtec), "--out", str(run), "--set", "image_size=64")[0] == 0
+        assert _cli(capsys, "fit", "patchcore", "--data", str(tiny_mvtec), "--out", str(run), "--set", "image_size=64",
+                    "--set", "model.backbone.weights=random")[0] == 0
     code, out, err = _cli(capsys, "test", str(run), "--data", str(tiny_mvtec), "--split", "dev")
     assert code == 2 and "no development split" in err and "protocol.dev_fraction" in err
 

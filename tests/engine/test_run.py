@@ -52,3 +52,38 @@ def test_undefined_metrics_are_written_as_null(tmp_path):
     run = RunDir(tmp_path).create()
     run.save_metrics({"image_auroc": float("nan"), "x": np.float32(np.inf), "ok": 0.5})
     assert json.loads(run.metrics_path.read_text()) == {"image_auroc": None, "x": None, "ok": 0.5}
+
+
+def test_run_files_hold_arrays_as_tensors_and_load_without_unpickling_code(tmp_path):
+    import numpy as np
+
+    from rlad.engine.run import load_torch_file
+
+    state = {
+        "float": np.arange(6, dtype=np.float32).reshape(2, 3), "bool": np.array([True, False]),
+        "int": np.array([[1, -2]], dtype=np.int64), "half": np.ones(3, np.float16), "empty": np.zeros((0, 4), np.uint8),
+        "scalar": np.float64(2.5), "nested": [{"x": np.int16(3)}, (np.zeros(1),)], "tensor": torch.ones(2),
+        "generator": np.random.default_rng(0).bit_generator.state,
+    }
+    atomic_torch_save(state, tmp_path / "state.pt")
+    raw = torch.load(tmp_path / "state.pt", weights_only=True)  # plain torch can read it safely
+    assert isinstance(raw["float"]["__ndarray__"], torch.Tensor)
+    back = load_torch_file(tmp_path / "state.pt")
+    for key in ("float", "bool", "int", "half", "empty"):
+        assert back[key].dtype == state[key].dtype and np.array_equal(back[key], state[key])
+    assert back["scalar"] == 2.5 and back["nested"][0]["x"] == 3 and isinstance(back["nested"][1], tuple)
+    assert back["generator"] == state["generator"]
+    with pytest.raises(TypeError, match=r"state.obj: a Namespace cannot be stored"):
+        import argparse
+
+        atomic_torch_save({"obj": argparse.Namespace()}, tmp_path / "bad.pt")
+
+
+def test_files_of_older_versions_with_pickled_arrays_still_load(tmp_path):
+    import numpy as np
+
+    from rlad.engine.run import load_torch_file
+
+    torch.save({"bank": np.ones((2, 2), np.float32), "n": np.int64(4)}, tmp_path / "old.pt")
+    old = load_torch_file(tmp_path / "old.pt")
+    assert np.array_equal(old["bank"], np.ones((2, 2), np.float32)) and old["n"] == 4

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from rlad.errors import ConfigError
+from rlad.models.backbones import BackboneConfig
 from rlad.models.base import FitData
 from rlad.models.padim import OnlineGaussian, PaDiM, PaDiMConfig, mahalanobis, padim_embedding, select_channels
 
@@ -77,11 +77,10 @@ def _textures(n: int, seed: int) -> np.ndarray:
 
 
 def _fit(images: np.ndarray, **overrides) -> PaDiM:
+    overrides.setdefault("backbone", BackboneConfig(weights="random", stages=[1, 2, 4]))
     model = PaDiM(PaDiMConfig(image_size=SIZE, **overrides))
     data = FitData(images, np.zeros((0, 3, SIZE, SIZE), np.uint8), np.zeros((0, SIZE, SIZE), np.uint8), seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random-init backbone warning
-        model.fit(data)
+    model.fit(data)
     return model
 
 

@@ -2,8 +2,6 @@
 2-core machine two threads spin against other processes and run up to ten times slower) and a
 small compact grounder (`make_policy(**config changes)`: random trunk, 64 px, 16 bins)."""
 
-import warnings
-
 import pytest
 import torch
 
@@ -22,9 +20,8 @@ def _one_torch_thread():
 
 
 def _make_policy(**changes) -> CompactPolicy:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random trunk warning: expected in tests
-        return CompactPolicy(CompactConfig(image_size=SIZE, width=16, project=8, bins=16, **changes))
+    changes.setdefault("weights", "random")
+    return CompactPolicy(CompactConfig(image_size=SIZE, width=16, project=8, bins=16, **changes))
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from rlad import __version__
 from rlad.errors import RladError
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         # A verb group without its sub-verb (e.g. `rlad data`) prints that group's help.
         (getattr(args, "_group_parser", None) or parser).print_help(sys.stderr)
         return 2
+    plain_format = warnings.formatwarning
+    # A warning reads like an error: one line, no source path or code excerpt.
+    warnings.formatwarning = lambda message, *_, **__: f"rlad: warning: {message}\n"
     try:
         result = args.func(args)
     except RladError as exc:
@@ -49,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `rlad ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        warnings.formatwarning = plain_format
     return int(result or 0)
 
 

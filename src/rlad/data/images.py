@@ -71,15 +71,30 @@ def _pixel_array(image: Image.Image, path: Path) -> tuple[np.ndarray, float]:
     return np.asarray(image).astype(np.float32), 255.0
 
 
-def load_image(path: Path | str) -> np.ndarray:
+def _shrunk(image: Image.Image, max_side: int) -> Image.Image:
+    """Box-filter reduction by the smallest whole factor that brings the long side to `max_side` or
+    below, done on the decoded pixels before the float conversion (an 8000 px photo would need
+    gigabytes as float32). Modes PIL cannot reduce (1, P, 16-bit) are returned as they are."""
+    factor = -(-max(image.size) // max_side)
+    try:
+        return image.reduce(factor)
+    except ValueError:
+        return image
+
+
+def load_image(path: Path | str, max_side: int | None = None) -> np.ndarray:
     """Decode any supported image as float32 RGB (H, W, 3) in [0, 1].
 
     Grey is repeated over three channels; 16-bit images are scaled by 65535; palette images are
     expanded; an alpha channel is composited on black (transparent pixels carry no content). EXIF
-    orientation is ignored on purpose: masks are drawn on the stored pixel grid.
+    orientation is ignored on purpose: masks are drawn on the stored pixel grid. With `max_side`, a
+    larger image comes back shrunk by a whole factor (`_shrunk`; `header_size` gives the original).
     """
     path = Path(path)
-    pixels, full_scale = _pixel_array(_open_decoded(path), path)
+    image = _open_decoded(path)
+    if max_side and max(image.size) > max_side:
+        image = _shrunk(image, max_side)
+    pixels, full_scale = _pixel_array(image, path)
     pixels = pixels / full_scale
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]

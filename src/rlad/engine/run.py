@@ -1,12 +1,18 @@
 """The run directory contract (docs/architecture.md): config.yaml, model.pt, checkpoints/, metrics.json,
 log.jsonl, report.html. Every file that could be half-written when a process is killed is written
-to a temporary file first and renamed, so a kill never leaves a corrupt checkpoint behind."""
+to a temporary file first and renamed, so a kill never leaves a corrupt checkpoint behind.
+
+Run folders get shared, so reading one never unpickles arbitrary objects: model.pt and checkpoints
+hold only tensors, numbers, text and containers (NumPy arrays become tagged tensors on the way in,
+`to_loadable`) and are read with `torch.load(weights_only=True)`; the rest is YAML or JSON.
+"""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -32,12 +38,101 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         raise
 
 
+_NDARRAY = "__ndarray__"
+
+
+def to_loadable(obj: Any, where: str = "state") -> Any:
+    """`obj` with NumPy arrays as tagged byte tensors and NumPy scalars as Python numbers, so that it
+    loads with `torch.load(weights_only=True)`; a TypeError naming the place of anything else that
+    would need unpickling (a class instance), so such an object never reaches a run folder."""
+    import numpy as np
+    import torch
+
+    if isinstance(obj, np.generic):  # before the Python types: np.float64 is a float subclass
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.device)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            raise TypeError(f"{where}: NumPy object arrays cannot be stored safely")
+        data = torch.frombuffer(bytearray(np.ascontiguousarray(obj).tobytes()), dtype=torch.uint8) if obj.size else torch.zeros(0, dtype=torch.uint8)
+        return {_NDARRAY: data, "dtype": obj.dtype.str, "shape": list(obj.shape)}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {key: to_loadable(value, f"{where}.{key}") for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [to_loadable(value, f"{where}[{i}]") for i, value in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    raise TypeError(f"{where}: a {type(obj).__name__} cannot be stored in a run folder (tensors, arrays, numbers, text only)")
+
+
+def from_loadable(obj: Any) -> Any:
+    """The inverse of `to_loadable`."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        if _NDARRAY in obj:
+            return np.frombuffer(obj[_NDARRAY].numpy().tobytes(), dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
+        return {key: from_loadable(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [from_loadable(value) for value in obj]
+    if isinstance(obj, tuple):
+        return tuple(from_loadable(value) for value in obj)
+    return obj
+
+
 def atomic_torch_save(obj: Any, path: Path | str) -> None:
+    """Write `obj` (see `to_loadable`) atomically; `load_torch_file` reads it back."""
     import torch
 
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(to_loadable(obj), buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def _numpy_array_globals() -> list:
+    """What pickled NumPy arrays and scalars need, and nothing else: how files written before run
+    folders held tagged tensors stored arrays (PyTorch's documented way to allow them)."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # NumPy 1.x
+        from numpy.core import multiarray
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+
+
+def load_torch_file(path: Path | str) -> Any:
+    """A file written by `atomic_torch_save`, read without unpickling arbitrary objects; a ConfigError
+    (one line) when it is damaged, truncated or holds anything else. Files of older rlad versions,
+    which pickled NumPy arrays directly, load with only NumPy's array globals allowed."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        try:
+            return from_loadable(torch.load(path, map_location="cpu", weights_only=True))
+        except pickle.UnpicklingError as exc:
+            if "GLOBAL numpy." not in str(exc):
+                raise
+            with torch.serialization.safe_globals(_numpy_array_globals()):
+                return from_loadable(torch.load(path, map_location="cpu", weights_only=True))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise ConfigError(f"{path}: damaged or not an rlad file (UnpicklingError); rerun the command that wrote it") from None
+        raise ConfigError(
+            f"{path}: not loaded: it holds a {found.group(1)} object, and run folders are read without running "
+            "pickled code (a file from an older rlad or from elsewhere; rerun the command that wrote it)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - truncation surfaces as any of a dozen exception types
+        raise ConfigError(f"{path}: damaged or not an rlad file ({type(exc).__name__}); rerun the command that wrote it") from None
 
 
 def _json_default(value):
@@ -89,6 +184,7 @@ class RunDir:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.finished = False  # set by `open` when the folder already holds this run's finished model
+        self._created: list[Path] = []  # what `open` made, for `discard_unfinished`
 
     # --- layout -------------------------------------------------------------------------------
     @property
@@ -140,9 +236,29 @@ class RunDir:
                 return run
             if saved == config and run.checkpoints():
                 status(f"{run.path}: resuming")
+        missing = [p for p in (run.path, run.checkpoint_dir, run.config_path) if not p.exists()]
         run.create()
         run.save_config(config)
+        run._created = missing
         return run
+
+    def discard_unfinished(self, also: tuple[str, ...] = ()) -> None:
+        """After a failed attempt that saved no checkpoint and no model: remove what `open` created
+        (with the run files named in `also`, the log and the metrics when it started the run, i.e.
+        wrote its config), so no half-made run is left for `test` or `predict` to misread. A run that
+        holds a checkpoint or a model is never touched, nor any file of the folder's own."""
+        if self.model_path.exists() or self.checkpoints() or not self._created:
+            return
+        if self.config_path in self._created:
+            for name in (*also, self.LOG, self.METRICS):
+                (self.path / name).unlink(missing_ok=True)
+        for path in self._created:
+            if path.is_file():
+                path.unlink()
+        for path in reversed(self._created):  # the checkpoint folder before the run folder
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        self._created = []
 
     def create(self) -> "RunDir":
         if self.path.exists() and not self.path.is_dir():
@@ -187,13 +303,12 @@ class RunDir:
         return sorted(self.checkpoint_dir.glob("step_*.pt"))
 
     def latest_checkpoint(self) -> dict | None:
-        """The newest checkpoint that loads; a corrupt newest one falls back to the previous."""
-        import torch
-
+        """The newest checkpoint that loads; a damaged newest one falls back to the previous."""
         for path in reversed(self.checkpoints()):
             try:
-                return torch.load(path, map_location="cpu", weights_only=False)
-            except Exception:  # a truncated file from a crash mid-write of an older rlad
+                return load_torch_file(path)
+            except ConfigError as exc:  # a truncated file from a crash mid-write of an older rlad
+                status(f"skipping checkpoint {exc}")
                 continue
         return None
 
@@ -201,9 +316,11 @@ class RunDir:
         atomic_torch_save(state, self.model_path)
 
     def load_model(self) -> dict:
-        import torch
-
-        return torch.load(self.model_path, map_location="cpu", weights_only=False)
+        """model.pt's contents; a one-line ConfigError when it is damaged or holds unsafe objects."""
+        payload = load_torch_file(self.model_path)
+        if not isinstance(payload, dict):
+            raise ConfigError(f"{self.model_path}: not an rlad model file")
+        return payload
 
     # --- logs and metrics -----------------------------------------------------------------------
     def log(self, record: dict) -> None:

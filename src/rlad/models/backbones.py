@@ -1,12 +1,13 @@
-"""MobileNetV2 in plain PyTorch, with torchvision's parameter names, as a multi-level feature extractor.
+"""Frozen ImageNet backbones as multi-level feature extractors, in plain PyTorch with torchvision's
+parameter names: MobileNetV2 (defined here), ResNet-18 and Wide ResNet-50-2 (`rlad.models.resnet`).
 
-torchvision cannot be imported here (its CPU builds do not load next to this torch), yet its ImageNet
-MobileNetV2 state dict is the one pretrained backbone reachable offline. The module tree below
-reproduces torchvision's layout (`features.<i>...`, `classifier.1`) so that state dict loads with
-`strict=True`, key for key, without any renaming.
+torchvision cannot be imported here (its CPU builds do not load next to this torch), so each
+network's module tree reproduces torchvision's layout (`features.<i>...`, `classifier.1`; `conv1`,
+`layer1.0.conv1`, `fc`) and torchvision's ImageNet state dicts load with `strict=True`, key for key.
+Where the weights come from (`imagenet` by default, `random`, or a path) is `rlad.models.weights`.
 
-Feature levels are numbered like timm's `mobilenetv2_100` stages (`blocks.<i>`), the names the
-anomalib peer runs used ("stages 2+4" for PatchCore, "1+2+4" for PaDiM):
+Feature levels ("stages") are numbered like timm's, the names the anomalib peer runs used ("stages
+2+4" for PatchCore on MobileNetV2, "1+2+4" for PaDiM). MobileNetV2 (`mobilenetv2_100`'s `blocks.<i>`):
 
 | stage | torchvision modules | channels | stride |
 |---|---|---|---|
@@ -17,21 +18,30 @@ anomalib peer runs used ("stages 2+4" for PatchCore, "1+2+4" for PaDiM):
 | 4 | features.11-13  | 96  | 16 |
 | 5 | features.14-16  | 160 | 32 |
 | 6 | features.17     | 320 | 32 |
+
+ResNets: 0 = the stem's ReLU (stride 2), 1..4 = layer1..layer4 (strides 4, 8, 16, 32; channels
+64/128/256/512 for resnet18, 256/512/1024/2048 for wide_resnet50_2). The papers' choices:
+PatchCore layer2+layer3 (`stages=[2, 3]`), PaDiM layer1-3 (`stages=[1, 2, 3]`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
-import os
-import warnings
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 
+from rlad.engine.progress import status
 from rlad.errors import ConfigError
+from rlad.models import resnet
 from rlad.models.base import ImageNetNorm
+from rlad.models.weights import IMAGENET, RANDOM, ResolvedWeights, file_sha256, is_keyword, resolve
 
 # (expansion t, output channels c, repeats n, first stride s) per block group: the MobileNetV2 paper's table.
 _INVERTED_RESIDUAL_SETTINGS = [
@@ -99,6 +109,8 @@ class MobileNetV2(nn.Module):
 
     def _init_random(self) -> None:
         # The same scheme as torchvision, so a random-init backbone behaves like an untrained one there.
+        if self.features[0][0].weight.is_meta:
+            return  # shapes only (weights about to be loaded): drawing them would cost seconds
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out")
@@ -115,22 +127,90 @@ class MobileNetV2(nn.Module):
         return self.classifier(x)
 
 
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What the feature extractor needs to know about one network."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    modules: Callable[[nn.Module], list[tuple[str, nn.Module]]]
+    """The modules of the forward pass up to the deepest stage, in order, with torchvision's names."""
+    stage_last: dict[int, int]
+    """Stage -> index into `modules(...)` of the module whose output is that stage's features."""
+    channels: dict[int, int]
+    strides: dict[int, int]
+
+
+def _mobilenet_modules(network: MobileNetV2) -> list[tuple[str, nn.Module]]:
+    return [(f"features.{i}", module) for i, module in enumerate(network.features)]
+
+
+def _resnet_modules(network: resnet.ResNet) -> list[tuple[str, nn.Module]]:
+    return network.stem_and_layers()
+
+
+ARCHS = {
+    "mobilenet_v2": Arch("mobilenet_v2", MobileNetV2, _mobilenet_modules, STAGE_LAST_FEATURE, STAGE_CHANNELS, STAGE_STRIDE),
+    "resnet18": Arch("resnet18", resnet.resnet18, _resnet_modules, resnet.RESNET_STAGE_LAST,
+                     resnet.RESNET18_CHANNELS, resnet.RESNET_STAGE_STRIDE),
+    "wide_resnet50_2": Arch("wide_resnet50_2", resnet.wide_resnet50_2, _resnet_modules, resnet.RESNET_STAGE_LAST,
+                            resnet.WIDE_RESNET50_2_CHANNELS, resnet.RESNET_STAGE_STRIDE),
+}
+
+
+def get_arch(name: str, option: str = "model.backbone.arch") -> Arch:
+    if name not in ARCHS:
+        raise ConfigError(f"{option}={name!r}: choose one of {', '.join(ARCHS)}")
+    return ARCHS[name]
+
+
+def _uninitialised(spec: Arch) -> nn.Module:
+    """The network with allocated but unset tensors, for weights about to be loaded (a random
+    initialisation of wide_resnet50_2's 69M parameters alone takes seconds)."""
+    with torch.device("meta"):
+        network = spec.build()
+    return network.to_empty(device="cpu")
+
+
+@functools.cache
+def _key_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """Every state-dict key of `name` with its shape (built on the meta device: no memory, no RNG)."""
+    with torch.device("meta"):
+        network = ARCHS[name].build()
+    return {key: tuple(value.shape) for key, value in network.state_dict().items()}
+
+
 @dataclass
 class BackboneConfig:
-    weights: str = ""
-    """Path to torchvision's ImageNet `mobilenet_v2` state dict (e.g. mobilenet_v2-b0353104.pth). Empty:
-    random initialisation (with a warning; only useful for tests)."""
+    weights: str = IMAGENET
+    """imagenet (default: torchvision's ImageNet weights, from $RLAD_BACKBONE_WEIGHTS, the torch hub cache
+    or a download; see rlad.models.weights) | random (untrained; tests) | a path to a state-dict file."""
+    arch: str = "mobilenet_v2"
+    """mobilenet_v2 | resnet18 (PaDiM's paper backbone) | wide_resnet50_2 (PatchCore's)."""
     stages: list[int] = field(default_factory=lambda: [2, 4])
-    """Feature levels to extract (timm stage numbering 0-6; see rlad.models.backbones)."""
+    """Feature levels to extract (timm's numbering, see rlad.models.backbones: 0-6 for mobilenet_v2,
+    0-4 for the resnets, where the papers use [2, 3] for PatchCore and [1, 2, 3] for PaDiM)."""
     micro_batch: int = 2
     """Images per backbone forward pass (small batches keep activations in the CPU cache)."""
 
+    def problems(self, key: str = "model.backbone") -> list[str | None]:
+        """What `build_feature_extractor` would refuse, as `validate()`-style messages under `key`."""
+        if self.arch not in ARCHS:
+            return [f"{key}.arch={self.arch!r}: choose one of {', '.join(ARCHS)}"]
+        try:
+            checked_stages(self.stages, self.arch, key)
+        except ConfigError as exc:
+            return [str(exc)]
+        return [None if self.micro_batch >= 1 else f"{key}.micro_batch must be at least 1, got {self.micro_batch}"]
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+
+def read_state_dict(path: str | Path, option: str = "model.backbone.weights") -> dict[str, torch.Tensor]:
     """The tensors of a weight file; a ConfigError naming the path when it is missing or unreadable."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"backbone weights {path}: file not found (model.backbone.weights)")
+        raise ConfigError(f"backbone weights {path}: file not found ({option})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
@@ -143,52 +223,86 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-WEIGHTS_ENV = "RLAD_BACKBONE_WEIGHTS"
+# --- which backbones a piece of work loaded (the run records it) ----------------------------------
+
+_LOADED: contextvars.ContextVar[list | None] = contextvars.ContextVar("rlad_loaded_backbones", default=None)
 
 
-def load_mobilenet_v2(weights: str | Path | None, seed: int = 0) -> MobileNetV2:
-    """The full network in eval mode: ImageNet weights from `weights` (strict); when empty, from the
-    file named by $RLAD_BACKBONE_WEIGHTS if set, else random (with a warning)."""
-    weights = weights or os.environ.get(WEIGHTS_ENV, "")
-    if weights:
-        net = MobileNetV2()
-        state = read_state_dict(weights)
-        expected = set(net.state_dict())
+@contextlib.contextmanager
+def record_backbones() -> Iterator[list[dict]]:
+    """Inside the block, every backbone built with `load_backbone` adds one record to the yielded list
+    (arch, pretrained, source, file, sha256), once per distinct file, and says on stderr which it is."""
+    records: list[dict] = []
+    token = _LOADED.set(records)
+    try:
+        yield records
+    finally:
+        _LOADED.reset(token)
+
+
+def _record(resolved: ResolvedWeights, weights: str) -> bool:
+    """Add a record when a `record_backbones` block is active; whether this load is news to it."""
+    records = _LOADED.get()
+    if records is None:
+        return False
+    entry = {
+        "arch": resolved.arch,
+        "weights": weights or IMAGENET,
+        "pretrained": resolved.pretrained,
+        "source": resolved.source,
+        "file": str(resolved.path) if resolved.path else None,
+    }
+    if any(r["arch"] == entry["arch"] and r["file"] == entry["file"] for r in records):
+        return False
+    entry["sha256"] = file_sha256(resolved.path) if resolved.path else None
+    records.append(entry)
+    return True
+
+
+def load_backbone(arch: str, weights: str, seed: int = 0, option: str = "model.backbone.weights") -> nn.Module:
+    """The full network `arch` in eval mode with its weights resolved from `weights` (imagenet | random |
+    path; `rlad.models.weights`) and loaded strictly; `random` draws them from `seed`."""
+    spec = get_arch(arch)
+    resolved = resolve(arch, weights, option)
+    if resolved.path is None:
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
+            torch.manual_seed(seed)
+            network = spec.build()
+    else:
+        network = _uninitialised(spec)
+        state = read_state_dict(resolved.path, option)
+        where = resolved.path if not is_keyword(weights) else f"{resolved.path} ({resolved.source})"
+        expected = set(network.state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
             raise ConfigError(
-                f"backbone weights {weights}: not a torchvision mobilenet_v2 state dict "
+                f"backbone weights {where}: not a torchvision {arch} state dict "
                 f"({len(missing)} missing key(s), e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})"
             )
         try:
-            net.load_state_dict(state, strict=True)
+            network.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[-1].strip()
-            raise ConfigError(f"backbone weights {weights}: shapes do not match mobilenet_v2 ({first})") from None
-    else:
-        warnings.warn(
-            "no backbone weights given: using a RANDOMLY initialised MobileNetV2 (features will be poor). "
-            "Set the environment variable RLAD_BACKBONE_WEIGHTS (or the method's backbone.weights option, "
-            "e.g. --set model.backbone.weights=PATH for patchcore, model.context.backbone.weights for nbs) "
-            "to torchvision's ImageNet mobilenet_v2 .pth file.",
-            stacklevel=2,
-        )
-        with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
-            torch.manual_seed(seed)
-            net = MobileNetV2()
-    return net.eval()
+            raise ConfigError(f"backbone weights {where}: shapes do not match {arch} ({first})") from None
+    if _record(resolved, weights):
+        status(f"backbone: {resolved.describe()}")
+    return network.eval()
 
 
-def checked_stages(stages) -> list[int]:
-    """Sorted distinct stage numbers; a ConfigError for anything else."""
+def load_mobilenet_v2(weights: str | Path, seed: int = 0) -> MobileNetV2:
+    """`load_backbone("mobilenet_v2", ...)`."""
+    return load_backbone("mobilenet_v2", str(weights), seed)
+
+
+def checked_stages(stages, arch: str = "mobilenet_v2", key: str = "model.backbone") -> list[int]:
+    """Sorted distinct stage numbers of `arch`; a ConfigError for anything else."""
+    valid = sorted(get_arch(arch).stage_last)
     try:
         stages = [int(s) for s in stages]
     except (TypeError, ValueError):
         stages = None
-    if not stages or any(s not in STAGE_LAST_FEATURE for s in stages) or len(set(stages)) != len(stages):
-        raise ConfigError(
-            f"model.backbone.stages={stages}: give distinct stage numbers from {sorted(STAGE_LAST_FEATURE)} (e.g. [2, 4])"
-        )
+    if not stages or any(s not in valid for s in stages) or len(set(stages)) != len(stages):
+        raise ConfigError(f"{key}.stages={stages}: give distinct stage numbers of {arch} from {valid} (e.g. [2, 3])")
     return sorted(stages)
 
 
@@ -217,39 +331,54 @@ def fuse_conv_bn(module: nn.Module) -> nn.Module:
 
 
 class FeatureExtractor(nn.Module):
-    """Frozen MobileNetV2 truncated after the deepest requested stage; returns one map per stage.
+    """A frozen backbone truncated after the deepest requested stage; returns one map per stage.
 
     Input: float images (B, 3, H, W) in [0, 1]; ImageNet normalisation happens inside. The forward
     pass runs a BatchNorm-folded, channels-last copy in micro-batches (CPU caches are small: one image
     at a time is faster per image than eight); `weights_state()` keeps torchvision's names for saving.
     """
 
-    def __init__(self, stages: list[int] | tuple[int, ...], network: MobileNetV2 | None = None, micro_batch: int = 2):
+    def __init__(self, stages: list[int] | tuple[int, ...], network: nn.Module | None = None, micro_batch: int = 2,
+                 arch: str = "mobilenet_v2"):
         super().__init__()
-        self.stages = checked_stages(stages)
+        spec = get_arch(arch)
+        self.arch = arch
+        self.stages = checked_stages(stages, arch)
         self.micro_batch = max(1, int(micro_batch))
-        network = network if network is not None else MobileNetV2()
-        last = STAGE_LAST_FEATURE[self.stages[-1]]
-        truncated = nn.Sequential(*copy.deepcopy(list(network.features.children())[: last + 1])).eval()
-        self._weights = {f"features.{k}": v.detach().clone() for k, v in truncated.state_dict().items()}
+        if network is None:
+            with torch.random.fork_rng(devices=[]):
+                network = spec.build()
+        used = spec.modules(network)[: spec.stage_last[self.stages[-1]] + 1]
+        truncated = nn.Sequential(*copy.deepcopy([module for _, module in used])).eval()
+        self._weights = {
+            f"{name}.{key}": value.detach().clone()
+            for (name, _), module in zip(used, truncated)
+            for key, value in module.state_dict().items()
+        }
         self.features = fuse_conv_bn(truncated).to(memory_format=torch.channels_last)
-        self._taps = {STAGE_LAST_FEATURE[s]: s for s in self.stages}
+        self._taps = {spec.stage_last[s]: s for s in self.stages}
+        self._channels = [spec.channels[s] for s in self.stages]
+        self._strides = [spec.strides[s] for s in self.stages]
         self.normalise = ImageNetNorm()
         self.eval()
         for param in self.parameters():
             param.requires_grad_(False)
 
     @classmethod
-    def from_weights_state(cls, stages, state: dict[str, torch.Tensor], micro_batch: int = 2) -> "FeatureExtractor":
-        """Rebuild from `weights_state()` (a saved run): no weight file needed."""
-        with torch.random.fork_rng(devices=[]):  # the random init is overwritten; do not consume RNG
-            network = MobileNetV2()
+    def from_weights_state(cls, stages, state: dict[str, torch.Tensor], micro_batch: int = 2,
+                           arch: str | None = None) -> "FeatureExtractor":
+        """Rebuild from `weights_state()` (a saved run): no weight file needed. The architecture is
+        recognised from the keys and shapes when not given."""
+        arch = arch or arch_of_state(state)
+        spec = get_arch(arch)
+        network = _uninitialised(spec)  # the modules past the deepest stage are dropped unread
         result = network.load_state_dict(state, strict=False)
-        needed = STAGE_LAST_FEATURE[checked_stages(stages)[-1]]
-        missing = [k for k in result.missing_keys if k.startswith("features.") and int(k.split(".")[1]) <= needed]
+        stages = checked_stages(stages, arch)
+        needed = {name for name, _ in spec.modules(network)[: spec.stage_last[stages[-1]] + 1]}
+        missing = [k for k in result.missing_keys if any(k.startswith(name + ".") for name in needed)]
         if result.unexpected_keys or missing:
             raise ConfigError(f"saved backbone weights do not match stages {list(stages)} (missing {missing[:3]})")
-        return cls(stages, network.eval(), micro_batch)
+        return cls(stages, network.eval(), micro_batch, arch)
 
     def weights_state(self) -> dict[str, torch.Tensor]:
         """The truncated network's weights with torchvision's key names (unfused)."""
@@ -257,11 +386,11 @@ class FeatureExtractor(nn.Module):
 
     @property
     def channels(self) -> list[int]:
-        return [STAGE_CHANNELS[s] for s in self.stages]
+        return list(self._channels)
 
     @property
     def strides(self) -> list[int]:
-        return [STAGE_STRIDE[s] for s in self.stages]
+        return list(self._strides)
 
     def train(self, mode: bool = True) -> "FeatureExtractor":
         # Always frozen: BatchNorm must keep ImageNet running statistics.
@@ -284,7 +413,17 @@ class FeatureExtractor(nn.Module):
         return [torch.cat(level) for level in zip(*parts)]
 
 
-def build_feature_extractor(config: BackboneConfig, seed: int = 0) -> FeatureExtractor:
-    """For `fit`: loads the weight file (or random init with a warning)."""
-    checked_stages(config.stages)  # before paying for a weight load
-    return FeatureExtractor(config.stages, load_mobilenet_v2(config.weights, seed=seed), config.micro_batch)
+def arch_of_state(state: dict[str, torch.Tensor]) -> str:
+    """The architecture whose state dict holds every key of `state` with the same shape."""
+    for name in ARCHS:
+        shapes = _key_shapes(name)
+        if all(shapes.get(key) == tuple(value.shape) for key, value in state.items()):
+            return name
+    raise ConfigError(f"saved backbone weights match none of {', '.join(ARCHS)}")
+
+
+def build_feature_extractor(config: BackboneConfig, seed: int = 0, option: str = "model.backbone") -> FeatureExtractor:
+    """For `fit`: resolves and loads the weights (`rlad.models.weights`)."""
+    checked_stages(config.stages, config.arch, option)  # before paying for a weight load
+    network = load_backbone(config.arch, config.weights, seed=seed, option=f"{option}.weights")
+    return FeatureExtractor(config.stages, network, config.micro_batch, config.arch)

@@ -6,8 +6,13 @@ Thresholds are chosen on a validation split carved from the training side, never
 - normal-only validation (unsupervised protocol): the pixel threshold is a high quantile of the
   normal validation pixels (`normal_pixel_quantile`, default 0.999: about one false-positive pixel in
   a thousand on normal images) and the image threshold the maximum normal validation image score.
-Scores are then mapped so that the threshold lands on 0.5 and the normal validation minimum on 0,
-clipped to [0, 1]: a user reads any model's output the same way.
+Scores are then mapped so that the threshold lands on 0.5 and the normal validation minimum on 0: a
+user reads any model's output the same way. Below the threshold the map is linear; above it the score
+approaches 1 without reaching it, `1 - 0.5 / (1 + z)` with `z` the excess over the threshold in units
+of (threshold - minimum), so two anomalous images never tie at 1.0 and their order is kept (the curve
+is continuous with a continuous slope at 0.5, and `raw_from_score` inverts it exactly). A slowly
+approaching curve, not an exponential one: even a value a million spans above the threshold stays
+below 1 in float32.
 """
 
 from __future__ import annotations
@@ -33,15 +38,30 @@ class PostProcessor:
         return cls(**data)
 
     @staticmethod
-    def _normalise(values: np.ndarray, low: float, threshold: float) -> np.ndarray:
+    def _normalise(values: np.ndarray, low: float, threshold: float, dtype=np.float32) -> np.ndarray:
         span = max(threshold - low, 1e-12)
-        return np.clip((np.asarray(values, dtype=np.float32) - low) / span * 0.5, 0.0, 1.0)
+        z = (np.asarray(values, dtype=np.float64) - threshold) / span
+        above = 1.0 - 0.5 / (1.0 + np.maximum(z, 0.0))
+        return np.where(z > 0, above, np.clip(0.5 * (1.0 + z), 0.0, 0.5)).astype(dtype)
+
+    @staticmethod
+    def _raw(score: float, low: float, threshold: float) -> float:
+        if not 0.0 < score < 1.0:
+            raise ValueError(f"a score threshold must be in (0, 1), got {score}")
+        z = 2.0 * score - 1.0 if score <= 0.5 else 0.5 / (1.0 - score) - 1.0
+        return threshold + z * max(threshold - low, 1e-12)
+
+    def raw_from_score(self, score: float, pixel: bool = False) -> float:
+        """The raw model value that maps to `score` (image scores, or pixel values with `pixel`)."""
+        if pixel:
+            return self._raw(score, self.pixel_min, self.pixel_threshold)
+        return self._raw(score, self.image_min, self.image_threshold)
 
     def normalise_maps(self, maps: np.ndarray) -> np.ndarray:
         return self._normalise(maps, self.pixel_min, self.pixel_threshold)
 
     def normalise_scores(self, scores: np.ndarray) -> np.ndarray:
-        return self._normalise(scores, self.image_min, self.image_threshold)
+        return self._normalise(scores, self.image_min, self.image_threshold, np.float64)
 
     def masks(self, maps: np.ndarray) -> np.ndarray:
         return np.asarray(maps) >= self.pixel_threshold

@@ -1,16 +1,21 @@
-"""Pixel-level detection, the library behind `rlad fit METHOD`, `rlad test` and `rlad predict`: one
-harness for every anomaly-map model (NBS and the baselines), so comparisons are side by side.
+"""Pixel-level detection, the library behind `rlad fit METHOD` and `rlad test` (and the run loading
+`rlad predict` uses, `workflows.predict`): one harness for every anomaly-map model (NBS and the
+baselines), so comparisons are side by side.
 
 A model implements only `fit(FitData)`, `predict(tensor) -> AnomalyMap` and its state; this module
 does the rest: the typed run config, the data protocol (`rlad.data.split`), run directories (resume,
-refusal of a different config), thresholds fitted on the validation split (`rlad.models.postprocess`),
-metrics on the test or development split, and prediction files at each image's original size.
+refusal of a different config, no half-made run left by a failed fit), what the run records about
+itself (its backbones' weights, its training image size), thresholds fitted on the validation split
+(`rlad.models.postprocess`), metrics on the test or development split and the test report
+(`workflows.report`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +50,20 @@ class FitConfig:
         self.protocol.validate()
         if hasattr(self.model, "image_size"):
             self.model.image_size = self.image_size
+        cfgmod.raise_if_problems(p for key, backbone in _backbone_configs(self.model) for p in backbone.problems(key))
         self.model.validate()
         return self
+
+
+def _backbone_configs(obj: Any, key: str = "model"):
+    """(dotted key, BackboneConfig) of every backbone in a model config, however deeply nested."""
+    from rlad.models.backbones import BackboneConfig
+
+    if isinstance(obj, BackboneConfig):
+        yield key, obj
+    elif dataclasses.is_dataclass(obj):
+        for item in dataclasses.fields(obj):
+            yield from _backbone_configs(getattr(obj, item.name), f"{key}.{item.name}")
 
 
 def default_config(method: str) -> FitConfig:
@@ -84,22 +101,36 @@ def build_config(method: str, config_file: str | None = None, overrides: list[st
 # --- fit ----------------------------------------------------------------------------------------
 
 
-def fit(method: str, data_dir: str | Path, out: str | Path, cfg: FitConfig | None = None) -> RunDir:
-    """Train `method` on `data_dir` into run directory `out` (resuming when it holds a checkpoint)."""
-    from rlad.data.folder import discover
-    from rlad.data.transforms import load_samples
+SPLIT_FILE = "split.json"
 
+
+def fit(method: str, data_dir: str | Path, out: str | Path, cfg: FitConfig | None = None) -> RunDir:
+    """Train `method` on `data_dir` into run directory `out` (resuming when it holds a checkpoint).
+    An attempt that fails before its first checkpoint removes what it created, so no half-made run
+    is left behind for `test` or `predict` to misread."""
     cfg = cfg or default_config(method)
     run = RunDir.open(out, config_to_dict(cfg))
     if run.finished:
         return run
+    try:
+        _fit_into(run, method, data_dir, cfg)
+    except BaseException:
+        run.discard_unfinished(also=(SPLIT_FILE,))
+        raise
+    return run
+
+
+def _fit_into(run: RunDir, method: str, data_dir: str | Path, cfg: FitConfig) -> None:
+    from rlad.data.folder import discover
+    from rlad.data.transforms import load_samples
+    from rlad.models.backbones import record_backbones
 
     rng_seed = cfg.seed
     seed_everything(rng_seed)
     folder = discover(data_dir)
     split = make_split(folder, cfg.protocol, rng_seed)
     labeled_record = split_record(split, folder, data_dir, cfg.protocol)
-    (run.path / "split.json").write_text(json.dumps(labeled_record, indent=2))
+    (run.path / SPLIT_FILE).write_text(json.dumps(labeled_record, indent=2))
 
     model_cls = get_model_class(method)
     model: AnomalyModel = model_cls(cfg.model)
@@ -113,7 +144,8 @@ def fit(method: str, data_dir: str | Path, out: str | Path, cfg: FitConfig | Non
     data = FitData(normal=normal, labeled_images=labeled_images, labeled_masks=labeled_masks, seed=cfg.seed)
 
     started = time.perf_counter()
-    model.fit(data, run=run)
+    with record_backbones() as backbones:
+        model.fit(data, run=run)
     fit_seconds = time.perf_counter() - started
 
     val_images, val_masks = load_samples(split.val, size, desc="loading validation")
@@ -128,14 +160,22 @@ def fit(method: str, data_dir: str | Path, out: str | Path, cfg: FitConfig | Non
             "state": model.state_dict(),
             "postprocess": post.to_dict(),
             "split": labeled_record,
+            "backbones": backbones,
+            "train_size": _size_summary([s.size for s in split.train]),
         }
     )
-    run.save_metrics({"fit_seconds": round(fit_seconds, 2), "threshold_rule": post.rule}, key="fit")
+    run.save_metrics({"fit_seconds": round(fit_seconds, 2), "threshold_rule": post.rule, "backbones": backbones}, key="fit")
     run.log({"event": "fit_done", "fit_seconds": fit_seconds})
     for name, payload in model.extra_files().items():
         (run.path / name).write_bytes(payload)
-    status(f"{out}: trained {method} in {fit_seconds:.1f} s")
-    return run
+    status(f"{run.path}: trained {method} in {fit_seconds:.1f} s")
+
+
+def _size_summary(sizes: list[tuple[int, int]]) -> dict:
+    """The training images' (height, width): median, smallest and largest, for predict's size warnings."""
+    array = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    return {"median_hw": [int(v) for v in np.median(array, axis=0)], "min_hw": array.min(0).tolist(),
+            "max_hw": array.max(0).tolist()}
 
 
 # --- loading and prediction ---------------------------------------------------------------------
@@ -148,6 +188,20 @@ class LoadedRun:
     model: AnomalyModel
     post: PostProcessor
     split: dict
+    backbones: list[dict] | None = None
+    """What the run's backbones were loaded from (`models.backbones.record_backbones`); None for runs
+    saved before rlad recorded it."""
+    train_size: dict | None = None
+
+    def warn_if_untrained_backbone(self) -> None:
+        """A run fitted with `weights=random` gives poor maps; say so wherever its output is used."""
+        for record in self.backbones or []:
+            if not record.get("pretrained"):
+                warnings.warn(
+                    f"{self.run.path}: its {record.get('arch')} backbone has RANDOM weights (fitted with "
+                    "weights=random), so its maps and scores are poor; refit with the default weights=imagenet",
+                    stacklevel=3,
+                )
 
 
 def load_run(path: str | Path) -> LoadedRun:
@@ -155,10 +209,15 @@ def load_run(path: str | Path) -> LoadedRun:
     payload = run.load_model()
     if "method" not in payload or payload["method"] == "compact":
         raise ConfigError(f"{path}: is not a pixel-level model run (use rlad ground / test-grounding)")
-    cfg = config_from_dict(payload["config"])
-    model = get_model_class(cfg.method)(cfg.model)
-    model.load_state_dict(payload["state"])
-    return LoadedRun(run, cfg, model, PostProcessor.from_dict(payload["postprocess"]), payload.get("split", {}))
+    try:
+        cfg = config_from_dict(payload["config"])
+        model = get_model_class(cfg.method)(cfg.model)
+        model.load_state_dict(payload["state"])
+        post = PostProcessor.from_dict(payload["postprocess"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"{run.model_path}: damaged or from another rlad version ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+    return LoadedRun(run, cfg, model, post, payload.get("split", {}), payload.get("backbones"), payload.get("train_size"))
 
 
 def predict_arrays(model: AnomalyModel, images_uint8: np.ndarray, batch_size: int, desc: str = "predict") -> AnomalyMap:
@@ -179,15 +238,24 @@ def predict_arrays(model: AnomalyModel, images_uint8: np.ndarray, batch_size: in
 # --- test ---------------------------------------------------------------------------------------
 
 
-def test(run_path: str | Path, data_dir: str | Path, split: str = "test", allow_missing_labelled: bool = False) -> dict:
+def test(run_path: str | Path, data_dir: str | Path | None = None, split: str = "test",
+         report: str | Path | bool | None = None, allow_missing_labelled: bool = False) -> dict:
     """Metrics of a trained run on `data_dir`'s test split (minus the images it was trained on and
-    its development split, recognised by content), or with split="dev" on the development split only."""
+    its development split, recognised by content), or with split="dev" on the development split only.
+    `data_dir` defaults to the dataset the run was fitted on. Writes an HTML report into the run (or to
+    `report`; False: none) and returns the metrics with its path under "report"."""
     from rlad.data.folder import discover
     from rlad.data.transforms import load_samples
     from rlad.metrics.pixel import evaluate
 
     loaded = load_run(run_path)
+    loaded.warn_if_untrained_backbone()
+    data_dir = _dataset_of(loaded, data_dir)
     folder = discover(data_dir)
+    recorded_category = loaded.split.get("category")
+    if recorded_category and folder.category != recorded_category:
+        warnings.warn(f"{loaded.run.path} was fitted on {recorded_category!r} ({loaded.split.get('data')}); "
+                      f"testing it on {folder.category!r} ({folder.root})", stacklevel=2)
     evaluation = evaluation_samples(loaded.split, folder, split, run_name=str(loaded.run.path),
                                     allow_missing_labelled=allow_missing_labelled)
     samples = evaluation.samples
@@ -200,9 +268,10 @@ def test(run_path: str | Path, data_dir: str | Path, split: str = "test", allow_
     pred = predict_arrays(loaded.model, images, loaded.cfg.batch_size, desc="test")
     ms_per_image = (time.perf_counter() - started) * 1000 / len(samples)
     labels = np.array([s.label for s in samples])
-    metrics = evaluate(pred.scores, labels, pred.maps, masks.astype(bool))
+    masks = masks.astype(bool)
+    metrics = evaluate(pred.scores, labels, pred.maps, masks)
     post = loaded.post
-    metrics.update(_thresholded_f1(post, pred, labels, masks.astype(bool)))
+    metrics.update(_thresholded_f1(post, pred, labels, masks))
     metrics.update(
         {
             "n_test": len(samples),
@@ -215,8 +284,26 @@ def test(run_path: str | Path, data_dir: str | Path, split: str = "test", allow_
             "data": str(Path(data_dir).resolve()),
         }
     )
+    if report is not False:
+        from rlad.workflows.report import write_test_report
+
+        target = Path(report) if report not in (None, True) else loaded.run.path / RunDir.REPORT
+        metrics["report"] = str(write_test_report(target, loaded, folder, samples, images, masks, pred, metrics))
     loaded.run.save_metrics(metrics, key=f"{split}:{folder.category}")
     return metrics
+
+
+def _dataset_of(loaded: LoadedRun, data_dir: str | Path | None) -> Path:
+    """`data_dir`, or the dataset the run was fitted on (a clear error when it is gone or unknown)."""
+    if data_dir is not None:
+        return Path(data_dir)
+    recorded = loaded.split.get("data")
+    if not recorded:
+        raise ConfigError(f"{loaded.run.path}: records no dataset; give --data DIR")
+    if not Path(recorded).is_dir():
+        raise DataError(f"{loaded.run.path} was fitted on {recorded}, which is not there any more; give --data DIR")
+    status(f"data: {recorded} (the run's dataset)")
+    return Path(recorded)
 
 
 def _thresholded_f1(post: PostProcessor, pred: AnomalyMap, labels: np.ndarray, masks: np.ndarray) -> dict:
@@ -232,79 +319,3 @@ def _thresholded_f1(post: PostProcessor, pred: AnomalyMap, labels: np.ndarray, m
         "pixel_f1_at_val_threshold": f1(post.masks(pred.maps), masks),
         "image_f1_at_val_threshold": f1(post.is_anomalous(pred.scores), labels.astype(bool)),
     }
-
-
-# --- predict ------------------------------------------------------------------------------------
-
-
-def collect_images(paths: list[str | Path]) -> list[Path]:
-    from rlad.data.images import is_image_file
-
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
-        elif path.is_file():
-            if not is_image_file(path):
-                raise DataError(f"{path}: not an image file (by extension)")
-            found.append(path)
-        else:
-            raise DataError(f"{path}: no such file or folder")
-    if not found:
-        raise DataError(f"no images found in: {', '.join(map(str, paths))}")
-    return found
-
-
-def predict(run_path: str | Path, paths: list[str | Path], out: str | Path) -> list[dict]:
-    """Maps, masks, boxes and overlays for images at their original size; writes predictions.jsonl."""
-    from rlad.boxes import mask_to_boxes
-    from rlad.data.images import load_image
-    from rlad.data.transforms import resize_image, resize_map_to
-    from rlad.viz import save_heatmap, save_mask, save_overlay
-
-    loaded = load_run(run_path)
-    images = collect_images(paths)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    size = loaded.cfg.image_size
-    rows = []
-    used_names: set[str] = set()
-    with open(out / "predictions.jsonl.tmp", "w") as handle:
-        for path in progress(images, desc="predict"):
-            image = load_image(path)
-            resized = resize_image(image, size).transpose(2, 0, 1)[None]
-            with torch.inference_mode():
-                pred = loaded.model.predict(torch.from_numpy(np.ascontiguousarray(resized)).float())
-            raw_map = resize_map_to(pred.maps[0], image.shape[:2])
-            norm_map = loaded.post.normalise_maps(raw_map)
-            mask = norm_map >= 0.5
-            score = float(loaded.post.normalise_scores(pred.scores)[0])
-            stem = _unique_stem(path, used_names)
-            save_heatmap(norm_map, out / f"{stem}_map.png")
-            save_mask(mask, out / f"{stem}_mask.png")
-            save_overlay(image, norm_map, mask, out / f"{stem}_overlay.png")
-            row = {
-                "path": str(path),
-                "score": round(score, 6),
-                "raw_score": float(pred.scores[0]),
-                "anomalous": bool(score >= 0.5),
-                "boxes": [list(map(int, b)) for b in mask_to_boxes(mask)],
-                "map": f"{stem}_map.png",
-                "mask": f"{stem}_mask.png",
-                "overlay": f"{stem}_overlay.png",
-            }
-            rows.append(row)
-            handle.write(json.dumps(row) + "\n")
-    (out / "predictions.jsonl.tmp").replace(out / "predictions.jsonl")
-    return rows
-
-
-def _unique_stem(path: Path, used: set[str]) -> str:
-    stem = f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
-    candidate, i = stem, 1
-    while candidate in used:
-        i += 1
-        candidate = f"{stem}_{i}"
-    used.add(candidate)
-    return candidate

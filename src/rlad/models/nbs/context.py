@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from rlad.errors import ConfigError
-from rlad.models.backbones import STAGE_CHANNELS, BackboneConfig, FeatureExtractor, build_feature_extractor
+from rlad.models.backbones import ARCHS, BackboneConfig, FeatureExtractor, build_feature_extractor
 from rlad.models.base import FitData
 from rlad.models.maps import grey
 from rlad.models.patchcore import PatchCore, PatchCoreConfig
@@ -39,7 +39,7 @@ class ContextConfig:
     kind: str = "patchcore"
     """none (the paper: profile only) | image | backbone | patchcore (backbone + PatchCore prior)."""
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(stages=[1, 2, 4]))
-    """Frozen features for `backbone`/`patchcore` (set backbone.weights to the ImageNet file)."""
+    """Frozen features for `backbone`/`patchcore` (ImageNet weights by default; rlad.models.weights)."""
     prior_stages: list[int] = field(default_factory=lambda: [2, 4])
     """Stages of the PatchCore prior (anomalib's default pair)."""
     prior_coreset_ratio: float = 0.1
@@ -66,7 +66,7 @@ class ContextEncoder:
             return 0
         if kind == "image":
             return 1
-        features = sum(STAGE_CHANNELS[s] for s in self.config.backbone.stages)
+        features = sum(ARCHS[self.config.backbone.arch].channels[s] for s in self.config.backbone.stages)
         return features + (1 if kind == "patchcore" else 0)
 
     @property
@@ -82,7 +82,7 @@ class ContextEncoder:
         keep_ids = [int(i) for i in keep_ids]
         if kind in ("none", "image"):
             return self.encode_uint8(normal_uint8[keep_ids])
-        self.extractor = build_feature_extractor(self._extractor_config(), seed=seed)
+        self.extractor = build_feature_extractor(self._extractor_config(), seed=seed, option="model.context.backbone")
         if kind != "patchcore":
             return self.encode_uint8(normal_uint8[keep_ids])
         reference_ids = list(range(min(REFERENCE_IMAGES, len(normal_uint8))))
@@ -105,7 +105,8 @@ class ContextEncoder:
         size = tuple(normal_uint8.shape[-2:])
         cfg = PatchCoreConfig(
             image_size=normal_uint8.shape[-1],
-            backbone=BackboneConfig(stages=list(self.config.prior_stages), micro_batch=self.config.backbone.micro_batch),
+            backbone=BackboneConfig(weights=self.config.backbone.weights, arch=self.config.backbone.arch,
+                                    stages=list(self.config.prior_stages), micro_batch=self.config.backbone.micro_batch),
             coreset_ratio=self.config.prior_coreset_ratio,
             max_patches=self.config.prior_max_patches,
         )
@@ -124,7 +125,8 @@ class ContextEncoder:
         stages = set(self.config.backbone.stages)
         if self.config.kind == "patchcore":
             stages |= set(self.config.prior_stages)
-        return BackboneConfig(weights=self.config.backbone.weights, stages=sorted(stages), micro_batch=self.config.backbone.micro_batch)
+        return BackboneConfig(weights=self.config.backbone.weights, arch=self.config.backbone.arch, stages=sorted(stages),
+                              micro_batch=self.config.backbone.micro_batch)
 
     def _levels(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         return dict(zip(self.extractor.stages, self.extractor(images)))

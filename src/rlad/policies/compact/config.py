@@ -12,8 +12,9 @@ from rlad.errors import ConfigError
 class CompactConfig:
     image_size: int = 256
     """Side of the square both images are resized to before the trunk (multiple of 16)."""
-    weights: str = ""
-    """torchvision ImageNet mobilenet_v2 .pth for the frozen trunk; empty = random init (tests only)."""
+    weights: str = "imagenet"
+    """The frozen MobileNetV2 trunk's weights: imagenet (torchvision's, resolved as every backbone's:
+    rlad.models.weights) | random (tests) | a path to a mobilenet_v2 state-dict file."""
     stages: list[int] = field(default_factory=lambda: [1, 2, 4])
     """Trunk stages compared (rlad.models.backbones numbering: 1 = stride 4, 2 = stride 8, 4 = stride 16)."""
     width: int = 32

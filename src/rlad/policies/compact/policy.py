@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Sequence
 
 import torch
@@ -62,20 +61,14 @@ class CompactPolicy(Policy):
 
     def __init__(self, cfg: CompactConfig | None = None, trunk_state: dict | None = None,
                  head_state: dict | None = None):
-        from rlad.models.backbones import FeatureExtractor, MobileNetV2, load_mobilenet_v2
+        from rlad.models.backbones import FeatureExtractor, MobileNetV2, load_backbone
 
         self.cfg = (cfg or CompactConfig()).validate()
         if trunk_state is not None:
             extractor = FeatureExtractor(self.cfg.stages, MobileNetV2())
             extractor.load_state_dict(trunk_state)
         else:
-            if not self.cfg.weights:
-                warnings.warn("policy.weights is empty: the compact grounder's frozen trunk is RANDOMLY initialised "
-                              "(poor features; fine for tests). Set --set policy.weights=PATH to torchvision's "
-                              "ImageNet mobilenet_v2 .pth file.", stacklevel=2)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="no backbone weights given")
-                network = load_mobilenet_v2(self.cfg.weights, seed=self.cfg.seed)
+            network = load_backbone("mobilenet_v2", self.cfg.weights, seed=self.cfg.seed, option="policy.weights")
             extractor = FeatureExtractor(self.cfg.stages, network)
         self.extractor = extractor
         self.cache = shared_cache(extractor, self.cfg)
