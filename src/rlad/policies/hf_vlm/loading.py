@@ -1,0 +1,103 @@
+"""Loading and saving a Qwen-VL checkpoint's model and processor with transformers.
+
+The processor is loaded the ordinary way (`AutoProcessor.from_pretrained`) when that works. Without
+torchvision (rlad keeps it optional: the PyPI wheel is a CUDA build that breaks on CPU-only torch),
+transformers cannot build the Qwen video processors, and the Qwen processors refuse a missing one;
+images need only the tokenizer and the PIL image processor, so rlad then builds an *image-only*
+processor of the same family from those parts. Saving mirrors it: the full processor where it can
+be saved, else its parts (tokenizer, image processor, chat template), which both paths load again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlad.errors import ConfigError
+
+# model_type -> (model class, processor class) names in transformers
+FAMILY_CLASSES = {
+    "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
+    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
+    "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
+}
+FAMILIES = tuple(FAMILY_CLASSES)
+
+
+def model_family(source: str) -> str:
+    """The family (`model_type`) of a local checkpoint folder or hub id, refused when not supported."""
+    from transformers import AutoConfig
+
+    if not source:
+        raise ConfigError("policy.model is empty: give a Qwen-VL checkpoint folder or hub id (--model PATH)")
+    local = Path(source).expanduser()
+    if not local.exists() and (source.startswith((".", "/", "~")) or source.count("/") != 1):
+        raise ConfigError(f"--model {source}: no such checkpoint folder")
+    try:
+        config = AutoConfig.from_pretrained(str(local) if local.exists() else source)
+    except OSError as exc:
+        raise ConfigError(f"--model {source}: cannot read a transformers config ({str(exc).splitlines()[0]})") from None
+    family = getattr(config, "model_type", None)
+    if family not in FAMILY_CLASSES:
+        raise ConfigError(f"--model {source}: model type {family!r} is not supported; rlad's VLM policy runs "
+                          f"{', '.join(FAMILIES)}")
+    return family
+
+
+def _image_only(processor_cls):
+    """`processor_cls` accepting video_processor=None (images need no video processor)."""
+    def check(self, name, argument):
+        if argument is None and "video" in name:
+            return None
+        return processor_cls.check_argument_for_proper_class(self, name, argument)
+
+    return type(f"ImageOnly{processor_cls.__name__}", (processor_cls,), {"check_argument_for_proper_class": check})
+
+
+def load_processor(source: str, family: str, image_pixels: tuple[int, int] | None = None):
+    """The checkpoint's processor (left padding, for batched generation); `image_pixels` (min, max)
+    overrides the image processor's pixel budget (the resize rule then follows from it)."""
+    import transformers
+    from transformers import AutoProcessor, AutoTokenizer
+
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+    except (ImportError, TypeError, ValueError, AttributeError):
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(source)
+        processor_cls = _image_only(getattr(transformers, FAMILY_CLASSES[family][1]))
+        processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                                  chat_template=tokenizer.chat_template)
+    processor.tokenizer.padding_side = "left"
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    if image_pixels is not None:
+        low, high = image_pixels
+        processor.image_processor.size = {"shortest_edge": int(low), "longest_edge": int(high)}
+    if not processor.chat_template:
+        raise ConfigError(f"--model {source}: the processor has no chat template")
+    return processor
+
+
+def save_processor_parts(out: str | Path, tokenizer, image_processor, chat_template: str) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(out)
+    image_processor.save_pretrained(out)
+
+
+def save_processor(processor, out: str | Path) -> None:
+    try:
+        processor.save_pretrained(out)
+    except AttributeError:  # an image-only processor (no video processor) cannot save itself whole
+        save_processor_parts(out, processor.tokenizer, processor.image_processor, processor.chat_template)
+
+
+def load_model(source: str, family: str, dtype, device):
+    import transformers
+
+    model_cls = getattr(transformers, FAMILY_CLASSES[family][0])
+    model = model_cls.from_pretrained(source, dtype=dtype)
+    return model.to(device)
