@@ -104,6 +104,8 @@ class HFVLMPolicy(Policy):
     tasks = frozenset({"grounding"})
     grpo_defaults = {"lr": 1e-5}
     """GRPO settings that differ from the compact grounder's (a VLM needs a far smaller step)."""
+    cpu_threads = 0
+    """torch threads for evaluation on a CPU (0 = torch's default, every core: the products are large)."""
 
     def __init__(self, cfg: HFVLMConfig | None = None):
         self.cfg = (cfg or HFVLMConfig()).validate()
@@ -127,6 +129,7 @@ class HFVLMPolicy(Policy):
         self.eos_ids = sorted(set(eos) | {self.tokenizer.eos_token_id} - {None})
         self.pad_id = self.tokenizer.pad_token_id
         self.merged: list[dict] = []  # adapters merged into the base weights, oldest first
+        self.weights_loaded = False  # trained weights were loaded over the checkpoint's
         self.model = self._prepare(model)
         self._encodings: OrderedDict = OrderedDict()
         self._resize_cache: dict = {}
@@ -187,6 +190,7 @@ class HFVLMPolicy(Policy):
             self._load_trainable(adapter)
             self._merge_adapter()
         self._load_trainable(state["trainable"])
+        self.weights_loaded = True
 
     def _load_trainable(self, tensors: dict) -> None:
         params = dict(self.model.named_parameters())
@@ -232,6 +236,18 @@ class HFVLMPolicy(Policy):
         for param in twin.parameters():
             param.requires_grad_(False)
         return _Reference(self, twin)
+
+    def prepare_engine_reference(self, folder) -> None:
+        """Make the reference an outside trainer (TRL) builds for itself equal this policy as it is now:
+        with LoRA, a trained adapter is merged (the trainer disables the new one); with full
+        fine-tuning of changed weights, the weights are saved to `folder` and the model's config
+        points there (the trainer loads its reference from that path)."""
+        if self.cfg.lora:
+            if self._adapter_trained():
+                self._merge_adapter()
+        elif self.weights_loaded:
+            self.model.save_pretrained(folder)
+            self.model.config._name_or_path = str(folder)
 
     def train(self, mode: bool = True) -> "HFVLMPolicy":
         self.model.train(mode)
