@@ -58,7 +58,8 @@ def run_grpo(args) -> int:
         overrides.append(f"policy.model={args.model}")
     elif args.policy == "hf" and not args.init:
         raise ConfigError("--policy hf needs --model PATH (a Qwen-VL checkpoint) or --init RUN (an `rlad fit hf` run)")
-    cfg = grounding.build_grpo_config(args.config, overrides, args.seed, policy_name=args.policy, engine=args.engine)
+    cfg = grounding.build_grpo_config(args.config, overrides, args.seed, policy_name=args.policy, engine=args.engine,
+                                      init=args.init)
     run = grounding.grpo(args.pairs, args.out, cfg, init=args.init, policy_name=args.policy, engine=args.engine)
     if run is None:  # a non-main process of a multi-process TRL run
         return 0

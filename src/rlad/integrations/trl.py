@@ -69,7 +69,7 @@ def is_main_process() -> bool:
 def pairs_dataset(task, records: Sequence, policy):
     """The pair records as a TRL dataset: prompt (chat messages with image placeholders), images
     (paths, decoded to PIL lazily), box (target in the policy's coordinates, JSON), id."""
-    from datasets import Dataset, Image, Sequence as ListOf
+    from datasets import Dataset, Features, Image, List, Value
 
     from rlad.policies.hf_vlm.chat import messages
 
@@ -80,7 +80,10 @@ def pairs_dataset(task, records: Sequence, policy):
         rows["images"].append([str(p) for p in prompt.images])
         rows["box"].append(json.dumps(list(task.target(record, policy).box)))
         rows["id"].append(record.id)
-    return Dataset.from_dict(rows).cast_column("images", ListOf(Image()))
+    part = {"type": Value("string"), "text": Value("string")}
+    features = Features({"prompt": List({"role": Value("string"), "content": List(part)}), "images": List(Image()),
+                         "box": Value("string"), "id": Value("string")})
+    return Dataset.from_dict(rows, features=features)
 
 
 def reward_functions(names: Sequence[str]) -> list:
@@ -181,6 +184,16 @@ def make_trainer_class():
 
 
 # ---------------------------------------------------------------------------------- the route
+def _number(value):
+    """TRL logs numbers as strings; a log line keeps them as numbers."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def trl_arguments(policy, cfg, engine: TRLEngineConfig, output_dir: Path):
     """trl.GRPOConfig for rlad's GRPO settings (the mapping in docs/vlm.md)."""
     import torch
@@ -205,7 +218,7 @@ def trl_arguments(policy, cfg, engine: TRLEngineConfig, output_dir: Path):
         use_cpu=on_cpu, bf16=policy.dtype == torch.bfloat16, fp16=policy.dtype == torch.float16,
         gradient_checkpointing=policy.cfg.gradient_checkpointing, disable_dropout=True,
         remove_unused_columns=False, logging_steps=1, save_strategy="steps", save_steps=cfg.checkpoint_every,
-        save_total_limit=2, report_to="none", dataloader_num_workers=0,
+        save_total_limit=2, report_to="none", dataloader_num_workers=0, disable_tqdm=True,
     )
     unknown = set(engine.extra) - set(TRLGRPOConfig.__dataclass_fields__)
     if unknown:
@@ -220,8 +233,10 @@ def trl_arguments(policy, cfg, engine: TRLEngineConfig, output_dir: Path):
 def train_trl(policy, task, records: Sequence, cfg, engine: TRLEngineConfig, run, callback=None) -> dict:
     """GRPO through TRL. `run` is the run directory (TRL's checkpoints go to RUN/trl; every process
     writes there, TRL saves on the main one); resumes from the newest TRL checkpoint."""
-    from transformers import TrainerCallback
+    from transformers import PrinterCallback, ProgressCallback, TrainerCallback
     from transformers.trainer_utils import get_last_checkpoint
+
+    from rlad.engine import progress
 
     cfg.validate()
     engine.validate()
@@ -234,10 +249,26 @@ def train_trl(policy, task, records: Sequence, cfg, engine: TRLEngineConfig, run
     main = is_main_process()
 
     class _Log(TrainerCallback):
+        """rlad's log lines and progress bar (stderr) instead of TRL's printing (stdout is for --json)."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = progress(total=cfg.steps, initial=state.global_step, desc="grpo (trl)") if main else None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
         def on_log(self, args, state, control, logs=None, **kwargs):
-            line = {"stage": "grpo", "engine": "trl", "step": state.global_step, **(logs or {})}
+            line = {"stage": "grpo", "engine": "trl", "step": state.global_step,
+                    **{k: _number(v) for k, v in (logs or {}).items()}}
             if main:
                 run.log(line)
+            if self.bar is not None and isinstance(line.get("reward"), float):
+                self.bar.set_postfix(reward=f"{line['reward']:.3f}")
             if callback is not None:
                 callback(line)
 
@@ -245,6 +276,8 @@ def train_trl(policy, task, records: Sequence, cfg, engine: TRLEngineConfig, run
         model=policy.model, args=arguments, reward_funcs=reward_functions(cfg.rewards),
         train_dataset=pairs_dataset(task, records, policy), processing_class=policy.processor,
         callbacks=[_Log()], rlad_grpo=cfg, primary_columns=primary)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
     started = time.perf_counter()
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     trainer.train(resume_from_checkpoint=last)

@@ -110,15 +110,21 @@ class HFFitConfig:
 
 def build_grpo_config(config_file: str | None = None, overrides: Sequence[str] = (), seed: int | None = None,
                       policy_name: str = "compact", task_name: str = "grounding",
-                      engine: str = "rlad") -> GRPORunConfig:
-    """The `rlad grpo` config for a policy and an engine: the policy's own config dataclass, and the GRPO
-    defaults the policy asks for (a VLM needs a smaller step than the compact head)."""
+                      engine: str = "rlad", init: str | Path | None = None) -> GRPORunConfig:
+    """The `rlad grpo` config for a policy and an engine: the policy's own config dataclass (that of the
+    `init` run when one is given), and the GRPO defaults the policy asks for (a VLM needs a smaller step
+    than the compact head)."""
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
     cls = policy_class(policy_name)
     if engine == "trl" and policy_name != "hf":
         raise ConfigError("--engine trl trains vision-language models: use it with --policy hf")
-    defaults = {"policy": cls.Config(), "grpo": GRPOConfig(**getattr(cls, "grpo_defaults", {}))}
+    policy_cfg = cls.Config()
+    if init:
+        saved = RunDir(init).require_model().load_config().get("policy")
+        if saved is not None:
+            policy_cfg = cfgmod.from_dict(cls.Config, saved, "policy")
+    defaults = {"policy": policy_cfg, "grpo": GRPOConfig(**getattr(cls, "grpo_defaults", {}))}
     if policy_name == "hf":
         defaults["threads"] = 0
     config_cls = TRLGRPORunConfig if engine == "trl" else GRPORunConfig

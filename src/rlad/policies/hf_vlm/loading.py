@@ -44,13 +44,18 @@ def model_family(source: str) -> str:
 
 
 def _image_only(processor_cls):
-    """`processor_cls` accepting video_processor=None (images need no video processor)."""
+    """`processor_cls` accepting video_processor=None (images need no video processor), saved as its
+    parts (the whole processor cannot save itself without one)."""
     def check(self, name, argument):
         if argument is None and "video" in name:
             return None
         return processor_cls.check_argument_for_proper_class(self, name, argument)
 
-    return type(f"ImageOnly{processor_cls.__name__}", (processor_cls,), {"check_argument_for_proper_class": check})
+    def save_pretrained(self, out, **kwargs):
+        save_processor_parts(out, self.tokenizer, self.image_processor, self.chat_template)
+
+    return type(f"ImageOnly{processor_cls.__name__}", (processor_cls,),
+                {"check_argument_for_proper_class": check, "save_pretrained": save_pretrained})
 
 
 def load_processor(source: str, family: str, image_pixels: tuple[int, int] | None = None):
@@ -86,13 +91,6 @@ def save_processor_parts(out: str | Path, tokenizer, image_processor, chat_templ
     tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(out)
     image_processor.save_pretrained(out)
-
-
-def save_processor(processor, out: str | Path) -> None:
-    try:
-        processor.save_pretrained(out)
-    except AttributeError:  # an image-only processor (no video processor) cannot save itself whole
-        save_processor_parts(out, processor.tokenizer, processor.image_processor, processor.chat_template)
 
 
 def load_model(source: str, family: str, dtype, device):

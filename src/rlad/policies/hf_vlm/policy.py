@@ -37,7 +37,7 @@ from rlad.config import from_dict, to_dict
 from rlad.policies.base import Policy
 from rlad.policies.hf_vlm.chat import load_images, messages
 from rlad.policies.hf_vlm.config import HFVLMConfig
-from rlad.policies.hf_vlm.loading import load_model, load_processor, model_family, save_processor
+from rlad.policies.hf_vlm.loading import load_model, load_processor, model_family
 from rlad.rl.rollout import Completion, Prompt, TokenLogProbs, flatten
 
 _ENCODING_CACHE = 64  # prompts whose encodings are kept (a step's sample + log-prob passes reuse them)
@@ -221,7 +221,7 @@ class HFVLMPolicy(Policy):
             # The base on disk lacks the merged adapters: save the whole merged model instead.
             model = copy.deepcopy(self.model).merge_and_unload()
         model.save_pretrained(out)
-        save_processor(self.processor, out)
+        self.processor.save_pretrained(out)
 
     # --- the Policy contract --------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -345,10 +345,11 @@ class HFVLMPolicy(Policy):
         chunk = self.cfg.generation_batch or len(encoded)
         # Every setting that would change the distribution is neutral here (the checkpoint's own
         # generation_config fills only unset fields): `_SamplingTransform` is the whole transform.
+        neutral = dict(top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
+                       temperature=1.0) if not greedy else {}
         config = GenerationConfig(max_new_tokens=self.cfg.max_new_tokens, min_new_tokens=0, do_sample=not greedy,
-                                  top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
-                                  temperature=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0,
-                                  eos_token_id=self.eos_ids, pad_token_id=self.pad_id, return_dict_in_generate=True)
+                                  repetition_penalty=1.0, no_repeat_ngram_size=0, eos_token_id=self.eos_ids,
+                                  pad_token_id=self.pad_id, return_dict_in_generate=True, **neutral)
         rows: list[Completion] = []
         model = self.model
         with torch.no_grad(), self._seeded(generator):
