@@ -66,6 +66,8 @@ def load_processor(source: str, family: str, image_pixels: tuple[int, int] | Non
 
     try:
         processor = AutoProcessor.from_pretrained(source)
+        if not hasattr(processor, "image_processor"):  # a folder without the model's config: a tokenizer came back
+            raise TypeError(type(processor).__name__)
     except (ImportError, TypeError, ValueError, AttributeError):
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 

@@ -118,8 +118,10 @@ def build_model(family: str, tokenizer, size: TinySize = TinySize(), seed: int =
             vision, hidden_size=size.vision_hidden, intermediate_size=2 * size.vision_hidden,
             out_hidden_size=size.hidden, num_position_embeddings=64, deepstack_visual_indexes=[0]), **common)
         model = T.Qwen3VLForConditionalGeneration(cfg)
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    # Near-greedy sampling defaults, as released instruct checkpoints ship them: rlad must override them
+    # (the tests would see it if any leaked into sampling).
+    model.generation_config.update(eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], do_sample=True,
+                                   top_k=1, top_p=0.001, temperature=0.01, repetition_penalty=1.05)
     return model.eval()
 
 
@@ -136,14 +138,28 @@ def build_image_processor(family: str, image_pixels: int):
 
 def write_tiny_vlm(family: str, out: str | Path, size: TinySize = TinySize(), corpus: Sequence[str] = (),
                    seed: int = 0) -> Path:
-    """Save a tiny random `family` checkpoint (model, tokenizer, image processor, chat template) to `out`."""
+    """Save a tiny random `family` checkpoint (model, tokenizer, image processor, chat template) to `out`.
+
+    An existing `out` is kept as it is; the folder appears at once (written beside it, then renamed),
+    so processes that ask for the same folder at the same time all get a complete one.
+    """
+    import shutil
+    import tempfile
+
     from rlad.policies.hf_vlm.loading import save_processor_parts
 
     out = Path(out)
+    if out.is_dir():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tokenizer = build_tokenizer(corpus, size.vocab)
-    model = build_model(family, tokenizer, size, seed)
-    model.save_pretrained(out)
-    save_processor_parts(out, tokenizer, build_image_processor(family, size.image_pixels), CHAT_TEMPLATE)
+    build_model(family, tokenizer, size, seed).save_pretrained(scratch)
+    save_processor_parts(scratch, tokenizer, build_image_processor(family, size.image_pixels), CHAT_TEMPLATE)
+    try:
+        scratch.rename(out)
+    except OSError:  # another process finished the same folder first
+        shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 
