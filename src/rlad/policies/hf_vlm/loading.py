@@ -58,9 +58,9 @@ def _image_only(processor_cls):
                 {"check_argument_for_proper_class": check, "save_pretrained": save_pretrained})
 
 
-def load_processor(source: str, family: str, image_pixels: tuple[int, int] | None = None):
-    """The checkpoint's processor (left padding, for batched generation); `image_pixels` (min, max)
-    overrides the image processor's pixel budget (the resize rule then follows from it)."""
+def load_processor(source: str, family: str, min_pixels: int = 0, max_pixels: int = 0):
+    """The checkpoint's processor (left padding, for batched generation); `min_pixels` / `max_pixels`
+    (0 = keep) override the image processor's pixel budget, from which its resize rule follows."""
     import transformers
     from transformers import AutoProcessor, AutoTokenizer
 
@@ -79,9 +79,10 @@ def load_processor(source: str, family: str, image_pixels: tuple[int, int] | Non
     processor.tokenizer.padding_side = "left"
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    if image_pixels is not None:
-        low, high = image_pixels
-        processor.image_processor.size = {"shortest_edge": int(low), "longest_edge": int(high)}
+    if min_pixels or max_pixels:
+        size = processor.image_processor.size
+        processor.image_processor.size = {"shortest_edge": int(min_pixels or size["shortest_edge"]),
+                                          "longest_edge": int(max_pixels or size["longest_edge"])}
     if not processor.chat_template:
         raise ConfigError(f"--model {source}: the processor has no chat template")
     return processor
@@ -101,3 +102,34 @@ def load_model(source: str, family: str, dtype, device):
     model_cls = getattr(transformers, FAMILY_CLASSES[family][0])
     model = model_cls.from_pretrained(source, dtype=dtype)
     return model.to(device)
+
+
+class CoordinateFrame:
+    """How a family writes boxes, without the model's weights: what a task needs to convert ground
+    truth (`coordinate_mode`, `resized_hw`), for the policy and for data exporters alike."""
+
+    def __init__(self, family: str, image_processor):
+        from rlad.boxes import CoordinateMode
+
+        self.family, self.image_processor = family, image_processor
+        # Qwen2.5-VL answers in pixels of its resized input; Qwen2-VL and Qwen3-VL in 0..1000.
+        self.coordinate_mode = CoordinateMode.RESIZED if family == "qwen2_5_vl" else CoordinateMode.RELATIVE_1000
+        self._cache: dict = {}
+
+    @classmethod
+    def from_checkpoint(cls, source: str, min_pixels: int = 0, max_pixels: int = 0) -> "CoordinateFrame":
+        family = model_family(source)
+        return cls(family, load_processor(source, family, min_pixels, max_pixels).image_processor)
+
+    def resized_hw(self, size_hw) -> tuple[int, int]:
+        """The size the processor resizes an image of `size_hw` to, by the processor's own rule."""
+        import sys
+
+        key = (int(size_hw[0]), int(size_hw[1]))
+        if key not in self._cache:
+            ip = self.image_processor
+            smart_resize = sys.modules[type(ip).__module__].smart_resize
+            self._cache[key] = tuple(smart_resize(key[0], key[1], factor=ip.patch_size * ip.merge_size,
+                                                  min_pixels=ip.size["shortest_edge"],
+                                                  max_pixels=ip.size["longest_edge"]))
+        return self._cache[key]

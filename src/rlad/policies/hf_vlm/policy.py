@@ -25,19 +25,17 @@
 from __future__ import annotations
 
 import copy
-import sys
 from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from typing import Sequence
 
 import torch
 
-from rlad.boxes import CoordinateMode
 from rlad.config import from_dict, to_dict
 from rlad.policies.base import Policy
 from rlad.policies.hf_vlm.chat import load_images, messages
 from rlad.policies.hf_vlm.config import HFVLMConfig
-from rlad.policies.hf_vlm.loading import load_model, load_processor, model_family
+from rlad.policies.hf_vlm.loading import CoordinateFrame, load_model, load_processor, model_family
 from rlad.rl.rollout import Completion, Prompt, TokenLogProbs, flatten
 
 _ENCODING_CACHE = 64  # prompts whose encodings are kept (a step's sample + log-prob passes reuse them)
@@ -110,14 +108,11 @@ class HFVLMPolicy(Policy):
     def __init__(self, cfg: HFVLMConfig | None = None):
         self.cfg = (cfg or HFVLMConfig()).validate()
         self.family = model_family(self.cfg.model)
-        self.coordinate_mode = CoordinateMode.RESIZED if self.family == "qwen2_5_vl" else CoordinateMode.RELATIVE_1000
         self.device = _resolve_device(self.cfg.device)
         self.dtype = _resolve_dtype(self.cfg.dtype, self.device)
-        self.processor = load_processor(self.cfg.model, self.family)
-        if self.cfg.min_pixels or self.cfg.max_pixels:
-            size = self.processor.image_processor.size
-            self.processor.image_processor.size = {"shortest_edge": self.cfg.min_pixels or size["shortest_edge"],
-                                                   "longest_edge": self.cfg.max_pixels or size["longest_edge"]}
+        self.processor = load_processor(self.cfg.model, self.family, self.cfg.min_pixels, self.cfg.max_pixels)
+        self.frame = CoordinateFrame(self.family, self.processor.image_processor)
+        self.coordinate_mode = self.frame.coordinate_mode
         self.tokenizer = self.processor.tokenizer
         model = load_model(self.cfg.model, self.family, self.dtype, self.device)
         config = model.config
@@ -132,7 +127,6 @@ class HFVLMPolicy(Policy):
         self.weights_loaded = False  # trained weights were loaded over the checkpoint's
         self.model = self._prepare(model)
         self._encodings: OrderedDict = OrderedDict()
-        self._resize_cache: dict = {}
 
     # --- model set-up ---------------------------------------------------------------------------
     def _prepare(self, model):
@@ -254,16 +248,7 @@ class HFVLMPolicy(Policy):
         return self
 
     def resized_hw(self, size_hw: tuple[int, int]) -> tuple[int, int]:
-        """The size the processor resizes an image of `size_hw` to, by the processor's own rule."""
-        key = tuple(size_hw)
-        if key not in self._resize_cache:
-            ip = self.processor.image_processor
-            smart_resize = sys.modules[type(ip).__module__].smart_resize
-            self._resize_cache[key] = tuple(smart_resize(int(size_hw[0]), int(size_hw[1]),
-                                                         factor=ip.patch_size * ip.merge_size,
-                                                         min_pixels=ip.size["shortest_edge"],
-                                                         max_pixels=ip.size["longest_edge"]))
-        return self._resize_cache[key]
+        return self.frame.resized_hw(size_hw)
 
     # --- encoding ---------------------------------------------------------------------------------
     def chat_text(self, prompt: Prompt) -> str:
