@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rlad.config import raise_if_problems
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """"owner/name" (what the hub takes), as opposed to a local path."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 
 @dataclass
@@ -46,6 +52,8 @@ class HFVLMConfig:
     def validate(self) -> "HFVLMConfig":
         raise_if_problems([
             None if self.model else "policy.model is empty: give a checkpoint folder with --model PATH",
+            None if not self.model or Path(self.model).expanduser().exists() or looks_like_hub_id(self.model)
+            else f"policy.model {self.model}: no such checkpoint folder",
             None if self.lora_r >= 1 and self.lora_alpha > 0 else "policy.lora_r must be >= 1 and lora_alpha > 0",
             None if 0 <= self.lora_dropout < 1 else f"policy.lora_dropout must be in [0, 1), got {self.lora_dropout}",
             None if self.lora_targets else "policy.lora_targets is empty",

@@ -29,8 +29,10 @@ def model_family(source: str) -> str:
 
     if not source:
         raise ConfigError("policy.model is empty: give a Qwen-VL checkpoint folder or hub id (--model PATH)")
+    from rlad.policies.hf_vlm.config import looks_like_hub_id
+
     local = Path(source).expanduser()
-    if not local.exists() and (source.startswith((".", "/", "~")) or source.count("/") != 1):
+    if not local.exists() and not looks_like_hub_id(source):
         raise ConfigError(f"--model {source}: no such checkpoint folder")
     try:
         config = AutoConfig.from_pretrained(str(local) if local.exists() else source)
