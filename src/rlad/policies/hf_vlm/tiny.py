@@ -55,6 +55,22 @@ class TinySize:
     """Pixel budget of the image processor (min = max: every image gets the same number of patches)."""
     vocab: int = 700
     """Target vocabulary size of the locally trained byte-level BPE."""
+    intermediate: int = 0
+    """MLP width of the language model (0 = 2 x hidden)."""
+    kv_heads: int = 0
+    """Key/value heads (0 = heads / 2)."""
+    vision_heads: int = 2
+    vision_intermediate: int = 0
+    """MLP width of the vision tower (0 = 2 x vision_hidden)."""
+    model_vocab: int = 0
+    """Rows of the embedding and output layers (0 = the tokenizer's size; a real checkpoint's ~152k for
+    speed measurements: the output layer is a large part of a small model's cost)."""
+
+
+# Random weights of the real Qwen2-VL-2B shape (its config.json), for speed and memory measurements.
+QWEN2_VL_2B = TinySize(hidden=1536, layers=28, heads=12, kv_heads=2, intermediate=8960, vision_hidden=1280,
+                       vision_depth=32, vision_heads=16, vision_intermediate=5120, model_vocab=151936,
+                       image_pixels=448 * 448)
 
 
 def build_tokenizer(corpus: Sequence[str] = (), vocab: int = 700):
@@ -89,9 +105,10 @@ def build_model(family: str, tokenizer, size: TinySize = TinySize(), seed: int =
         raise ValueError(f"family {family!r} is not one of {FAMILIES}")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = size.hidden // size.heads
-    text = dict(vocab_size=len(tokenizer), hidden_size=size.hidden, intermediate_size=2 * size.hidden,
-                num_hidden_layers=size.layers, num_attention_heads=size.heads,
-                num_key_value_heads=max(1, size.heads // 2), max_position_embeddings=4096,
+    text = dict(vocab_size=max(len(tokenizer), size.model_vocab), hidden_size=size.hidden,
+                intermediate_size=size.intermediate or 2 * size.hidden, num_hidden_layers=size.layers,
+                num_attention_heads=size.heads, num_key_value_heads=size.kv_heads or max(1, size.heads // 2),
+                max_position_embeddings=32768,
                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
                 tie_word_embeddings=True,
                 rope_parameters={"rope_type": "default", "mrope_section": _rope_sections(head_dim),
@@ -99,15 +116,18 @@ def build_model(family: str, tokenizer, size: TinySize = TinySize(), seed: int =
     common = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                   vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     patch = patch_size(family)
-    vision = dict(patch_size=patch, spatial_merge_size=2, temporal_patch_size=2, num_heads=2, depth=size.vision_depth)
+    vision = dict(patch_size=patch, spatial_merge_size=2, temporal_patch_size=2, num_heads=size.vision_heads,
+                  depth=size.vision_depth)
+    vision_mlp = size.vision_intermediate or 2 * size.vision_hidden
     torch.manual_seed(seed)
     if family == "qwen2_vl":
-        cfg = T.Qwen2VLConfig(text_config=text, vision_config=dict(vision, embed_dim=size.vision_hidden,
-                                                                   hidden_size=size.hidden, mlp_ratio=2), **common)
+        cfg = T.Qwen2VLConfig(text_config=text, vision_config=dict(
+            vision, embed_dim=size.vision_hidden, hidden_size=size.hidden, mlp_ratio=vision_mlp // size.vision_hidden),
+            **common)
         model = T.Qwen2VLForConditionalGeneration(cfg)
     elif family == "qwen2_5_vl":
         cfg = T.Qwen2_5_VLConfig(text_config=text, vision_config=dict(
-            vision, hidden_size=size.vision_hidden, intermediate_size=2 * size.vision_hidden,
+            vision, hidden_size=size.vision_hidden, intermediate_size=vision_mlp,
             out_hidden_size=size.hidden, window_size=4 * patch, fullatt_block_indexes=[size.vision_depth - 1]),
             **common)
         model = T.Qwen2_5_VLForConditionalGeneration(cfg)
@@ -115,7 +135,7 @@ def build_model(family: str, tokenizer, size: TinySize = TinySize(), seed: int =
         text.update(head_dim=head_dim)
         text["rope_parameters"]["mrope_interleaved"] = True
         cfg = T.Qwen3VLConfig(text_config=text, vision_config=dict(
-            vision, hidden_size=size.vision_hidden, intermediate_size=2 * size.vision_hidden,
+            vision, hidden_size=size.vision_hidden, intermediate_size=vision_mlp,
             out_hidden_size=size.hidden, num_position_embeddings=64, deepstack_visual_indexes=[0]), **common)
         model = T.Qwen3VLForConditionalGeneration(cfg)
     # Near-greedy sampling defaults, as released instruct checkpoints ship them: rlad must override them
