@@ -10,19 +10,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("transformers", reason="the vlm extra is not installed")
 
 WARM_FAMILY = "qwen2_5_vl"  # its small pixel coordinates are the quickest for a tiny model to learn
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

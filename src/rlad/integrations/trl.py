@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -184,6 +186,14 @@ def make_trainer_class():
 
 
 # ---------------------------------------------------------------------------------- the route
+@contextmanager
+def _renamed_fields_quiet():
+    """TRL 1.16 and peft 0.21 still use `gradient_checkpointing` names transformers 5 renamed (a warning per use)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
+        yield
+
+
 def _number(value):
     """TRL logs numbers as strings; a log line keeps them as numbers."""
     if isinstance(value, str):
@@ -225,7 +235,8 @@ def trl_arguments(policy, cfg, engine: TRLEngineConfig, output_dir: Path):
         raise ConfigError(f"trl.extra: {', '.join(sorted(unknown))} are not trl.GRPOConfig fields")
     arguments.update(engine.extra)
     try:
-        return TRLGRPOConfig(**arguments)
+        with _renamed_fields_quiet():
+            return TRLGRPOConfig(**arguments)
     except ValueError as exc:
         raise ConfigError(f"trl.GRPOConfig refused these settings: {exc}") from None
 
@@ -272,15 +283,17 @@ def train_trl(policy, task, records: Sequence, cfg, engine: TRLEngineConfig, run
             if callback is not None:
                 callback(line)
 
-    trainer = make_trainer_class()(
-        model=policy.model, args=arguments, reward_funcs=reward_functions(cfg.rewards),
-        train_dataset=pairs_dataset(task, records, policy), processing_class=policy.processor,
-        callbacks=[_Log()], rlad_grpo=cfg, primary_columns=primary)
+    with _renamed_fields_quiet():
+        trainer = make_trainer_class()(
+            model=policy.model, args=arguments, reward_funcs=reward_functions(cfg.rewards),
+            train_dataset=pairs_dataset(task, records, policy), processing_class=policy.processor,
+            callbacks=[_Log()], rlad_grpo=cfg, primary_columns=primary)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     started = time.perf_counter()
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
+    with _renamed_fields_quiet():
+        trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - started
     policy.model = trainer.accelerator.unwrap_model(trainer.model)
     history = [h for h in trainer.state.log_history if "loss" in h]

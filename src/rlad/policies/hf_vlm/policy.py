@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from typing import Sequence
@@ -150,7 +151,9 @@ class HFVLMPolicy(Policy):
         state = torch.random.get_rng_state()
         torch.manual_seed(self.cfg.seed)
         try:
-            return get_peft_model(base, config)
+            with warnings.catch_warnings():  # peft 0.21 still calls a property transformers 5 renamed
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                return get_peft_model(base, config)
         finally:
             torch.random.set_rng_state(state)
 
