@@ -96,3 +96,21 @@ def test_full_fine_tuning_keeps_a_frozen_copy_as_reference(make_hf_policy, squar
             param.add_(0.05)
     assert (_logp(policy, prompts, groups) - start).abs().max() > 1e-3
     assert torch.allclose(reference.log_probs(prompts, groups).logp, start, atol=1e-6)
+
+
+def test_a_checkpoint_of_a_run_from_a_warm_adapter_restores_into_the_resumed_policy(make_hf_policy, square_prompts):
+    """Resume: the rebuilt policy merges the warm adapter again (frozen_copy), then loads the checkpoint."""
+    prompts = square_prompts[:1]
+    warm = make_hf_policy()
+    _train_adapter(warm)
+    payload = warm.save_payload()
+    running = HFVLMPolicy.from_payload(payload)
+    running.frozen_copy()
+    _train_adapter(running, seed=2)
+    groups = running.sample(prompts, 2, generator=torch.Generator().manual_seed(0))
+    checkpoint = running.state_dict()
+    resumed = HFVLMPolicy.from_payload(payload)
+    resumed.frozen_copy()
+    resumed.load_state_dict(checkpoint)
+    assert len(resumed.merged) == 1
+    assert torch.allclose(_logp(resumed, prompts, groups), _logp(running, prompts, groups), atol=1e-5)

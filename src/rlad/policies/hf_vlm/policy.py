@@ -181,7 +181,7 @@ class HFVLMPolicy(Policy):
 
     def load_state_dict(self, state: dict) -> None:
         merged = state.get("merged", [])
-        if merged[:len(self.merged)] != self.merged and len(merged) < len(self.merged):
+        if len(merged) < len(self.merged):  # a resumed run has merged the same starting adapters already
             raise ValueError("the saved policy has fewer merged adapters than this one")
         for adapter in merged[len(self.merged):]:
             self._load_trainable(adapter)
