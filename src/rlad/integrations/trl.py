@@ -216,7 +216,8 @@ def trl_arguments(policy, cfg, engine: TRLEngineConfig, output_dir: Path):
     loss_type = engine.loss_type or ("grpo" if cfg.aggregation == "sequence" else "dapo")
     on_cpu = policy.device.type == "cpu"
     arguments = dict(
-        output_dir=str(output_dir), max_steps=cfg.steps, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+        # TRL counts each of the mu updates of one generation as a step; rlad counts generations.
+        output_dir=str(output_dir), max_steps=cfg.steps * cfg.mu, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
         lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
         beta=cfg.beta, epsilon=cfg.eps_low, epsilon_high=cfg.eps_high, num_iterations=cfg.mu,
         num_generations=cfg.group_size, per_device_train_batch_size=engine.per_device_prompts * cfg.group_size,
@@ -227,7 +228,7 @@ def trl_arguments(policy, cfg, engine: TRLEngineConfig, output_dir: Path):
         repetition_penalty=1.0, generation_kwargs={"suppress_tokens": policy.suppressed},
         use_cpu=on_cpu, bf16=policy.dtype == torch.bfloat16, fp16=policy.dtype == torch.float16,
         gradient_checkpointing=policy.cfg.gradient_checkpointing, disable_dropout=True,
-        remove_unused_columns=False, logging_steps=1, save_strategy="steps", save_steps=cfg.checkpoint_every,
+        remove_unused_columns=False, logging_steps=1, save_strategy="steps", save_steps=cfg.checkpoint_every * cfg.mu,
         save_total_limit=2, report_to="none", dataloader_num_workers=0, disable_tqdm=True,
     )
     unknown = set(engine.extra) - set(TRLGRPOConfig.__dataclass_fields__)
@@ -263,7 +264,7 @@ def train_trl(policy, task, records: Sequence, cfg, engine: TRLEngineConfig, run
         """rlad's log lines and progress bar (stderr) instead of TRL's printing (stdout is for --json)."""
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = progress(total=cfg.steps, initial=state.global_step, desc="grpo (trl)") if main else None
+            self.bar = progress(total=args.max_steps, initial=state.global_step, desc="grpo (trl)") if main else None
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.bar is not None:
