@@ -79,3 +79,9 @@ def test_a_model_that_is_not_a_qwen_vl_is_refused(tmp_path, pairs, capsys):
     assert main(["fit", "hf", "--model", str(tmp_path / "bert"), "--pairs", str(pairs), "--out",
                  str(tmp_path / "r")]) == 2
     assert "model type 'bert' is not supported" in capsys.readouterr().err
+
+
+def test_policy_settings_cannot_be_changed_under_init(tmp_path, capsys):
+    assert main(["grpo", "--policy", "hf", "--init", str(tmp_path), "--pairs", "P", "--out", "R",
+                 "--set", "policy.max_pixels=1000"]) == 2
+    assert "policy's settings come from that run" in capsys.readouterr().err

@@ -50,6 +50,9 @@ def run_grpo(args) -> int:
     from rlad.workflows import grounding
 
     overrides = list(args.overrides)
+    if args.init and any(o.strip().startswith("policy.") for o in overrides):
+        raise ConfigError(f"--init {args.init}: the policy's settings come from that run; set policy.* when "
+                          f"training it (rlad fit), not here")
     if args.model:
         if args.policy != "hf":
             raise ConfigError("--model is for --policy hf (a vision-language checkpoint)")

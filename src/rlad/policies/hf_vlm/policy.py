@@ -333,8 +333,10 @@ class HFVLMPolicy(Policy):
         chunk = self.cfg.generation_batch or len(encoded)
         # Every setting that would change the distribution is neutral here (the checkpoint's own
         # generation_config fills only unset fields): `_SamplingTransform` is the whole transform.
+        # (Greedy decoding ignores them; transformers' own defaults there keep it from warning about the
+        # checkpoint's values.)
         neutral = dict(top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
-                       temperature=1.0) if not greedy else {}
+                       temperature=1.0) if not greedy else dict(top_k=50, top_p=1.0, temperature=1.0)
         config = GenerationConfig(max_new_tokens=self.cfg.max_new_tokens, min_new_tokens=0, do_sample=not greedy,
                                   repetition_penalty=1.0, no_repeat_ngram_size=0, eos_token_id=self.eos_ids,
                                   pad_token_id=self.pad_id, return_dict_in_generate=True, **neutral)
