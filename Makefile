@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install $(PIP_FLAGS) -e '.[dev,export,serve]'
+	$(PIP) install $(PIP_FLAGS) -e '.[dev,export,serve,vlm]'
 	touch $@
 
 install: $(VENV)/.installed

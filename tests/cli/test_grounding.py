@@ -92,9 +92,9 @@ def test_grpo_resumes_from_its_checkpoint(pairs, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["grpo", "--policy", "hf", "--pairs", "P", "--out", "R"], "invalid choice: 'hf'"),
+        (["grpo", "--policy", "nope", "--pairs", "P", "--out", "R"], "invalid choice: 'nope'"),
         (["fit", "compact", "--out", "R"], "needs --pairs"),
-        (["grpo", "--pairs", "P", "--out", "R", "--model", "M"], "unrecognized arguments: --model"),
+        (["grpo", "--pairs", "P", "--out", "R", "--model", "M"], "--model is for --policy hf"),
         (["grpo", "--pairs", "P", "--out", "R", "--set", "grpo.rewards=[format]"], "localization reward"),
         (["fit", "compact", "--pairs", "P", "--out", "R", "--set", "policy.bins=1"], "policy.bins"),
         (["grpo", "--pairs", "missing.jsonl", "--out", "R"], "pair file not found"),

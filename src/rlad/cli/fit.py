@@ -1,5 +1,5 @@
 """`rlad fit`, `rlad test`, `rlad predict`: pixel-level anomaly models (NBS and baselines), plus the
-compact grounder's warm start (`rlad fit compact`)."""
+grounding policies' warm starts (`rlad fit compact`, `rlad fit hf`)."""
 
 from __future__ import annotations
 
@@ -38,15 +38,17 @@ inputs could not be read (listed, and in summary.json), 2 on a usage error."""
 
 def register(sub: argparse._SubParsersAction) -> None:
     formatter = argparse.RawDescriptionHelpFormatter
-    fit = sub.add_parser("fit", help="train a model: refine | nbs | patchcore | padim | ae | pixelstats | compact",
+    fit = sub.add_parser("fit", help="train a model: refine | nbs | patchcore | padim | ae | pixelstats | compact | hf",
                          epilog=FIT_EXAMPLES, formatter_class=formatter)
     fit.add_argument(
         "method",
         help="refine (few labelled defects correct a PatchCore prior; fast, for production) | nbs (the NBS paper's "
-        "loss profiles + RL sampler on top of it) | patchcore | padim | ae | pixelstats (unsupervised) | compact (grounder)",
+        "loss profiles + RL sampler on top of it) | patchcore | padim | ae | pixelstats (unsupervised) | compact (grounder) "
+        "| hf (vision-language grounder's warm start)",
     )
     fit.add_argument("--data", metavar="DIR", help="dataset folder in MVTec AD layout")
-    fit.add_argument("--pairs", metavar="PAIRS.jsonl", help="pair file (compact grounder only)")
+    fit.add_argument("--pairs", metavar="PAIRS.jsonl", help="pair file (compact and hf grounders)")
+    fit.add_argument("--model", metavar="PATH", help="hf: the Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint to start from")
     fit.add_argument("--out", metavar="RUN", required=True, help="run directory; an existing one resumes")
     fit.add_argument("--seed", type=int, default=None, help="random seed (default: the config's)")
     fit.add_argument(
@@ -101,10 +103,12 @@ def _fit_summary(run) -> dict:
 
 
 def run_fit(args) -> int:
-    if args.method == "compact":
-        return _fit_compact(args)
+    if args.method in GROUNDERS:
+        return _fit_grounder(args)
     from rlad.workflows import detection
 
+    if args.model:
+        raise ConfigError(f"--model is for `rlad fit hf`, not {args.method}")
     if not args.data:
         raise ConfigError(f"rlad fit {args.method} needs --data DIR")
     overrides = list(args.overrides)
@@ -121,19 +125,29 @@ def run_fit(args) -> int:
     return 0
 
 
-def _fit_compact(args) -> int:
+GROUNDERS = ("compact", "hf")
+
+
+def _fit_grounder(args) -> int:
     from rlad.workflows import grounding
 
+    method = args.method
     if not args.pairs:
-        raise ConfigError("rlad fit compact needs --pairs PAIRS.jsonl (build one with `rlad data pairs`)")
+        raise ConfigError(f"rlad fit {method} needs --pairs PAIRS.jsonl (build one with `rlad data pairs`)")
     if args.data:
-        raise ConfigError("rlad fit compact trains on --pairs, not --data (build pairs with `rlad data pairs DIR`)")
-    cfg = grounding.build_fit_config(args.config, args.overrides, args.seed)
-    run = grounding.fit_compact(args.pairs, args.out, cfg)
+        raise ConfigError(f"rlad fit {method} trains on --pairs, not --data (build pairs with `rlad data pairs DIR`)")
+    if method == "compact":
+        if args.model:
+            raise ConfigError("--model is for `rlad fit hf`; the compact grounder is built from its config")
+        run = grounding.fit_compact(args.pairs, args.out, grounding.build_fit_config(args.config, args.overrides,
+                                                                                      args.seed))
+    else:
+        overrides = list(args.overrides) + ([f"policy.model={args.model}"] if args.model else [])
+        run = grounding.fit_hf(args.pairs, args.out, grounding.build_hf_fit_config(args.config, overrides, args.seed))
     if args.json:
         print_json(_fit_summary(run))
     else:
-        print(f"trained compact grounder (warm start) -> {run.path}")
+        print(f"trained {method} grounder (warm start) -> {run.path}")
     return 0
 
 

@@ -6,7 +6,11 @@ import argparse
 import json
 
 from rlad.cli.common import add_config_args, add_json_arg, print_json, print_table
+from rlad.errors import ConfigError
 from rlad.policies.registry import POLICY_NAMES
+
+ENGINES = ("rlad", "trl")
+
 REPORT_ORDER = ["miou", "acc_at_0_3", "f1", "precision", "recall", "miou_defective", "miou_normal", "mean_dclr",
                 "whole_image_rate", "far_box_rate", "mean_area_fraction", "n", "n_defective", "n_normal",
                 "n_invalid", "ms_per_pair"]
@@ -14,7 +18,12 @@ REPORT_ORDER = ["miou", "acc_at_0_3", "f1", "precision", "recall", "miou_defecti
 
 def register(sub: argparse._SubParsersAction) -> None:
     grpo = sub.add_parser("grpo", help="train a grounding policy with GRPO")
-    grpo.add_argument("--policy", choices=POLICY_NAMES, default="compact")
+    grpo.add_argument("--policy", choices=POLICY_NAMES, default="compact",
+                      help="compact (CPU grounder) or hf (a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint; the vlm extra)")
+    grpo.add_argument("--model", metavar="PATH", help="--policy hf: the checkpoint folder or hub id to start from")
+    grpo.add_argument("--engine", choices=ENGINES, default="rlad",
+                      help="rlad (default): rlad's own loop on one device; trl: TRL's GRPOTrainer (--policy hf; "
+                      "many GPUs under accelerate launch)")
     grpo.add_argument("--pairs", metavar="PAIRS.jsonl", required=True)
     grpo.add_argument("--out", metavar="RUN", required=True)
     grpo.add_argument("--init", metavar="RUN", help="start from this run's policy (e.g. a warm start)")
@@ -40,8 +49,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_grpo(args) -> int:
     from rlad.workflows import grounding
 
-    cfg = grounding.build_grpo_config(args.config, args.overrides, args.seed, policy_name=args.policy)
-    run = grounding.grpo(args.pairs, args.out, cfg, init=args.init, policy_name=args.policy)
+    overrides = list(args.overrides)
+    if args.init and any(o.strip().startswith("policy.") for o in overrides):
+        raise ConfigError(f"--init {args.init}: the policy's settings come from that run; set policy.* when "
+                          f"training it (rlad fit), not here")
+    if args.model:
+        if args.policy != "hf":
+            raise ConfigError("--model is for --policy hf (a vision-language checkpoint)")
+        if args.init:
+            raise ConfigError("give --model (a fresh policy) or --init (a warm start, which names its model), not both")
+        overrides.append(f"policy.model={args.model}")
+    elif args.policy == "hf" and not args.init:
+        raise ConfigError("--policy hf needs --model PATH (a Qwen-VL checkpoint) or --init RUN (an `rlad fit hf` run)")
+    cfg = grounding.build_grpo_config(args.config, overrides, args.seed, policy_name=args.policy, engine=args.engine,
+                                      init=args.init)
+    run = grounding.grpo(args.pairs, args.out, cfg, init=args.init, policy_name=args.policy, engine=args.engine)
+    if run is None:  # a non-main process of a multi-process TRL run
+        return 0
     if args.json:
         print_json({"run": str(run.path), **json.loads(run.metrics_path.read_text()).get("grpo", {})})
     else:

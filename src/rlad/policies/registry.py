@@ -13,7 +13,10 @@ from rlad.errors import ConfigError
 if TYPE_CHECKING:  # the registry itself imports no torch, so `rlad --help` can list the names
     from rlad.policies.base import Policy
 
-_POLICIES = {"compact": "rlad.policies.compact.policy:CompactPolicy"}
+_POLICIES = {
+    "compact": "rlad.policies.compact.policy:CompactPolicy",
+    "hf": "rlad.policies.hf_vlm.policy:HFVLMPolicy",  # Qwen2-VL / Qwen2.5-VL / Qwen3-VL (the `vlm` extra)
+}
 POLICY_NAMES = tuple(_POLICIES)
 
 
@@ -21,7 +24,13 @@ def policy_class(name: str) -> type["Policy"]:
     if name not in _POLICIES:
         raise ConfigError(f"unknown policy {name!r}; available: {', '.join(POLICY_NAMES)}")
     module, attr = _POLICIES[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("transformers", "peft", "tokenizers"):
+            raise ConfigError(f"the {name!r} policy needs the vlm extra: pip install 'rlad[vlm]' "
+                              f"(missing module {exc.name!r})") from None
+        raise
 
 
 def policy_from_payload(payload: dict[str, Any], where: str | Path = "") -> "Policy":

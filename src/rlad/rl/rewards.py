@@ -278,17 +278,21 @@ def _verl_target(ground_truth) -> RewardTarget:
     raise DataError(f"cannot read a reward target from ground_truth={ground_truth!r}")
 
 
-def as_verl_compute_score(names: Iterable[str] | str) -> Callable:
-    """A verl `compute_score(data_source, solution_str, ground_truth, extra_info=None) -> float`
-    that sums the named rewards (e.g. ["format", "dclr"] for DifferAD-R1's 0..2 total)."""
+def as_verl_compute_score(names: Iterable[str] | str, details: bool = False) -> Callable:
+    """A verl `compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs)` that
+    sums the named rewards (e.g. ["format", "dclr"] for DifferAD-R1's 0..2 total). With `details` it
+    returns verl's dict form, `{"score": total, <name>: value, ...}` (verl keeps the extra keys as
+    per-sample metrics, which its group filter can select)."""
     names = [names] if isinstance(names, str) else list(names)
     if not names:
         raise ConfigError("as_verl_compute_score needs at least one reward name")
     fns = [get_reward(name) for name in names]
 
-    def compute_score(data_source, solution_str, ground_truth, extra_info=None) -> float:
+    def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
         target = _verl_target(ground_truth)
         text = completion_text(solution_str)
-        return float(sum(fn(text, target) for fn in fns))
+        values = [float(fn(text, target)) for fn in fns]
+        total = float(sum(values))
+        return {"score": total, **dict(zip(names, values))} if details else total
 
     return compute_score

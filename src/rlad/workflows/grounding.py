@@ -1,9 +1,10 @@
-"""Difference grounding, the library behind `rlad fit compact`, `rlad grpo`, `rlad ground` and
-`rlad test-grounding`.
+"""Difference grounding, the library behind `rlad fit compact`, `rlad fit hf`, `rlad grpo`, `rlad ground`
+and `rlad test-grounding`.
 
 Run directories follow `rlad.engine.RunDir`: config.yaml (what was asked), model.pt (the policy:
 `{"method": name, "policy": name, "config": ..., "state": ...}`), checkpoints/ (resume), log.jsonl
-(one line per epoch / GRPO step), metrics.json.
+(one line per epoch / GRPO step), metrics.json; a VLM policy also writes hf/ (adapter or weights plus
+the processor, in transformers/peft format) and, with the TRL engine, trl/ (TRL's checkpoints).
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from typing import Any, Sequence
 from rlad import config as cfgmod
 from rlad.engine import RunDir, seed_everything, status, torch_threads
 from rlad.errors import ConfigError, DataError
+from rlad.integrations.trl import TRLEngineConfig
 from rlad.policies.compact.config import CompactConfig
 from rlad.policies.compact.policy import CompactPolicy
 from rlad.policies.compact.warm_start import WarmStartConfig, fit_supervised
+from rlad.policies.hf_vlm.config import HFVLMConfig
+from rlad.policies.hf_vlm.warm_start import HFWarmStartConfig
 from rlad.policies.registry import policy_class, policy_from_payload
 from rlad.rl.loop import GRPOConfig, train_grpo
 from rlad.tasks.grounding import GroundingTask, grounding_report
@@ -72,34 +76,121 @@ def build_fit_config(config_file: str | None = None, overrides: Sequence[str] = 
     return cfgmod.build(CompactFitConfig, config_file, _with_seed(overrides, seed)).validate()
 
 
+ENGINES = ("rlad", "trl")
+
+
+@dataclass
+class TRLGRPORunConfig(GRPORunConfig):
+    """`rlad grpo --engine trl`: the same settings plus TRL's own (`--set trl.KEY=VALUE`)."""
+
+    trl: TRLEngineConfig = field(default_factory=TRLEngineConfig)
+
+    def validate(self, task) -> "TRLGRPORunConfig":
+        super().validate(task)
+        self.trl.validate()
+        return self
+
+
+@dataclass
+class HFFitConfig:
+    """`rlad fit hf`: the VLM's supervised warm start."""
+
+    seed: int = 0
+    threads: int = 0
+    """torch CPU threads (0 = torch's default: a VLM's matrix products use every core)."""
+    policy: HFVLMConfig = field(default_factory=HFVLMConfig)
+    train: HFWarmStartConfig = field(default_factory=HFWarmStartConfig)
+
+    def validate(self) -> "HFFitConfig":
+        self.policy.seed = self.seed
+        self.policy.validate()
+        self.train.validate()
+        return self
+
+
 def build_grpo_config(config_file: str | None = None, overrides: Sequence[str] = (), seed: int | None = None,
-                      policy_name: str = "compact", task_name: str = "grounding") -> GRPORunConfig:
-    cfg = cfgmod.build(GRPORunConfig, config_file, _with_seed(overrides, seed),
-                       defaults={"policy": policy_class(policy_name).Config()})
+                      policy_name: str = "compact", task_name: str = "grounding",
+                      engine: str = "rlad", init: str | Path | None = None) -> GRPORunConfig:
+    """The `rlad grpo` config for a policy and an engine: the policy's own config dataclass (that of the
+    `init` run when one is given), and the GRPO defaults the policy asks for (a VLM needs a smaller step
+    than the compact head)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
+    cls = policy_class(policy_name)
+    if engine == "trl" and policy_name != "hf":
+        raise ConfigError("--engine trl trains vision-language models: use it with --policy hf")
+    policy_cfg = cls.Config()
+    if init:
+        saved = RunDir(init).require_model().load_config().get("policy")
+        if saved is not None:
+            policy_cfg = cfgmod.from_dict(cls.Config, saved, "policy")
+    defaults = {"policy": policy_cfg, "grpo": GRPOConfig(**getattr(cls, "grpo_defaults", {}))}
+    if policy_name == "hf":
+        defaults["threads"] = 0
+    config_cls = TRLGRPORunConfig if engine == "trl" else GRPORunConfig
+    cfg = cfgmod.build(config_cls, config_file, _with_seed(overrides, seed), defaults=defaults)
     return cfg.validate(get_task(task_name))
+
+
+def build_hf_fit_config(config_file: str | None = None, overrides: Sequence[str] = (),
+                        seed: int | None = None) -> HFFitConfig:
+    return cfgmod.build(HFFitConfig, config_file, _with_seed(overrides, seed)).validate()
 
 
 # ---------------------------------------------------------------------------------------- fit
 def fit_compact(pairs: str | Path, out: str | Path, cfg: CompactFitConfig | None = None) -> RunDir:
     """Supervised warm start of a compact grounder on a pair file."""
     cfg = (cfg or CompactFitConfig()).validate()
+
+    def train(task, records, run):
+        policy = CompactPolicy(cfg.policy)
+        return policy, fit_supervised(policy, task, records, cfg.train, seed=cfg.seed, run=run)
+
+    return _fit("compact", pairs, out, cfg, train)
+
+
+def fit_hf(pairs: str | Path, out: str | Path, cfg: HFFitConfig) -> RunDir:
+    """Supervised warm start of a vision-language policy (the paper's cold start) on a pair file."""
+    cfg.validate()
+
+    def train(task, records, run):
+        from rlad.policies.hf_vlm.policy import HFVLMPolicy
+        from rlad.policies.hf_vlm.warm_start import fit_supervised as fit_vlm
+
+        policy = HFVLMPolicy(cfg.policy)
+        prompts = [task.prompt(r) for r in records]
+        texts = [task.answer_text(r, policy) for r in records]
+        return policy, fit_vlm(policy, prompts, texts, cfg.train, seed=cfg.seed, run=run)
+
+    return _fit("hf", pairs, out, cfg, train)
+
+
+def _fit(method: str, pairs, out, cfg, train) -> RunDir:
     task = GroundingTask()
-    saved = {"method": "compact", "stage": "warm_start", "pairs": str(Path(pairs).resolve()), **cfgmod.to_dict(cfg)}
+    saved = {"method": method, "stage": "warm_start", "pairs": str(Path(pairs).resolve()), **cfgmod.to_dict(cfg)}
     records = task.load(pairs)
     run = RunDir.open(out, saved)
     if run.finished:
         return run
     seed_everything(cfg.seed)
     with torch_threads(cfg.threads):
-        policy = CompactPolicy(cfg.policy)
         started = time.perf_counter()
-        history = fit_supervised(policy, task, records, cfg.train, seed=cfg.seed, run=run)
+        policy, history = train(task, records, run)
         seconds = time.perf_counter() - started
-    run.save_model(policy.save_payload())
+    _save_policy(run, policy)
     run.save_metrics({"fit_seconds": round(seconds, 2), "pairs": len(records),
                       "final_loss": history[-1]["loss"] if history else None}, key="fit")
     status(f"{out}: warm start done in {seconds:.1f} s ({len(records)} pairs)")
     return run
+
+
+def _save_policy(run: RunDir, policy) -> None:
+    """model.pt (what rlad loads), plus the policy in its ecosystem's own format where it has one
+    (a VLM: RUN/hf, adapter or weights + processor, for TRL, verl, vLLM)."""
+    run.save_model(policy.save_payload())
+    export = getattr(policy, "export", None)
+    if export is not None:
+        export(run.path / "hf")
 
 
 # --------------------------------------------------------------------------------------- grpo
@@ -110,18 +201,24 @@ def load_policy(run_path: str | Path):
 
 
 def grpo(pairs: str | Path, out: str | Path, cfg: GRPORunConfig | None = None, init: str | Path | None = None,
-         policy_name: str = "compact", task_name: str = "grounding") -> RunDir:
-    """GRPO-train a policy (from `init`'s policy, or a fresh one) on a task's record file."""
+         policy_name: str = "compact", task_name: str = "grounding", engine: str = "rlad") -> RunDir | None:
+    """GRPO-train a policy (from `init`'s policy, or a fresh one) on a task's record file, with rlad's own
+    loop (one process) or through TRL (`engine="trl"`, any number of processes under accelerate/torchrun;
+    None is returned on every process but the main one, which saves the run)."""
     task = get_task(task_name)
-    cfg = cfg or build_grpo_config(policy_name=policy_name, task_name=task_name)
+    cfg = cfg or build_grpo_config(policy_name=policy_name, task_name=task_name, engine=engine)
+    if engine == "trl" and not isinstance(cfg, TRLGRPORunConfig):
+        raise ConfigError("engine 'trl' needs the config of build_grpo_config(..., engine='trl')")
     saved = {"method": policy_name, "stage": "grpo", "pairs": str(Path(pairs).resolve()),
-             "init": str(Path(init).resolve()) if init else None, **cfgmod.to_dict(cfg)}
+             "init": str(Path(init).resolve()) if init else None, **({"engine": engine} if engine != "rlad" else {}),
+             **cfgmod.to_dict(cfg)}
     records = task.load(pairs)
     if init:
         policy = load_policy(init)
         if policy.name != policy_name:
             raise ConfigError(f"--init {init}: holds a {policy.name!r} policy, not {policy_name!r}")
         saved["policy"] = policy.config_dict()
+    _refuse_changed_engine_run(out, saved)
     run = RunDir.open(out, saved)
     if run.finished:
         return run
@@ -131,20 +228,35 @@ def grpo(pairs: str | Path, out: str | Path, cfg: GRPORunConfig | None = None, i
             policy = policy_class(policy_name)(cfg.policy)
         if task.name not in policy.tasks:
             raise ConfigError(f"the {policy.name!r} policy cannot answer the {task.name!r} task")
-        summary = train_grpo(policy, task, records, cfg.grpo, run=run)
-    run.save_model(policy.save_payload())
+        if engine == "trl":
+            from rlad.integrations.trl import is_main_process, train_trl
+
+            summary = train_trl(policy, task, records, cfg.grpo, cfg.trl, run)
+            if not is_main_process():
+                return None  # the main process saves the run
+        else:
+            summary = train_grpo(policy, task, records, cfg.grpo, run=run)
+    _save_policy(run, policy)
     run.save_metrics({k: v for k, v in summary.items() if k != "last"} | {"pairs": len(records)}, key="grpo")
     status(f"{out}: {summary['steps']} GRPO steps, {summary['completions_scored']} completions scored "
            f"({summary['completions_per_s']:.0f}/s)")
     return run
 
 
+def _refuse_changed_engine_run(out: str | Path, saved: dict) -> None:
+    """RunDir.open refuses a changed config once rlad checkpoints exist; TRL keeps its own (RUN/trl)."""
+    run = RunDir(out)
+    if run.config_path.is_file() and any((run.path / "trl").glob("checkpoint-*")) and run.load_config() != saved:
+        raise ConfigError(f"{run.path}: already holds a run with a different config; rerun with the same options to "
+                          f"resume, or choose a new --out (saved config: {run.config_path})")
+
+
 # --------------------------------------------------------------------------------- evaluation
-def predict_boxes(policy, records: Sequence, batch_size: int = 64, threads: int = 1) -> tuple[list, list[str]]:
+def predict_boxes(policy, records: Sequence, batch_size: int = 64, threads: int | None = None) -> tuple[list, list[str]]:
     """Greedy answers: (boxes in original query pixels, None when unparsable; texts)."""
     task = GroundingTask()
     prompts = [task.prompt(r) for r in records]
-    with torch_threads(threads):
+    with torch_threads(getattr(policy, "cpu_threads", 1) if threads is None else threads):
         policy.prepare(prompts)
         completions = policy.predict(prompts, batch_size=batch_size)
     boxes = [task.answer_box(c.text, r, policy) for c, r in zip(completions, records)]
