@@ -8,6 +8,7 @@ Run directories follow `rlad.engine.RunDir`: config.yaml (what was asked), model
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,9 +75,11 @@ def build_fit_config(config_file: str | None = None, overrides: Sequence[str] = 
 
 def build_grpo_config(config_file: str | None = None, overrides: Sequence[str] = (), seed: int | None = None,
                       policy_name: str = "compact", task_name: str = "grounding") -> GRPORunConfig:
+    task = get_task(task_name)
+    grpo_defaults = GRPOConfig(**copy.deepcopy(task.grpo_defaults))
     cfg = cfgmod.build(GRPORunConfig, config_file, _with_seed(overrides, seed),
-                       defaults={"policy": policy_class(policy_name).Config()})
-    return cfg.validate(get_task(task_name))
+                       defaults={"policy": policy_class(policy_name).Config(), "grpo": grpo_defaults})
+    return cfg.validate(task)
 
 
 # ---------------------------------------------------------------------------------------- fit
@@ -151,8 +154,10 @@ def predict_boxes(policy, records: Sequence, batch_size: int = 64, threads: int 
     return boxes, [c.text for c in completions]
 
 
-def evaluate(run_path: str | Path, pairs: str | Path) -> dict:
-    """mIoU, Acc@0.3, F1 and the exploit statistics of a run's policy on a pair file."""
+def evaluate(run_path: str | Path, pairs: str | Path, mask_runs: Sequence[str | Path] = ()) -> dict:
+    """mIoU, Acc@0.3, F1 and the exploit statistics of a run's policy on a pair file; with `mask_runs`
+    (fitted pixel runs, one per category) also the pixel F1 / IoU of the boxes turned into masks
+    (`workflows.box_masks`)."""
     policy = load_policy(run_path)
     records = GroundingTask().load(pairs)
     started = time.perf_counter()
@@ -160,26 +165,39 @@ def evaluate(run_path: str | Path, pairs: str | Path) -> dict:
     metrics = grounding_report(boxes, records)
     metrics["ms_per_pair"] = round((time.perf_counter() - started) * 1000 / len(records), 2)
     metrics["pairs"] = str(Path(pairs).resolve())
+    if mask_runs:
+        from rlad.workflows.box_masks import evaluate_box_masks
+
+        metrics["box_masks"] = evaluate_box_masks(mask_runs, records, boxes)
     RunDir(run_path).save_metrics(metrics, key=f"grounding:{Path(pairs).name}")
     return metrics
 
 
-def ground(run_path: str | Path, reference: str | Path, query: str | Path) -> dict:
-    """The box of the difference between two images, in the query's original pixels."""
+def ground(run_path: str | Path, reference: str | Path, query: str | Path, mask_run: str | Path | None = None,
+           mask_out: str | Path | None = None) -> dict:
+    """The box of the difference between two images, in the query's original pixels; with `mask_run`
+    (a fitted pixel run) also that run's map restricted to the box, thresholded, written to `mask_out`."""
     from rlad.data.pairs.records import PairRecord, image_hw
 
     for name, path in (("--reference", reference), ("--query", query)):
         if not Path(path).is_file():
             raise DataError(f"{name} {path}: image not found")
+    if mask_run is not None and not mask_out:
+        raise ConfigError("--mask needs --mask-out FILE.png (where to write the mask)")
     policy = load_policy(run_path)
     record = PairRecord(id="query", reference=str(Path(reference).resolve()), query=str(Path(query).resolve()),
                         box=(0, 0, 0, 0), query_size=image_hw(Path(query)),
                         reference_size=image_hw(Path(reference)), category="", defect_type="unknown")
     boxes, texts = predict_boxes(policy, [record])
     box = boxes[0]
-    return {
+    result = {
         "reference": record.reference, "query": record.query,
         "box": None if box is None else [round(float(v), 1) for v in box],
         "anomalous": box is not None and any(float(v) != 0 for v in box),
         "query_size": list(record.query_size), "text": texts[0],
     }
+    if mask_run is not None:
+        from rlad.workflows.box_masks import ground_mask
+
+        result.update(ground_mask(mask_run, record.query, box, mask_out))
+    return result
