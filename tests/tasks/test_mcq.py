@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from rlad.data.questions.records import MCQRecord
 from rlad.errors import ConfigError
@@ -17,14 +16,6 @@ from rlad.tasks.registry import get_task
 from rlad.workflows.grounding import build_grpo_config
 
 TYPES = ("hole", "scratch", "crack", "stain")
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def question(i: int, right: str = "hole", templates=("t.png",), seed: int = 0) -> MCQRecord:

@@ -50,6 +50,19 @@ def read_records(path: Path | str, parse: Callable[[dict, int], T], what: str) -
     return records
 
 
+def check_fields(row, fields: Sequence[str], optional: Sequence[str] = ()) -> None:
+    """ValueError unless `row` is a JSON object holding every field of `fields` not in `optional`, and
+    nothing else."""
+    if not isinstance(row, dict):
+        raise ValueError("expected a JSON object")
+    missing = [k for k in fields if k not in row and k not in optional]
+    if missing:
+        raise ValueError(f"missing field(s): {', '.join(missing)}")
+    unknown = sorted(set(row) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+
+
 def write_records(rows: Sequence[dict], path: Path | str, what: str) -> Path:
     """Write JSON objects (each with a unique "id") one per line, atomically: a kill never leaves half a file."""
     from rlad.engine.run import atomic_write_bytes

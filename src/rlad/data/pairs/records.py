@@ -105,14 +105,9 @@ def image_hw(path: Path | str) -> tuple[int, int]:
 
 def record_from_json(row: dict, base_dir: Path, check_files: bool = True) -> PairRecord:
     """One JSON object -> PairRecord; ValueError with the problem (the caller adds the line)."""
-    if not isinstance(row, dict):
-        raise ValueError("expected a JSON object")
-    missing = [k for k in FIELDS if k not in row and k not in ("label", "origin", "source")]
-    if missing:
-        raise ValueError(f"missing field(s): {', '.join(missing)}")
-    unknown = sorted(set(row) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+    from rlad.data.jsonl import check_fields
+
+    check_fields(row, FIELDS, optional=("label", "origin", "source"))
     box = _int_list(row["box"], 4, "box")
     query_size = _int_list(row["query_size"], 2, "query_size")
     reference_size = _int_list(row["reference_size"], 2, "reference_size")

@@ -122,14 +122,9 @@ def _resolve(value: str, base_dir: Path, what: str, check_files: bool) -> str:
 
 def record_from_json(row: dict, base_dir: Path, check_files: bool = True) -> MCQRecord:
     """One JSON object -> MCQRecord; ValueError with the problem (the caller adds the line)."""
-    if not isinstance(row, dict):
-        raise ValueError("expected a JSON object")
-    missing = [k for k in FIELDS if k not in row and k not in ("templates", "mask", "source")]
-    if missing:
-        raise ValueError(f"missing field(s): {', '.join(missing)}")
-    unknown = sorted(set(row) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+    from rlad.data.jsonl import check_fields
+
+    check_fields(row, FIELDS, optional=("templates", "mask", "source"))
     options, answer = check_options(row["options"], row["answer"])
     templates = row.get("templates", [])
     if not isinstance(templates, list):
