@@ -7,12 +7,13 @@ Questions (`rlad data questions`): per domain, `--train-per-type N` images of ea
 the rest. Rows, all on the same evaluation questions:
 
   random floor               the expected accuracy of a uniformly random letter (exact)
-  training-free (PatchCore)  a PatchCore run per category (ImageNet MobileNetV2, 256 px, `--labeled L`
-                             labelled defects per type for the defect-type prototypes; thresholds fitted on
-                             its validation split): detection by the image threshold, localization by map
-                             mass per region, defect type by the nearest prototype; it abstains on
-                             object classification. Questions about its labelled images are left out, and
-                             every row is scored on what is left.
+  training-free (PatchCore)  a PatchCore run per category (ImageNet MobileNetV2, 256 px, fitted on
+                             train/good only; thresholds fitted on its validation split): detection by the
+                             image threshold, localization by map mass per region, defect type by the
+                             nearest prototype, the prototypes being the defective images of the training
+                             questions (the few labelled images a VLM would train on); it abstains on
+                             object classification. (`--labeled L` also gives PatchCore L labelled defects
+                             per type; the questions about them are then left out of every row.)
   VLM before / after GRPO    (with --vlm-policy NAME: any registered policy that answers "mcq", e.g. the
                              VLM policy of issue 14 with --vlm-set policy.<key>=<value>) the untrained policy
                              and the policy after --vlm-steps GRPO steps on the training questions
@@ -58,7 +59,8 @@ def parse_args(argv=None):
     parser.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=list(DOMAINS))
     parser.add_argument("--work", default="/tmp/rlad_questions_bench", help="data, questions, runs (kept, reused)")
     parser.add_argument("--train-per-type", type=int, default=3, help="test/ images per group kept for training questions")
-    parser.add_argument("--labeled", type=int, default=3, help="labelled defects per type for PatchCore's prototypes")
+    parser.add_argument("--labeled", type=int, default=0,
+                        help="labelled defects per type given to PatchCore (0: prototypes from the training questions only)")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--synthetic", type=int, default=150, help="synthetic pairs per domain for the grounder's training")
     parser.add_argument("--warm-epochs", type=int, default=20, help="compact grounder warm-start epochs")
@@ -84,7 +86,7 @@ def pixel_runs(domain: str, dirs: list[str], work: Path, args) -> list[str]:
 
     runs = []
     for data in dirs:
-        run = work / "pixel" / domain / Path(data).name
+        run = work / "pixel" / domain / f"{Path(data).name}_{args.image_size}px_l{args.labeled}"
         overrides = [f"image_size={args.image_size}", f"protocol.labeled_per_type={args.labeled}",
                      f"model.backbone.weights={SHARED_WEIGHTS if SHARED_WEIGHTS.is_file() else ''}"]
         fit("patchcore", data, run, build_config("patchcore", overrides=overrides))
@@ -204,7 +206,7 @@ def measure(args, results: Results) -> None:
             runs = pixel_runs(domain, info["dirs"], work, args)
             fit_s = time.perf_counter() - started
             started = time.perf_counter()
-            report = test_questions(runs, files["test"])
+            report = test_questions(runs, files["test"], prototypes=files["train"])
             answer_s = time.perf_counter() - started
         except Exception as exc:
             traceback.print_exc()
@@ -284,10 +286,12 @@ def render(results: Results, args) -> str:
     body = (
         f"Questions from `rlad data questions DIR --split test --train-per-type {args.train_per_type}` (the "
         f"training split: `--split train`, {args.train_per_type} images of each group of test/); PatchCore "
-        f"{args.image_size} px with the ImageNet MobileNetV2 trunk, {args.labeled} labelled defects per type "
-        f"(prototypes; the questions about them are left out of every row). Accuracy per type (MMAD scoring: "
-        f"anomaly detection balanced over normal and defective images; the average is over the types of a "
-        f"domain). An abstention counts as wrong; \"(k/n answered)\" marks types the answerer only partly "
+        f"{args.image_size} px with the ImageNet MobileNetV2 trunk, fitted on train/good"
+        + (f" with {args.labeled} labelled defects per type (the questions about them are left out of every row)"
+           if args.labeled else "")
+        + "; defect-type prototypes: the defective images of the training questions. Accuracy per type (MMAD scoring: "
+        "anomaly detection balanced over normal and defective images; the average is over the types of a "
+        "domain). An abstention counts as wrong; \"(k/n answered)\" marks types the answerer only partly "
         f"answers.\n\n{question_table(questions)}\n"
     )
     if details:

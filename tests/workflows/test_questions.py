@@ -184,3 +184,20 @@ def test_runs_that_cannot_answer_are_refused(pixel_run, tmp_path, tiny_mvtec, sq
         wq.test_questions([compact.path, pixel_run], questions)
     with pytest.raises(ConfigError, match="--shots"):
         wq.test_questions([compact.path], questions, shots=(2,))
+
+
+def test_prototypes_from_the_training_questions(tmp_path, tiny_mvtec_factory):
+    from rlad.workflows.detection import build_config, fit
+
+    root = tiny_mvtec_factory(tmp_path / "tile", n_test_good=3, n_per_type=3)
+    run = tmp_path / "px"
+    fit("pixelstats", root, run, build_config("pixelstats", overrides=["image_size=32"]))  # no labelled images
+    for split in ("train", "test"):
+        build_questions(root, tmp_path / f"{split}.jsonl", split=split, train_per_type=1)
+    alone = wq.test_questions([run], tmp_path / "test.jsonl")["results"]["map"]["per_type"]["Defect Classification"]
+    assert alone["answered"] == 0  # no labels anywhere: classification abstains
+    report = wq.test_questions([run], tmp_path / "test.jsonl", prototypes=tmp_path / "train.jsonl")
+    classification = report["results"]["map"]["per_type"]["Defect Classification"]
+    assert classification["answered"] == classification["n"] > 0 and report["n_excluded_protocol"] == 0
+    with pytest.raises(DataError, match="also asked about"):
+        wq.test_questions([run], tmp_path / "test.jsonl", prototypes=tmp_path / "test.jsonl")

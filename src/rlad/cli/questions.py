@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     test.add_argument("--templates", choices=("random", "similar"), default="random",
                       help="which of MMAD's template lists to use (mmad.json only)")
     test.add_argument("--answers", metavar="OUT.jsonl", help="also write every answer, one JSON line each")
+    test.add_argument("--prototypes", metavar="Q.jsonl",
+                      help="pixel runs: a question file (e.g. the training split) whose defective images are the "
+                      "labelled examples of each defect type (added to the runs' own labelled images)")
     test.add_argument("--allow-overlap", action="store_true",
                       help="score a policy on questions about images it was trained on (refused by default)")
     add_json_arg(test)
@@ -31,7 +34,7 @@ def run_test_questions(args) -> int:
     from rlad.workflows.questions import test_questions
 
     report = test_questions(args.runs, args.questions, shots=args.shots, templates=args.templates,
-                            allow_overlap=args.allow_overlap, answers_out=args.answers)
+                            allow_overlap=args.allow_overlap, answers_out=args.answers, prototypes=args.prototypes)
     if args.json:
         print_json(report)
         return 0

@@ -13,14 +13,16 @@ The training-free answerer (`PixelAnswerer`), one fitted pixel run per category:
     validation split, never on evaluation images);
   - Defect Localization: the option region (`data.questions.regions`) with the most map mass, the
     map normalised by the run's validation threshold (0.5 = threshold, clipped to [0, 1]);
-  - Defect Classification: the nearest class prototype, when the run has labelled defect images of
-    at least two of the option types: each image is described by the shape and contrast of its
-    predicted anomaly region (`region_descriptor`), prototypes are the mean descriptors of the
-    run's labelled images per type, distances are taken after standardising by the prototypes' spread;
+  - Defect Classification: the nearest class prototype, when labelled defect images of at least two
+    of the option types exist (the run's own labelled images, and the defective images of a
+    `prototypes` question file, e.g. the training questions): each image is described by the shape and
+    contrast of its predicted anomaly region (`region_descriptor`), prototypes are the mean descriptors
+    per type, distances are taken after standardising by the prototypes' spread;
   - anything else (object classification, MMAD's description/analysis types, options it cannot
     read): abstains.
 Questions about a pixel run's own labelled or development images are left out (by content hash),
-as `rlad test` leaves them out.
+as `rlad test` leaves them out; a prototype file that shares an image with the evaluated questions is
+refused.
 
 A policy run answers greedily from `MCQTask` prompts, 1-shot (the first template image, MMAD's
 standard protocol) and/or 0-shot. A policy is refused on questions about images it was trained on
@@ -165,8 +167,9 @@ def _type_key(text: str) -> str:
 class PixelAnswerer:
     """The training-free answerer of one category (see the module docstring)."""
 
-    def __init__(self, run):
+    def __init__(self, run, labelled: Sequence[tuple[str, str]] = ()):
         self.run = run
+        self.labelled = [*run.labelled_images(), *labelled]  # (image path, defect type)
         self.prototypes: dict[str, np.ndarray] = {}
         self.scale = None
 
@@ -185,8 +188,8 @@ class PixelAnswerer:
         return out
 
     def fit_prototypes(self) -> None:
-        """Mean descriptor per defect type of the run's labelled images (none: classification abstains)."""
-        labelled = self.run.labelled_images()
+        """Mean descriptor per defect type of the labelled images (none: classification abstains)."""
+        labelled = list(dict.fromkeys(self.labelled))
         if not labelled:
             return
         features = self._features([p for p, _ in labelled], desc=f"{self.run.category}: prototypes")
@@ -231,8 +234,9 @@ class PixelAnswerer:
         return None
 
 
-def pixel_answers(runs: dict, records: Sequence[MCQRecord]) -> Answers:
-    """Each category's questions answered by its run; every category needs one."""
+def pixel_answers(runs: dict, records: Sequence[MCQRecord], labelled: Sequence[MCQRecord] = ()) -> Answers:
+    """Each category's questions answered by its run; every category needs one. The defective images of
+    `labelled` (question records) add to the runs' own labelled images as defect-type prototypes."""
     missing = sorted({r.category for r in records} - set(runs))
     if missing:
         raise DataError(f"no pixel run for categor{'y' if len(missing) == 1 else 'ies'} {', '.join(missing)} "
@@ -243,7 +247,8 @@ def pixel_answers(runs: dict, records: Sequence[MCQRecord]) -> Answers:
         idx = [i for i, r in enumerate(records) if r.category == category]
         if not idx:
             continue
-        found = PixelAnswerer(run).answer([records[i] for i in idx])
+        extra = [(r.image, r.defect_type) for r in labelled if r.category == category and not r.normal]
+        found = PixelAnswerer(run, extra).answer([records[i] for i in idx])
         for j, i in enumerate(idx):
             letters[i], abstained[i] = found.letters[j], found.abstained[j]
     return Answers(letters, abstained)
@@ -259,9 +264,10 @@ def _is_pixel_run(path: Path) -> bool:
 
 def test_questions(run_paths: Sequence[str | Path], questions: str | Path, shots: Sequence[int] = (1,),
                    templates: str = "random", allow_overlap: bool = False, answers_out: str | Path | None = None,
-                   batch_size: int = 16) -> dict:
+                   batch_size: int = 16, prototypes: str | Path | None = None) -> dict:
     """Score one policy run, or one pixel run per category, on a question file (rlad JSONL or MMAD's
-    `mmad.json`); see the module docstring. Saved in the run's metrics when there is one run."""
+    `mmad.json`); see the module docstring. `prototypes`: a question file whose defective images are
+    labelled examples for the training-free answerer. Saved in the run's metrics when there is one run."""
     from rlad.data.questions.records import load_question_file
     from rlad.engine import RunDir, status
 
@@ -283,12 +289,19 @@ def test_questions(run_paths: Sequence[str | Path], questions: str | Path, shots
         if not kept:
             raise DataError(f"{questions}: every question is about a labelled or development image of the run(s)")
         status(f"{len(kept)} questions; left out {len(records) - len(kept)} about the runs' labelled/development images")
-        answers = {"map": pixel_answers(runs, kept)}
+        labelled = load_question_file(prototypes, templates=templates) if prototypes else []
+        shared = overlapping_images(kept, labelled)
+        if shared:
+            raise DataError(f"--prototypes {prototypes}: {len(shared)} of its images are also asked about in "
+                            f"{questions}, e.g. {shared[0]}; take prototypes from another split (--split train)")
+        answers = {"map": pixel_answers(runs, kept, labelled)}
         report.update(answerer="training-free (" + ", ".join(f"{c}: {r.loaded.cfg.method}" for c, r in runs.items()) + ")",
                       n_excluded_protocol=len(records) - len(kept))
     else:
         if len(run_paths) > 1:
             raise ConfigError("a policy run answers every question itself: give exactly one policy RUN")
+        if prototypes:
+            raise ConfigError("--prototypes is for pixel runs (the training-free answerer); a policy learns from its training")
         from rlad.workflows.grounding import load_policy
 
         if any(s not in (0, 1) for s in shots):
