@@ -23,17 +23,28 @@ as (height, width).
 
 `tiny_patchcore_run` (session): a PatchCore run on that data (random backbone, 64 px), data beside it.
 `imagenet_mobilenet`: torchvision's MobileNetV2 file from ../shared/weights (skips when absent).
+`LetterPolicy` (fixture `letter_policy`: the class): the smallest policy that answers multiple-choice
+prompts. It reads the lettered options from the prompt text and samples a letter from a categorical
+whose logits are learnable weights of the option *texts*, so it learns which answer is right
+wherever the shuffle put it. `registered_letter_policy` also registers it as policy "letters" (for
+`rlad grpo --policy letters`, saved runs and `rlad test-questions`).
 """
 
 from __future__ import annotations
 
+import copy
+import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from rlad.data.pairs.records import PairRecord
+from rlad.policies.base import Policy
+from rlad.rl.rollout import Completion, TokenLogProbs
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -208,3 +219,116 @@ def square_prompts(square_pairs):
     from rlad.tasks.grounding import GroundingTask
 
     return [GroundingTask().prompt(r) for r in square_pairs]
+
+
+# ----------------------------------------------------------------------- a multiple-choice policy
+_OPTION_LINE = re.compile(r"^([A-Z])\. (.+)$", re.MULTILINE)
+
+
+@dataclass
+class LetterPolicyConfig:
+    seed: int = 0
+
+    def validate(self) -> "LetterPolicyConfig":
+        return self
+
+
+class LetterPolicy(Policy):
+    name = "letters"
+    Config = LetterPolicyConfig
+    tasks = frozenset({"mcq"})
+
+    def __init__(self, cfg: LetterPolicyConfig | None = None, vocab=None, weights=None):
+        self.cfg = cfg or LetterPolicyConfig()
+        self.vocab = list(vocab or [])
+        self.weights = torch.nn.Parameter(torch.as_tensor(weights, dtype=torch.float32) if weights is not None
+                                          else torch.zeros(len(self.vocab)))
+        self.prepared: list = []  # every prompt it was prepared with (tests read images and texts)
+
+    @staticmethod
+    def options(prompt) -> list[tuple[str, str]]:
+        return _OPTION_LINE.findall(prompt.text)
+
+    def prepare(self, prompts) -> None:
+        self.prepared += list(prompts)
+        new = sorted({text for p in prompts for _, text in self.options(p)} - set(self.vocab))
+        if new:
+            self.vocab += new
+            self.weights = torch.nn.Parameter(torch.cat([self.weights.detach(), torch.zeros(len(new))]))
+
+    def _logp(self, prompt) -> torch.Tensor:
+        index = torch.tensor([self.vocab.index(text) for _, text in self.options(prompt)])
+        return torch.log_softmax(self.weights[index], dim=-1)
+
+    def sample(self, prompts, n, generator=None, greedy=False):
+        out = []
+        for prompt in prompts:
+            letters = [letter for letter, _ in self.options(prompt)]
+            with torch.no_grad():
+                logp = self._logp(prompt)
+            picks = ([int(logp.argmax())] * n if greedy
+                     else torch.multinomial(logp.exp(), n, replacement=True, generator=generator).tolist())
+            out.append([Completion(f"<think>I choose {letters[k]}.</think><answer>{letters[k]}</answer>", [k],
+                                   [float(logp[k])]) for k in picks])
+        return out
+
+    def log_probs(self, prompts, groups):
+        chosen, entropy = [], []
+        for prompt, group in zip(prompts, groups):
+            logp = self._logp(prompt)
+            for completion in group:
+                chosen.append(logp[completion.token_ids[0]])
+                entropy.append(-(logp.exp() * logp).sum())
+        logp = torch.stack(chosen)[:, None]
+        return TokenLogProbs(logp, torch.ones_like(logp), torch.stack(entropy)[:, None])
+
+    def trainable_parameters(self):
+        return [self.weights]
+
+    def frozen_copy(self):
+        twin = copy.copy(self)
+        twin.vocab = list(self.vocab)
+        twin.weights = torch.nn.Parameter(self.weights.detach().clone(), requires_grad=False)
+        return twin
+
+    def state_dict(self):
+        return {"vocab": list(self.vocab), "weights": self.weights.detach().clone()}
+
+    def load_state_dict(self, state):
+        if list(state["vocab"]) != self.vocab:  # a resumed run: replace, the optimizer is rebuilt from it
+            self.vocab = list(state["vocab"])
+            self.weights = torch.nn.Parameter(state["weights"].clone())
+            return
+        with torch.no_grad():
+            self.weights.copy_(state["weights"])
+
+    def config_dict(self):
+        return asdict(self.cfg)
+
+    @classmethod
+    def from_payload(cls, payload):
+        state = payload["state"]
+        return cls(LetterPolicyConfig(**payload["config"]), vocab=state["vocab"], weights=state["weights"])
+
+
+@pytest.fixture
+def letter_policy():
+    return LetterPolicy
+
+
+@pytest.fixture
+def registered_letter_policy(monkeypatch):
+    """LetterPolicy registered as "letters" for the registry, the workflows and the CLI's --policy choices."""
+    import rlad.cli.grounding
+    import rlad.policies.registry as registry
+    import rlad.workflows.grounding
+
+    original = registry.policy_class
+
+    def policy_class(name):
+        return LetterPolicy if name == "letters" else original(name)
+
+    monkeypatch.setattr(registry, "policy_class", policy_class)
+    monkeypatch.setattr(rlad.workflows.grounding, "policy_class", policy_class)
+    monkeypatch.setattr(rlad.cli.grounding, "POLICY_NAMES", (*registry.POLICY_NAMES, "letters"))
+    return LetterPolicy

@@ -140,7 +140,7 @@ def test_roam_needs_structure():
 
 # ------------------------------------------------------------------------------------- registry
 def test_registry():
-    assert set(REWARDS) == {"format", "dclr", "iou", "choice", "roam"}
+    assert set(REWARDS) == {"format", "dclr", "iou", "choice_format", "choice", "roam"}
     assert LOCALIZATION_REWARDS <= set(REWARDS)
     assert get_reward("dclr") is dclr_reward
     with pytest.raises(ConfigError, match="dclr, format, iou"):

@@ -8,12 +8,17 @@ letters. Adapters at the bottom expose any of them to TRL (`f(completions, **col
 Decisions worth knowing (also in docs/methods.md):
 
 * Letters are read by a strict parser (`extract_choice`): an upper-case letter that is the whole
-  block or line, or is followed by '.' or ')' or by the end of a line, optionally in parentheses;
-  the last such letter in the block wins. The English article "A" (always followed by a word) is
-  therefore never read as a choice, unlike in the released AnomalyR1 code.
-* The answer letter must be unambiguous: an answer block naming two different letters ("A) or C)")
-  has no answer letter, so listing options never pays.
+  block or line, or is followed by '.', ')', ',', ':' or ';', by the end of a line or by another lone
+  letter, optionally in parentheses; the last such letter in the block wins. The English article "A" (always followed by a
+  word) is therefore never read as a choice, unlike in the released AnomalyR1 code. Lower-case
+  letters are never choices.
+* When the target names its options (`RewardTarget.options`), only those letters are choices: a
+  letter outside them is no answer (and is ignored in the reasoning).
+* The answer letter must be unambiguous: answer blocks (after the think block) naming two different
+  letters ("A) or C)", "A, B", or two blocks) have no answer letter, so listing options never pays.
 * ROAM with no letter in the answer at all is 0 (the table's 0.05 case needs a wrong *answer*).
+* `choice_format` is the letter task's format reward: a think block, then exactly one answer block
+  holding nothing but one option letter ("B", "(B)", "B." or "B)").
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from rlad.boxes import (box_area, box_center, box_diagonal, box_iou, is_degenerate, is_zero_box,
                         parse_answer, split_blocks)
@@ -30,7 +35,11 @@ from rlad.errors import ConfigError, DataError
 
 # A letter that is a choice: not glued to other letters, digits or a preceding dot, optionally "(X", and followed by
 # ".", ")" or the end of a line. The article "A" is followed by a word, so it never matches.
-_LETTER_RE = re.compile(r"(?<![A-Za-z0-9.])\(?([A-Z])(?:[.)]|(?=[ \t]*(?:\n|$)))(?![A-Za-z0-9])")
+# A letter followed by another lone letter ("B C") is a choice too: articles are followed by words.
+_LETTER_RE = re.compile(r"(?<![A-Za-z0-9.])\(?([A-Z])(?:[.),:;]|(?=[ \t]*(?:\n|$))|(?=[ \t]+\(?[A-Z](?![A-Za-z0-9])))"
+                        r"(?![A-Za-z0-9])")
+# What the format asks for: the answer block is one letter and nothing else.
+_BARE_LETTER_RE = re.compile(r"\s*\(?([A-Z])[.)]?\s*")
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class RewardTarget:
 
     box: tuple | None = None  # ground truth in the SAME coordinate convention as the completion
     choice: str | None = None  # correct letter for multiple-choice tasks
+    options: tuple[str, ...] | None = None  # the letters a choice may take (None: any capital letter)
 
 
 # ------------------------------------------------------------------------------------- format
@@ -111,17 +121,34 @@ def iou_reward(completion: str, target: RewardTarget) -> float:
 
 
 # ------------------------------------------------------------------------------ choice rewards
-def extract_choice(text: str | None) -> str | None:
-    """The last strict choice letter in `text` (see module docstring), or None."""
+def extract_choice(text: str | None, options: Sequence[str] | None = None) -> str | None:
+    """The last strict choice letter in `text` (see module docstring), among `options` if given, or None."""
     if not text:
         return None
-    letters = _LETTER_RE.findall(text)
+    letters = [x for x in _LETTER_RE.findall(text) if options is None or x in options]
     return letters[-1] if letters else None
 
 
-def _answer_letter(answer: str) -> str | None:
-    letters = set(_LETTER_RE.findall(answer))
-    return letters.pop() if len(letters) == 1 else None
+def _answer_letter(answers: Sequence[str], options: Sequence[str] | None) -> str | None:
+    """The one letter all answer blocks name, if it is among the options; None when there are none,
+    several, or one outside the options."""
+    letters = {x for block in answers for x in _LETTER_RE.findall(block)}
+    if len(letters) != 1:
+        return None
+    letter = letters.pop()
+    return letter if options is None or letter in options else None
+
+
+def answer_choice(completion: str, options: Sequence[str] | None = None) -> str | None:
+    """The answered letter of a completion (what evaluation scores): the one letter named by its
+    answer blocks (those after the think block when there is one; no think block needed), among
+    `options` when given; None when unparsable or ambiguous."""
+    if not isinstance(completion, str):
+        return None
+    # Answers drafted inside the reasoning are not answers: read only what follows it.
+    after = completion.rsplit("</think>", 1)[-1] if "<think>" in completion else completion
+    _, answers = split_blocks(after)
+    return _answer_letter(answers, options)
 
 
 def _target_letter(target: RewardTarget | None, reward: str) -> str:
@@ -132,14 +159,25 @@ def _target_letter(target: RewardTarget | None, reward: str) -> str:
     return letter
 
 
-def _choice_blocks(completion: str) -> tuple[str, str] | None:
-    """(think text, first answer text) when the think/answer structure is present, else None."""
+def _choice_blocks(completion: str) -> tuple[str, list[str]] | None:
+    """(think text, the answer blocks after it) when the think/answer structure is present, else None."""
     if not isinstance(completion, str):
         return None
     think, answers = split_blocks(completion)
     if think is None or not answers:
         return None
-    return think, answers[0]
+    return think, answers
+
+
+def choice_format_reward(completion: str, target: RewardTarget | None = None) -> float:
+    """1 iff a <think> block precedes exactly one <answer> block holding one option letter and nothing
+    else (the letter task's format; options from `target` when it names them)."""
+    blocks = _choice_blocks(completion)
+    if blocks is None or len(blocks[1]) != 1:
+        return 0.0
+    bare = _BARE_LETTER_RE.fullmatch(blocks[1][0])
+    options = None if target is None else target.options
+    return 1.0 if bare is not None and (options is None or bare.group(1) in options) else 0.0
 
 
 def choice_reward(completion: str, target: RewardTarget) -> float:
@@ -148,7 +186,7 @@ def choice_reward(completion: str, target: RewardTarget) -> float:
     blocks = _choice_blocks(completion)
     if blocks is None:
         return 0.0
-    return 1.0 if _answer_letter(blocks[1]) == truth else 0.0
+    return 1.0 if _answer_letter(blocks[1], target.options) == truth else 0.0
 
 
 def roam_reward(completion: str, target: RewardTarget) -> float:
@@ -162,7 +200,7 @@ def roam_reward(completion: str, target: RewardTarget) -> float:
     blocks = _choice_blocks(completion)
     if blocks is None:
         return 0.0
-    reasoned, answered = extract_choice(blocks[0]), _answer_letter(blocks[1])
+    reasoned, answered = extract_choice(blocks[0], target.options), _answer_letter(blocks[1], target.options)
     if answered is None:
         return 0.0
     if reasoned is None:
@@ -179,6 +217,7 @@ REWARDS: dict[str, RewardFn] = {
     "format": format_reward,
     "dclr": dclr_reward,
     "iou": iou_reward,
+    "choice_format": choice_format_reward,
     "choice": choice_reward,
     "roam": roam_reward,
 }
@@ -227,29 +266,46 @@ def _as_box(value) -> tuple | None:
     return box
 
 
+def _as_options(value) -> tuple[str, ...] | None:
+    """Option letters from a column: None, "ABCD", or a list of letters (or its JSON)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        stripped = value.strip()
+        value = json.loads(stripped) if stripped.startswith("[") else list(stripped)
+    letters = tuple(str(v).strip().upper() for v in value)
+    if not letters or any(len(x) != 1 or not x.isalpha() for x in letters):
+        raise DataError(f"options must be letters such as 'ABCD', got {value!r}")
+    return letters
+
+
+_TARGET_FIELDS = ("box", "choice", "options")
+
+
 def as_trl_reward(fn: RewardFn | str, target_columns: Mapping[str, str] | None = None) -> Callable:
     """Wrap a reward for TRL's GRPOTrainer: `f(completions, **columns) -> list[float]`.
 
-    `target_columns` maps RewardTarget fields to dataset column names (default: the column "box" feeds
-    `box`, "choice" feeds `choice`); absent columns leave the field None. The wrapper keeps the
-    reward's name, which TRL uses in its logs (`rewards/<name>/mean`).
+    `target_columns` maps RewardTarget fields to dataset column names (default: the columns "box",
+    "choice" and "options" feed the fields of the same name); absent columns leave the field None. The
+    wrapper keeps the reward's name, which TRL uses in its logs (`rewards/<name>/mean`).
     """
     if isinstance(fn, str):
         fn = get_reward(fn)
-    columns = dict(target_columns) if target_columns is not None else {"box": "box", "choice": "choice"}
-    unknown = set(columns) - {"box", "choice"}
+    columns = dict(target_columns) if target_columns is not None else {name: name for name in _TARGET_FIELDS}
+    unknown = set(columns) - set(_TARGET_FIELDS)
     if unknown:
-        raise ConfigError(f"target_columns: {sorted(unknown)} are not RewardTarget fields (box, choice)")
+        raise ConfigError(f"target_columns: {sorted(unknown)} are not RewardTarget fields ({', '.join(_TARGET_FIELDS)})")
 
     def reward(completions, **kwargs) -> list[float]:
         n = len(completions)
-        values = {"box": [None] * n, "choice": [None] * n}
+        values = {name: [None] * n for name in _TARGET_FIELDS}
         for field, column in columns.items():
             if kwargs.get(column) is not None:
                 values[field] = list(kwargs[column])
                 if len(values[field]) != n:
                     raise DataError(f"column {column!r} has {len(values[field])} values for {n} completions")
-        targets = [RewardTarget(box=_as_box(b), choice=c) for b, c in zip(values["box"], values["choice"])]
+        targets = [RewardTarget(box=_as_box(b), choice=c, options=_as_options(o))
+                   for b, c, o in zip(values["box"], values["choice"], values["options"])]
         return [float(fn(completion_text(c), t)) for c, t in zip(completions, targets)]
 
     reward.__name__ = getattr(fn, "__name__", "reward")
@@ -258,8 +314,8 @@ def as_trl_reward(fn: RewardFn | str, target_columns: Mapping[str, str] | None =
 
 
 def _verl_target(ground_truth) -> RewardTarget:
-    """verl's `ground_truth` column as a RewardTarget: a dict (or its JSON) with "box" / "choice",
-    a list of 4 numbers (a box) or a letter."""
+    """verl's `ground_truth` column as a RewardTarget: a dict (or its JSON) with "box" / "choice" /
+    "options", a list of 4 numbers (a box) or a letter."""
     value = ground_truth
     if isinstance(value, str):
         stripped = value.strip()
@@ -272,7 +328,8 @@ def _verl_target(ground_truth) -> RewardTarget:
         except ValueError:
             raise DataError(f"ground_truth is not valid JSON: {stripped[:80]!r}") from None
     if isinstance(value, Mapping):
-        return RewardTarget(box=_as_box(value.get("box")), choice=value.get("choice"))
+        return RewardTarget(box=_as_box(value.get("box")), choice=value.get("choice"),
+                            options=_as_options(value.get("options")))
     if isinstance(value, Iterable):
         return RewardTarget(box=_as_box(list(value)))
     raise DataError(f"cannot read a reward target from ground_truth={ground_truth!r}")

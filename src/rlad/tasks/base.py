@@ -25,6 +25,8 @@ class Task(ABC):
     """Rewards in [0, 1] whose sum over the configured ones drives difficulty weights and resampling."""
     primary_kind: ClassVar[str] = "primary"
     """How messages name the primary rewards ("localization" for grounding)."""
+    grpo_defaults: ClassVar[dict] = {}
+    """`GRPOConfig` fields whose defaults this task's recipe changes (before --config and --set)."""
 
     @abstractmethod
     def load(self, path: str | Path) -> list:

@@ -6,7 +6,7 @@ import importlib
 
 from rlad.errors import ConfigError
 
-_TASKS = {"grounding": "rlad.tasks.grounding:GroundingTask"}
+_TASKS = {"grounding": "rlad.tasks.grounding:GroundingTask", "mcq": "rlad.tasks.mcq:MCQTask"}
 TASK_NAMES = tuple(_TASKS)
 
 

@@ -9,6 +9,7 @@ the processor, in transformers/peft format) and, with the TRL engine, trl/ (TRL'
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,11 +112,12 @@ class HFFitConfig:
 def build_grpo_config(config_file: str | None = None, overrides: Sequence[str] = (), seed: int | None = None,
                       policy_name: str = "compact", task_name: str = "grounding",
                       engine: str = "rlad", init: str | Path | None = None) -> GRPORunConfig:
-    """The `rlad grpo` config for a policy and an engine: the policy's own config dataclass (that of the
-    `init` run when one is given), and the GRPO defaults the policy asks for (a VLM needs a smaller step
-    than the compact head)."""
+    """The `rlad grpo` config for a task, a policy and an engine: the policy's own config dataclass (that
+    of the `init` run when one is given), and the GRPO defaults the task asks for (its rewards) and then
+    the policy (a VLM needs a smaller step than the compact head)."""
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
+    task = get_task(task_name)
     cls = policy_class(policy_name)
     if engine == "trl" and policy_name != "hf":
         raise ConfigError("--engine trl trains vision-language models: use it with --policy hf")
@@ -124,12 +126,13 @@ def build_grpo_config(config_file: str | None = None, overrides: Sequence[str] =
         saved = RunDir(init).require_model().load_config().get("policy")
         if saved is not None:
             policy_cfg = cfgmod.from_dict(cls.Config, saved, "policy")
-    defaults = {"policy": policy_cfg, "grpo": GRPOConfig(**getattr(cls, "grpo_defaults", {}))}
+    grpo_defaults = {**copy.deepcopy(task.grpo_defaults), **getattr(cls, "grpo_defaults", {})}
+    defaults = {"policy": policy_cfg, "grpo": GRPOConfig(**grpo_defaults)}
     if policy_name == "hf":
         defaults["threads"] = 0
     config_cls = TRLGRPORunConfig if engine == "trl" else GRPORunConfig
     cfg = cfgmod.build(config_cls, config_file, _with_seed(overrides, seed), defaults=defaults)
-    return cfg.validate(get_task(task_name))
+    return cfg.validate(task)
 
 
 def build_hf_fit_config(config_file: str | None = None, overrides: Sequence[str] = (),
@@ -263,8 +266,10 @@ def predict_boxes(policy, records: Sequence, batch_size: int = 64, threads: int 
     return boxes, [c.text for c in completions]
 
 
-def evaluate(run_path: str | Path, pairs: str | Path) -> dict:
-    """mIoU, Acc@0.3, F1 and the exploit statistics of a run's policy on a pair file."""
+def evaluate(run_path: str | Path, pairs: str | Path, mask_runs: Sequence[str | Path] = ()) -> dict:
+    """mIoU, Acc@0.3, F1 and the exploit statistics of a run's policy on a pair file; with `mask_runs`
+    (fitted pixel runs, one per category) also the pixel F1 / IoU of the boxes turned into masks
+    (`workflows.box_masks`)."""
     policy = load_policy(run_path)
     records = GroundingTask().load(pairs)
     started = time.perf_counter()
@@ -272,26 +277,39 @@ def evaluate(run_path: str | Path, pairs: str | Path) -> dict:
     metrics = grounding_report(boxes, records)
     metrics["ms_per_pair"] = round((time.perf_counter() - started) * 1000 / len(records), 2)
     metrics["pairs"] = str(Path(pairs).resolve())
+    if mask_runs:
+        from rlad.workflows.box_masks import evaluate_box_masks
+
+        metrics["box_masks"] = evaluate_box_masks(mask_runs, records, boxes)
     RunDir(run_path).save_metrics(metrics, key=f"grounding:{Path(pairs).name}")
     return metrics
 
 
-def ground(run_path: str | Path, reference: str | Path, query: str | Path) -> dict:
-    """The box of the difference between two images, in the query's original pixels."""
+def ground(run_path: str | Path, reference: str | Path, query: str | Path, mask_run: str | Path | None = None,
+           mask_out: str | Path | None = None) -> dict:
+    """The box of the difference between two images, in the query's original pixels; with `mask_run`
+    (a fitted pixel run) also that run's map restricted to the box, thresholded, written to `mask_out`."""
     from rlad.data.pairs.records import PairRecord, image_hw
 
     for name, path in (("--reference", reference), ("--query", query)):
         if not Path(path).is_file():
             raise DataError(f"{name} {path}: image not found")
+    if mask_run is not None and not mask_out:
+        raise ConfigError("--mask needs --mask-out FILE.png (where to write the mask)")
     policy = load_policy(run_path)
     record = PairRecord(id="query", reference=str(Path(reference).resolve()), query=str(Path(query).resolve()),
                         box=(0, 0, 0, 0), query_size=image_hw(Path(query)),
                         reference_size=image_hw(Path(reference)), category="", defect_type="unknown")
     boxes, texts = predict_boxes(policy, [record])
     box = boxes[0]
-    return {
+    result = {
         "reference": record.reference, "query": record.query,
         "box": None if box is None else [round(float(v), 1) for v in box],
         "anomalous": box is not None and any(float(v) != 0 for v in box),
         "query_size": list(record.query_size), "text": texts[0],
     }
+    if mask_run is not None:
+        from rlad.workflows.box_masks import ground_mask
+
+        result.update(ground_mask(mask_run, record.query, box, mask_out))
+    return result

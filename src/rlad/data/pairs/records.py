@@ -27,7 +27,6 @@ relative to it so the pair set can be moved as a whole; other images are stored 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,16 +74,10 @@ class PairRecord:
 
 def write_pairs(records: Sequence[PairRecord], path: Path | str) -> Path:
     """Write records as JSONL (atomically: a kill never leaves half a file)."""
-    from rlad.engine.run import atomic_write_bytes
+    from rlad.data.jsonl import write_records
 
     path = Path(path)
-    ids = [r.id for r in records]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise DataError(f"{path}: pair id {dup!r} appears more than once")
-    lines = [json.dumps(r.to_json(path.parent)) for r in records]
-    atomic_write_bytes(path, ("\n".join(lines) + ("\n" if lines else "")).encode())
-    return path
+    return write_records([r.to_json(path.parent) for r in records], path, "pair")
 
 
 def _int_list(value, length: int, what: str) -> tuple[int, ...]:
@@ -112,14 +105,9 @@ def image_hw(path: Path | str) -> tuple[int, int]:
 
 def record_from_json(row: dict, base_dir: Path, check_files: bool = True) -> PairRecord:
     """One JSON object -> PairRecord; ValueError with the problem (the caller adds the line)."""
-    if not isinstance(row, dict):
-        raise ValueError("expected a JSON object")
-    missing = [k for k in FIELDS if k not in row and k not in ("label", "origin", "source")]
-    if missing:
-        raise ValueError(f"missing field(s): {', '.join(missing)}")
-    unknown = sorted(set(row) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+    from rlad.data.jsonl import check_fields
+
+    check_fields(row, FIELDS, optional=("label", "origin", "source"))
     box = _int_list(row["box"], 4, "box")
     query_size = _int_list(row["query_size"], 2, "query_size")
     reference_size = _int_list(row["reference_size"], 2, "reference_size")
@@ -164,35 +152,10 @@ def record_from_json(row: dict, base_dir: Path, check_files: bool = True) -> Pai
 
 def load_pairs(path: Path | str, check_files: bool = True) -> list[PairRecord]:
     """Read a pair file. Every bad line is reported (up to 20) in one DataError with its number."""
+    from rlad.data.jsonl import read_records
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: pair file not found" + (" (it is a folder)" if path.is_dir() else ""))
-    records, problems, seen = [], [], {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"line {number}: not valid JSON ({exc.msg})")
-                continue
-            try:
-                record = record_from_json(row, path.parent, check_files)
-            except (ValueError, KeyError, TypeError) as exc:
-                problems.append(f"line {number}: {exc}")
-                continue
-            if record.id in seen:
-                problems.append(f"line {number}: id {record.id!r} already used on line {seen[record.id]}")
-                continue
-            seen[record.id] = number
-            records.append(record)
-    if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise DataError(f"{path}: {len(problems)} bad pair record(s):\n  " + "\n  ".join(shown))
-    if not records:
-        raise DataError(f"{path}: holds no pair records")
-    return records
+    return read_records(path, lambda row, _: record_from_json(row, path.parent, check_files), "pair")
 
 
 def categories_of(records: Iterable[PairRecord]) -> list[str]:
