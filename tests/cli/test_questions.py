@@ -79,7 +79,8 @@ def fitted(tiny_mvtec, tmp_path, capsys):
     build_pairs(tiny_mvtec, pairs, reference="random")
     grounder = tmp_path / "compact"
     code, _, err = run_cli(capsys, "fit", "compact", "--pairs", pairs, "--out", grounder, "--set", "policy.image_size=64",
-                           "--set", "policy.width=8", "--set", "policy.bins=8", "--set", "train.epochs=1")
+                           "--set", "policy.width=8", "--set", "policy.bins=8", "--set", "train.epochs=1",
+                           "--set", "policy.weights=random")
     assert code == 0, err
     return pixel, pairs, grounder
 

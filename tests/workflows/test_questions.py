@@ -177,7 +177,7 @@ def test_runs_that_cannot_answer_are_refused(pixel_run, tmp_path, tiny_mvtec, sq
 
     pairs = write_pairs(square_pairs[:4], tmp_path / "pairs.jsonl")
     compact = fit_compact(pairs, tmp_path / "compact", build_fit_config(
-        overrides=["policy.image_size=64", "policy.width=8", "policy.bins=8", "train.epochs=1"]))
+        overrides=["policy.image_size=64", "policy.width=8", "policy.bins=8", "train.epochs=1", "policy.weights=random"]))
     with pytest.raises(ConfigError, match="cannot answer multiple-choice questions"):
         wq.test_questions([compact.path], questions)
     with pytest.raises(ConfigError, match="not both"):

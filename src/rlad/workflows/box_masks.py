@@ -129,7 +129,7 @@ def ground_mask(mask_run: str | Path, query: str | Path, box, out: str | Path) -
     """The box-restricted mask of one answer at the query's original size, written as a PNG."""
     from rlad.data.pairs.records import image_hw
     from rlad.data.transforms import resize_map_to
-    from rlad.viz import save_mask
+    from rlad.viz import save_png
     from rlad.workflows.pixel_maps import PixelRun
 
     run = PixelRun.open(mask_run)
@@ -137,6 +137,6 @@ def ground_mask(mask_run: str | Path, query: str | Path, box, out: str | Path) -
     original_hw = image_hw(query)
     full = resize_map_to(raw_map, original_hw)
     mask = box_mask(full, box, original_hw, run.post.pixel_threshold)
-    save_mask(mask, Path(out))
+    save_png(Path(out), mask.astype(np.uint8) * 255)
     return {"mask": str(out), "mask_pixels": int(mask.sum()),
             "map_pixels": int((full >= run.post.pixel_threshold).sum())}

@@ -210,6 +210,8 @@ def grpo(pairs: str | Path, out: str | Path, cfg: GRPORunConfig | None = None, i
     None is returned on every process but the main one, which saves the run)."""
     task = get_task(task_name)
     cfg = cfg or build_grpo_config(policy_name=policy_name, task_name=task_name, engine=engine)
+    if task.name not in policy_class(policy_name).tasks:  # before building it (a VLM takes long to load)
+        raise ConfigError(f"the {policy_name!r} policy cannot answer the {task.name!r} task")
     if engine == "trl" and not isinstance(cfg, TRLGRPORunConfig):
         raise ConfigError("engine 'trl' needs the config of build_grpo_config(..., engine='trl')")
     saved = {"method": policy_name, "stage": "grpo", "pairs": str(Path(pairs).resolve()),
@@ -229,8 +231,6 @@ def grpo(pairs: str | Path, out: str | Path, cfg: GRPORunConfig | None = None, i
     with torch_threads(cfg.threads):
         if not init:
             policy = policy_class(policy_name)(cfg.policy)
-        if task.name not in policy.tasks:
-            raise ConfigError(f"the {policy.name!r} policy cannot answer the {task.name!r} task")
         if engine == "trl":
             from rlad.integrations.trl import is_main_process, train_trl
 

@@ -19,6 +19,7 @@ import torch
 from rlad.engine.run import RunDir
 from rlad.errors import ConfigError, DataError
 from rlad.workflows import detection as api
+from rlad.workflows.predict import predict
 
 TINY = [
     "image_size=64",
@@ -29,6 +30,7 @@ TINY = [
     "model.checkpoint_every=1",
     "model.context.backbone.stages=[1]",
     "model.context.prior_stages=[1,2]",
+    "model.context.backbone.weights=random",
 ]
 
 
@@ -46,7 +48,7 @@ def test_fit_test_predict_and_a_resume_that_equals_an_uninterrupted_run(tiny_mvt
     metrics = api.test(whole.path, tiny_mvtec)
     assert metrics["method"] == "refine" and metrics["n_excluded_labeled"] == 2
     assert metrics["pixel_auroc"] > 0.8
-    rows = api.predict(whole.path, [tiny_mvtec / "test" / "hole" / "000.png"], tmp_path / "pred")
+    rows = predict(whole.path, [tiny_mvtec / "test" / "hole" / "000.png"], tmp_path / "pred").rows
     assert (tmp_path / "pred" / rows[0]["map"]).is_file()
 
     original = RunDir.save_checkpoint
