@@ -3,9 +3,8 @@ row (PatchCore's maps, and NBS's PatchCore prior), with the answer of an exact f
 
 Two routes, chosen by `screen`:
 
-- "fp32": the (queries x bank) block of squared distances, ||q||^2 + (||m||^2 - 2 q.m), in chunks of
-  at most `chunk_mb`, reduced with a value-only minimum (torch's min-with-indices costs several times
-  more); the index is computed only when asked for.
+- "fp32": the (queries x bank) block of ||m||^2 - 2 q.m (centred rows), in chunks of at most
+  `chunk_mb`, and its row minimum.
 - "bf16": on CPUs with bf16 matrix units (AMX, AVX512-BF16) a bf16 matrix product runs several times
   faster than fp32. It screens the bank: the error of every screened entry has a bound computed from
   the norms (below), so every bank slice (`width` consecutive rows) whose best screened entry is more
@@ -13,6 +12,10 @@ Two routes, chosen by `screen`:
   query) are measured in fp32, so the result is the nearest neighbour of an fp32 search, not an
   approximation of it (tests/models/test_nearest.py checks it against float64 brute force, near-ties included).
 - "auto": bf16 where the CPU has bf16 units, else fp32.
+
+Either route returns the distance to the row it picked measured directly, ||q - m||: the expansion
+that ranks the rows loses about eps sqrt(D) (||q||^2 + ||m||^2) to cancellation, most of a distance's
+precision when the neighbour is much nearer than the rows' norms (the test's near-ties lost 2e-4).
 
 The screening bound. Rows are centred on the bank's mean (distances do not change; norms, and with
 them the error, shrink). The screened value of query q and bank row m is y = fl_bf16(q~.m~ + h + l)
@@ -102,19 +105,16 @@ class BankSearch:
             self.centred_sq = self.centred_t.square().sum(0)
 
     # --- fp32 ---------------------------------------------------------------------------------------
-    def _search_fp32(self, centred: torch.Tensor, with_index: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _search_fp32(self, centred: torch.Tensor) -> torch.Tensor:
+        """Index of each query's nearest bank row."""
         rows = max(1, int(self.chunk_mb * 2**20 // (4 * self.bank.shape[0])))
-        squared = torch.empty(centred.shape[0])
-        indices = torch.empty(centred.shape[0], dtype=torch.long) if with_index else None
+        indices = torch.empty(centred.shape[0], dtype=torch.long)
         for start in range(0, centred.shape[0], rows):
             q = centred[start : start + rows]
-            # ||q - m||^2 = ||q||^2 + (||m||^2 - 2 q.m): the first term does not move the minimum, so
-            # it is added after it (one pass less over the block).
+            # ||q - m||^2 = ||q||^2 + (||m||^2 - 2 q.m): the first term does not move the minimum.
             block = torch.addmm(self.centred_sq.unsqueeze(0), q, self.centred_t, beta=1.0, alpha=-2.0)
-            squared[start : start + len(q)] = block.amin(1) + q.square().sum(1)
-            if indices is not None:
-                indices[start : start + len(q)] = block.argmin(1)
-        return squared, indices
+            indices[start : start + len(q)] = block.min(1).indices  # faster than argmin here
+        return indices
 
     # --- bf16 screen + fp32 on the slices it keeps ---------------------------------------------------
     def _prepare_screen(self, width: int) -> None:
@@ -191,7 +191,8 @@ class BankSearch:
             pairs.append(found)
         return torch.cat(pairs)
 
-    def _search_screened(self, centred: torch.Tensor, with_index: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _search_screened(self, centred: torch.Tensor) -> torch.Tensor:
+        """Index of each query's nearest bank row."""
         pairs = self._candidate_slices(centred)
         order = torch.argsort(pairs[:, 1], stable=True)
         rows, slices = pairs[order, 0], pairs[order, 1]
@@ -210,20 +211,20 @@ class BankSearch:
                 torch.min(block, 1, out=(nearest[start : start + count], member[start : start + count]))
                 start += count
         nearest += gathered.square().sum(1)
-        squared = torch.full((centred.shape[0],), float("inf")).scatter_reduce_(0, rows, nearest, "amin")
-        if not with_index:
-            return squared, None
-        winners = nearest == squared[rows]
+        best = torch.full((centred.shape[0],), float("inf")).scatter_reduce_(0, rows, nearest, "amin")
+        winners = nearest == best[rows]
         indices = torch.zeros(centred.shape[0], dtype=torch.long)
         indices[rows[winners]] = self.order[member[winners] + slices[winners] * self.width]
-        return squared, indices
+        return indices
 
     # --- entry point ------------------------------------------------------------------------------------
     def search(self, queries: torch.Tensor, with_index: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(Q, D) float queries -> (distances (Q,), nearest bank row indices (Q,) when `with_index`)."""
-        centred = queries.float() - self.mean
-        if self.screened:
-            squared, indices = self._search_screened(centred, with_index)
-        else:
-            squared, indices = self._search_fp32(centred, with_index)
-        return squared.clamp_min_(0.0).sqrt_(), indices
+        queries = queries.float()
+        centred = queries - self.mean
+        indices = self._search_screened(centred) if self.screened else self._search_fp32(centred)
+        # Both routes pick the row by the expansion ||q||^2 + ||m||^2 - 2 q.m, whose fp32 value loses
+        # about eps * (||q||^2 + ||m||^2) to cancellation: near a neighbour much closer than the rows'
+        # norms that is most of the distance's precision. The distance itself is measured directly.
+        distances = torch.linalg.vector_norm(queries - self.bank[indices], dim=1)
+        return distances, (indices if with_index else None)
