@@ -5,6 +5,7 @@ ms/image at batch 1 and 8, peak memory, and each as a ratio to PatchCore.
     .venv/bin/python benchmarks/speed.py                                    # magnetic tile, 2 threads
     .venv/bin/python benchmarks/speed.py --baseline-src /path/to/old/src    # plus every method from another checkout
     .venv/bin/python benchmarks/speed.py --quick --no-append                # smoke run (tiny schedule); not a result
+    .venv/bin/python benchmarks/speed.py --from-results benchmarks/results/speed-DATE.jsonl   # render again
 
 Every row is one fresh process (its peak RSS is its own) that fits with the library a user runs
 (`rlad.workflows.detection.build_config` + `fit`; 5 labelled defects per type for every method, the
@@ -13,14 +14,14 @@ warm-up batch. fit_s is `model.fit` alone, as `rlad fit` reports it. `--baseline
 rows with another checkout's `src` first on the path (the code before a change: "today"), so speed-ups
 are measured side by side in one run; the refiner is `supervised` there if that code has no `refine`.
 The backbone weights come from $RLAD_BACKBONE_WEIGHTS (default: ../shared/weights), which every
-version reads. Raw rows go to benchmarks/results/speed-<time>.jsonl, the tables to docs/benchmarks.md.
+version reads. Raw rows go to benchmarks/results/speed-<time>.jsonl as they are measured (a row that
+failed is kept, with its error), the tables to docs/benchmarks.md.
 Timings taken while other work runs on the machine are noise: the load average is recorded per row.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import shutil
@@ -30,10 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import ROOT, SHARED_DATA, SHARED_WEIGHTS, append_section, peak_rss_mb  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, peak_rss_mb  # noqa: E402
 
 METHODS = ["patchcore", "padim", "refine", "nbs"]
-RESULTS = ROOT / "benchmarks" / "results"
 PEER = {  # anomalib 2.7.0 on MPDD metal_plate, 256 px, 2 cores, same weights (METHODS.md section 5; docs/benchmarks.md)
     "patchcore": {"fit_s": 136, "ms_per_image": 51},
     "padim": {"fit_s": 7, "ms_per_image": 65},
@@ -129,17 +129,30 @@ def goal_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def render(rows: list[dict], header: str) -> str:
+def header_text(meta: dict) -> str:
+    settings = meta["overrides"]
+    baseline = meta.get("baseline_src")
+    return (
+        f"Data: {Path(meta['data']).name}; {meta['n_images']} test images timed per row (decoded beforehand), batch 1 and 8, "
+        f"{meta['threads']} torch threads per row, one process per row, rows one after another; 5 labelled defects per type "
+        f"for every method (seed {meta['seed']}); defaults{' + --set ' + ', '.join(settings) + ' (rules: `--help`)' if settings else ''}. "
+        f"code = this checkout{f' or the baseline src ({baseline})' if baseline else ''}. "
+        "load_1min = the machine's load average before-after each row (2 cores; other work ran on the host, so "
+        "absolute times are noisy and the ratios within one run are the figures to compare)."
+    )
+
+
+def render(results: _common.Results) -> str:
     from rlad.tables import markdown_table
 
     columns = ["method", "code", "fit_s", "ms_b1", "ms_b8", "peak_rss_mb", "fit_vs_patchcore", "ms_b1_vs_patchcore",
                "ms_b8_vs_patchcore", "peak_rss_vs_patchcore", "b1_speedup_vs_baseline", "b8_speedup_vs_baseline",
                "fit_speedup_vs_baseline", "load_1min"]
-    rows = with_ratios(rows)
+    rows = with_ratios(_common.ok_rows(results.rows))
     present = [c for c in columns if any(c in r for r in rows)]
     peer = [{"method": f"{m} (anomalib peer, MPDD)", "fit_s": v["fit_s"], "ms_per_image": v["ms_per_image"]} for m, v in PEER.items()]
     return "\n".join([
-        header, "", markdown_table(rows, present, floatfmt="{:.2f}"), "",
+        header_text(results.meta), "", markdown_table(rows, present, floatfmt="{:.2f}"), _common.failures_text(results.rows),
         "For reference, the anomalib peer measured here on MPDD metal_plate (METHODS.md section 5, another dataset and "
         "a busier library, so not a ratio of this run):", "", markdown_table(peer, ["method", "fit_s", "ms_per_image"]), "",
         "Against the goals (this code):", "", *goal_lines(rows),
@@ -158,13 +171,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--baseline-src", default=None, metavar="SRC",
                         help="also run every method with this `src` folder first on the path (the code before a change)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra override for the nbs and refine rows (repeatable)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
+                        help="extra override (repeatable): protocol.* for every row, other keys for the nbs and refine "
+                             "rows, METHOD:KEY=VALUE for that method's rows only")
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 NBS steps, 16 images; not a result")
     parser.add_argument("--work", default=None, help="run directories here, kept (default: a temporary folder, deleted)")
     parser.add_argument("--no-append", action="store_true", help="print instead of appending to docs/benchmarks.md")
+    parser.add_argument("--from-results", metavar="FILE", help="render an earlier run's results file again (no measuring)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def overrides_for(method: str, settings: list[str]) -> list[str]:
+    """The --set values a method's rows take: protocol.* (the split) for every method, METHOD:KEY=VALUE
+    for that method, any other KEY=VALUE for the few-label methods (nbs, refine)."""
+    out = []
+    for setting in settings:
+        target, _, rest = setting.partition(":") if ":" in setting.split("=", 1)[0] else ("", "", setting)
+        if target:
+            if target == method:
+                out.append(rest)
+        elif rest.startswith("protocol.") or method in ("nbs", "refine"):
+            out.append(rest)
+    return out
+
+
+def measure(args, methods: list[str], weights: str, baseline: Path | None, results: _common.Results) -> None:
+    quick = ["model.steps=100"] if args.quick else []
+    n_images = 16 if args.quick else args.images
+    results.note(quick=args.quick, data=_common.portable(str(Path(args.data).resolve())), n_images=n_images, threads=args.threads, seed=args.seed, overrides=quick + args.overrides,
+                 baseline_src=_common.portable(str(baseline)) if baseline else None, methods=methods)
+    work, holder = _common.work_dir(args.work, "rlad_speed_")
+    codes = [("this", Path(__file__).resolve().parents[1] / "src")] + ([("baseline", baseline)] if baseline else [])
+    for code, src in codes:
+        for method in methods:
+            # The refiner's name before issue 19 was `supervised` (still accepted as an alias).
+            name = "supervised" if code == "baseline" and method == "refine" and not (src / "rlad" / "models" / "nbs" / "refiner.py").is_file() else method
+            overrides = overrides_for(method, quick + args.overrides)
+            spec = {"kind": "speed", "method": name, "data": args.data, "run": str(work / f"{code}_{method}"), "seed": args.seed,
+                    "overrides": overrides, "n_images": n_images, "batch_sizes": [1, 8], "keep": bool(args.work)}
+            shutil.rmtree(spec["run"], ignore_errors=True)
+            env = {"RLAD_BACKBONE_WEIGHTS": weights, "PYTHONPATH": str(src)}
+            result = _common.spawn(__file__, spec, args.threads, tag=f"speed {code}", env=env)
+            results.add({"method": method, "code": code, **result})
+    if holder is not None:
+        holder.cleanup()
 
 
 def main(argv=None) -> int:
@@ -172,59 +223,31 @@ def main(argv=None) -> int:
     if args.child:
         _common.run_child(args.child, JOBS)
         return 0
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        print(f"[speed] unknown method(s) {unknown}; choose from {METHODS}", file=sys.stderr)
-        return 2
-    weights = os.environ.get("RLAD_BACKBONE_WEIGHTS") or str(SHARED_WEIGHTS)
-    if not Path(weights).is_file():
-        print(f"[speed] skipped: ImageNet MobileNetV2 weights not found at {weights}", file=sys.stderr)
-        return 0
-    if not (Path(args.data) / "train").is_dir():
-        print(f"[speed] skipped: {args.data} is not a dataset folder", file=sys.stderr)
-        return 0
-    baseline = Path(args.baseline_src).resolve() if args.baseline_src else None
-    if baseline is not None and not (baseline / "rlad" / "__init__.py").is_file():
-        print(f"[speed] --baseline-src {baseline}: no rlad package there", file=sys.stderr)
-        return 2
-
-    quick = ["model.steps=100"] if args.quick else []
-    n_images = 16 if args.quick else args.images
-    work, holder = _common.work_dir(args.work, "rlad_speed_")
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    results_path = RESULTS / f"speed-{stamp}{'-quick' if args.quick else ''}.jsonl"
-    codes = [("this", Path(__file__).resolve().parents[1] / "src")] + ([("baseline", baseline)] if baseline else [])
-    rows = []
-    for code, src in codes:
-        for method in methods:
-            # The refiner's name before issue 19 was `supervised` (still accepted as an alias).
-            name = "supervised" if code == "baseline" and method == "refine" and not (src / "rlad" / "models" / "nbs" / "refiner.py").is_file() else method
-            overrides = (quick + args.overrides) if method in ("nbs", "refine") else []
-            spec = {"kind": "speed", "method": name, "data": args.data, "run": str(work / f"{code}_{method}"), "seed": args.seed,
-                    "overrides": overrides, "n_images": n_images, "batch_sizes": [1, 8], "keep": bool(args.work)}
-            shutil.rmtree(spec["run"], ignore_errors=True)
-            env = {"RLAD_BACKBONE_WEIGHTS": weights, "PYTHONPATH": str(src)}
-            result = _common.spawn(__file__, spec, args.threads, tag=f"speed {code}", env=env)
-            if result:
-                row = {"method": method, "code": code, **result}
-                rows.append(row)
-                with open(results_path, "a") as handle:
-                    handle.write(json.dumps(row) + "\n")
-    header = (
-        f"Data: {Path(args.data).name}; {n_images} test images timed per row (decoded beforehand), batch 1 and 8, "
-        f"{args.threads} torch threads per row, one process per row, rows one after another; 5 labelled defects per type "
-        f"for every method (seed {args.seed}); defaults{' + ' + '; '.join(quick + args.overrides) if quick + args.overrides else ''}. "
-        f"code = this checkout{f' or the baseline src {baseline}' if baseline else ''}. Raw rows: "
-        f"{results_path.relative_to(ROOT)}. load_1min = the machine's load average before-after each row."
-    )
-    text = render(rows, header)
+    if args.from_results:
+        results = _common.Results("speed", path=args.from_results)
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            print(f"[speed] unknown method(s) {unknown}; choose from {METHODS}", file=sys.stderr)
+            return 2
+        weights = os.environ.get("RLAD_BACKBONE_WEIGHTS") or str(SHARED_WEIGHTS)
+        if not Path(weights).is_file():
+            print(f"[speed] skipped: ImageNet MobileNetV2 weights not found at {weights}", file=sys.stderr)
+            return 0
+        if not (Path(args.data) / "train").is_dir():
+            print(f"[speed] skipped: {args.data} is not a dataset folder", file=sys.stderr)
+            return 0
+        baseline = Path(args.baseline_src).resolve() if args.baseline_src else None
+        if baseline is not None and not (baseline / "rlad" / "__init__.py").is_file():
+            print(f"[speed] --baseline-src {baseline}: no rlad package there", file=sys.stderr)
+            return 2
+        results = _common.Results("speed-quick" if args.quick else "speed")
+        measure(args, methods, weights, baseline, results)
+    text = render(results)
     print(text)
-    if not args.no_append and not args.quick:
-        append_section("Speed: few-label detection next to PatchCore (issue 19)", text)
-    if holder is not None:
-        holder.cleanup()
+    if not args.no_append and not results.meta.get("quick"):
+        append_section("Speed: few-label detection next to PatchCore (issue 19)", text, results=results)
     return 0
 
 
