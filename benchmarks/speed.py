@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 import sys
 import time
 from pathlib import Path
@@ -134,7 +135,8 @@ def header_text(meta: dict) -> str:
     baseline = meta.get("baseline_src")
     return (
         f"Data: {Path(meta['data']).name}; {meta['n_images']} test images timed per row (decoded beforehand), batch 1 and 8, "
-        f"{meta['threads']} torch threads per row, one process per row, rows one after another; 5 labelled defects per type "
+        f"{meta['threads']} torch threads per row, one process per row, "
+        f"{'the two code versions of a method side by side (at the same time), methods one after another' if meta.get('pairs') else 'rows one after another'}; 5 labelled defects per type "
         f"for every method (seed {meta['seed']}); defaults{' + --set ' + ', '.join(settings) + ' (rules: `--help`)' if settings else ''}. "
         f"code = this checkout{f' or the baseline src ({baseline})' if baseline else ''}. "
         "load_1min = the machine's load average before-after each row (2 cores; other work ran on the host, so "
@@ -174,6 +176,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="[METHOD:]KEY=VALUE",
                         help="extra override (repeatable): protocol.* for every row, other keys for the nbs and refine "
                              "rows, METHOD:KEY=VALUE for that method's rows only")
+    parser.add_argument("--pairs", action="store_true",
+                        help="run each method's row of this code and of --baseline-src at the same time (on a busy "
+                             "host both then share the same load; each still gets --threads)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 NBS steps, 16 images; not a result")
     parser.add_argument("--work", default=None, help="run directories here, kept (default: a temporary folder, deleted)")
     parser.add_argument("--no-append", action="store_true", help="print instead of appending to docs/benchmarks.md")
@@ -199,21 +204,29 @@ def overrides_for(method: str, settings: list[str]) -> list[str]:
 def measure(args, methods: list[str], weights: str, baseline: Path | None, results: _common.Results) -> None:
     quick = ["model.steps=100"] if args.quick else []
     n_images = 16 if args.quick else args.images
-    results.note(quick=args.quick, data=_common.portable(str(Path(args.data).resolve())), n_images=n_images, threads=args.threads, seed=args.seed, overrides=quick + args.overrides,
+    results.note(quick=args.quick, pairs=args.pairs, data=_common.portable(str(Path(args.data).resolve())), n_images=n_images, threads=args.threads, seed=args.seed, overrides=quick + args.overrides,
                  baseline_src=_common.portable(str(baseline)) if baseline else None, methods=methods)
     work, holder = _common.work_dir(args.work, "rlad_speed_")
     codes = [("this", Path(__file__).resolve().parents[1] / "src")] + ([("baseline", baseline)] if baseline else [])
-    for code, src in codes:
-        for method in methods:
-            # The refiner's name before issue 19 was `supervised` (still accepted as an alias).
-            name = "supervised" if code == "baseline" and method == "refine" and not (src / "rlad" / "models" / "nbs" / "refiner.py").is_file() else method
-            overrides = overrides_for(method, quick + args.overrides)
-            spec = {"kind": "speed", "method": name, "data": args.data, "run": str(work / f"{code}_{method}"), "seed": args.seed,
-                    "overrides": overrides, "n_images": n_images, "batch_sizes": [1, 8], "keep": bool(args.work)}
-            shutil.rmtree(spec["run"], ignore_errors=True)
-            env = {"RLAD_BACKBONE_WEIGHTS": weights, "PYTHONPATH": str(src)}
-            result = _common.spawn(__file__, spec, args.threads, tag=f"speed {code}", env=env)
-            results.add({"method": method, "code": code, **result})
+
+    def one(code: str, src: Path, method: str) -> dict:
+        # The refiner's name before issue 19 was `supervised` (still accepted as an alias).
+        name = "supervised" if code == "baseline" and method == "refine" and not (src / "rlad" / "models" / "nbs" / "refiner.py").is_file() else method
+        spec = {"kind": "speed", "method": name, "data": args.data, "run": str(work / f"{code}_{method}"), "seed": args.seed,
+                "overrides": overrides_for(method, quick + args.overrides), "n_images": n_images, "batch_sizes": [1, 8],
+                "keep": bool(args.work)}
+        shutil.rmtree(spec["run"], ignore_errors=True)
+        env = {"RLAD_BACKBONE_WEIGHTS": weights, "PYTHONPATH": str(src)}
+        return {"method": method, "code": code, **_common.spawn(__file__, spec, args.threads, tag=f"speed {code}", env=env)}
+
+    for method in methods:
+        if args.pairs:  # this code and the baseline's row of one method at once: both under the same load
+            with ThreadPoolExecutor(len(codes)) as pool:
+                rows = list(pool.map(lambda code_src: one(*code_src, method), codes))
+        else:
+            rows = [one(code, src, method) for code, src in codes]
+        for row in rows:
+            results.add(row)
     if holder is not None:
         holder.cleanup()
 
