@@ -141,13 +141,16 @@ def header_text(meta: dict) -> str:
         f"code = this checkout{f' or the baseline src ({baseline})' if baseline else ''}. "
         "load_1min = the machine's load average before-after each row (2 cores; other work ran on the host, so "
         "absolute times are noisy and the ratios within one run are the figures to compare)."
+        + (" Rows added later to the same results file (`--resume`): "
+           + "; ".join(f"`{command}`" for command in meta["resumed"]) + "." if meta.get("resumed") else "")
+        + " settings = each row's own --set values."
     )
 
 
 def render(results: _common.Results) -> str:
     from rlad.tables import markdown_table
 
-    columns = ["method", "code", "fit_s", "ms_b1", "ms_b8", "peak_rss_mb", "fit_vs_patchcore", "ms_b1_vs_patchcore",
+    columns = ["method", "code", "settings", "fit_s", "ms_b1", "ms_b8", "peak_rss_mb", "fit_vs_patchcore", "ms_b1_vs_patchcore",
                "ms_b8_vs_patchcore", "peak_rss_vs_patchcore", "b1_speedup_vs_baseline", "b8_speedup_vs_baseline",
                "fit_speedup_vs_baseline", "load_1min"]
     rows = with_ratios(_common.ok_rows(results.rows))
@@ -182,6 +185,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 NBS steps, 16 images; not a result")
     parser.add_argument("--work", default=None, help="run directories here, kept (default: a temporary folder, deleted)")
     parser.add_argument("--no-append", action="store_true", help="print instead of appending to docs/benchmarks.md")
+    parser.add_argument("--resume", metavar="FILE", help="continue an earlier run's results file: measure only the rows it "
+                        "lacks (same settings), appending to it")
     parser.add_argument("--from-results", metavar="FILE", help="render an earlier run's results file again (no measuring)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -204,10 +209,20 @@ def overrides_for(method: str, settings: list[str]) -> list[str]:
 def measure(args, methods: list[str], weights: str, baseline: Path | None, results: _common.Results) -> None:
     quick = ["model.steps=100"] if args.quick else []
     n_images = 16 if args.quick else args.images
-    results.note(quick=args.quick, pairs=args.pairs, data=_common.portable(str(Path(args.data).resolve())), n_images=n_images, threads=args.threads, seed=args.seed, overrides=quick + args.overrides,
-                 baseline_src=_common.portable(str(baseline)) if baseline else None, methods=methods)
+    overrides = quick + args.overrides
+    if results.rows:  # --resume: the rows must stay comparable (each row records its own --set values)
+        kept = {k: results.meta[k] for k in ("n_images", "threads", "seed", "pairs", "quick") if k in results.meta}
+        wanted = {"n_images": n_images, "threads": args.threads, "seed": args.seed, "pairs": args.pairs, "quick": args.quick}
+        if kept != {k: wanted[k] for k in kept}:
+            raise SystemExit(f"[speed] --resume: {results.path} was measured with {kept}, not {wanted}")
+        overrides = list(dict.fromkeys(results.meta.get("overrides", []) + overrides))
+        results.note(resumed=results.meta.get("resumed", []) + [_common.command_line()])
+    results.note(quick=args.quick, pairs=args.pairs, data=_common.portable(str(Path(args.data).resolve())), n_images=n_images,
+                 threads=args.threads, seed=args.seed, overrides=overrides,
+                 baseline_src=_common.portable(str(baseline)) if baseline else None,
+                 methods=list(dict.fromkeys(results.meta.get("methods", []) + methods)))
     work, holder = _common.work_dir(args.work, "rlad_speed_")
-    codes = [("this", Path(__file__).resolve().parents[1] / "src")] + ([("baseline", baseline)] if baseline else [])
+    codes_all = [("this", Path(__file__).resolve().parents[1] / "src")] + ([("baseline", baseline)] if baseline else [])
 
     def one(code: str, src: Path, method: str) -> dict:
         # The refiner's name before issue 19 was `supervised` (still accepted as an alias).
@@ -217,9 +232,14 @@ def measure(args, methods: list[str], weights: str, baseline: Path | None, resul
                 "keep": bool(args.work)}
         shutil.rmtree(spec["run"], ignore_errors=True)
         env = {"RLAD_BACKBONE_WEIGHTS": weights, "PYTHONPATH": str(src)}
-        return {"method": method, "code": code, **_common.spawn(__file__, spec, args.threads, tag=f"speed {code}", env=env)}
+        return {"method": method, "code": code, "settings": spec["overrides"],
+                **_common.spawn(__file__, spec, args.threads, tag=f"speed {code}", env=env)}
 
+    done = {(r["code"], r["method"]) for r in _common.ok_rows(results.rows)}
     for method in methods:
+        codes = [(code, src) for code, src in codes_all if (code, method) not in done]  # --resume: only what is missing
+        if not codes:
+            continue
         if args.pairs:  # this code and the baseline's row of one method at once: both under the same load
             with ThreadPoolExecutor(len(codes)) as pool:
                 rows = list(pool.map(lambda code_src: one(*code_src, method), codes))
@@ -255,7 +275,10 @@ def main(argv=None) -> int:
         if baseline is not None and not (baseline / "rlad" / "__init__.py").is_file():
             print(f"[speed] --baseline-src {baseline}: no rlad package there", file=sys.stderr)
             return 2
-        results = _common.Results("speed-quick" if args.quick else "speed")
+        if args.resume:
+            results = _common.Results("speed", path=args.resume)
+        else:
+            results = _common.Results("speed-quick" if args.quick else "speed")
         measure(args, methods, weights, baseline, results)
     text = render(results)
     print(text)
