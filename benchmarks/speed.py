@@ -219,7 +219,7 @@ def measure(args, methods: list[str], weights: str, baseline: Path | None, resul
         results.note(resumed=results.meta.get("resumed", []) + [_common.command_line()])
     results.note(quick=args.quick, pairs=args.pairs, data=_common.portable(str(Path(args.data).resolve())), n_images=n_images,
                  threads=args.threads, seed=args.seed, overrides=overrides,
-                 baseline_src=_common.portable(str(baseline)) if baseline else None,
+                 baseline_src=_common.portable(str(baseline)) if baseline else results.meta.get("baseline_src"),
                  methods=list(dict.fromkeys(results.meta.get("methods", []) + methods)))
     work, holder = _common.work_dir(args.work, "rlad_speed_")
     codes_all = [("this", Path(__file__).resolve().parents[1] / "src")] + ([("baseline", baseline)] if baseline else [])
@@ -232,7 +232,7 @@ def measure(args, methods: list[str], weights: str, baseline: Path | None, resul
                 "keep": bool(args.work)}
         shutil.rmtree(spec["run"], ignore_errors=True)
         env = {"RLAD_BACKBONE_WEIGHTS": weights, "PYTHONPATH": str(src)}
-        return {"method": method, "code": code, "settings": spec["overrides"],
+        return {"method": method, "code": code, "settings": "; ".join(spec["overrides"]) or "defaults",
                 **_common.spawn(__file__, spec, args.threads, tag=f"speed {code}", env=env)}
 
     done = {(r["code"], r["method"]) for r in _common.ok_rows(results.rows)}
