@@ -71,7 +71,7 @@ def test_a_damaged_model_file_is_a_one_line_error(run, tmp_path, capsys):
     assert err.strip() == f"rlad: error: {damaged / 'model.pt'}: damaged or not an rlad file (RuntimeError); rerun the command that wrote it"
 
 
-def test_the_run_records_its_backbone_and_warns_when_it_was_random(run, capsys):
+def test_the_run_records_its_backbone_and_warns_when_it_was_random(run, tmp_path, capsys):
     loaded = detection.load_run(run)
     [backbone] = loaded.backbones
     assert backbone == {"arch": "mobilenet_v2", "weights": "random", "pretrained": False, "source": "random",
@@ -80,6 +80,8 @@ def test_the_run_records_its_backbone_and_warns_when_it_was_random(run, capsys):
     assert json.loads((run / "metrics.json").read_text())["fit"]["backbones"] == [backbone]
     with pytest.warns(UserWarning, match="mobilenet_v2 backbone has RANDOM weights"):
         main(["test", str(run), "--no-report", "--json"])
+    with pytest.warns(UserWarning, match="mobilenet_v2 backbone has RANDOM weights"):
+        main(["predict", str(run), str(run.parent / "tiny" / "test" / "hole"), "--out", str(tmp_path / "p")])
     # A model without a backbone records none and warns about nothing.
     other = run.parent / "pixelstats"
     detection.fit("pixelstats", run.parent / "tiny", other, detection.build_config("pixelstats", None, ["image_size=64"]))
