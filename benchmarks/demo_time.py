@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import ROOT, Results, append_section, failed_row, failures_text, ok_rows  # noqa: E402
+from benchmarks._common import ROOT, Results, append_section, failed_row, failures_text, ok_rows, portable  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
 GOAL_S = 300.0
@@ -106,7 +106,7 @@ def measure(results: Results, extra: list[str], env: dict) -> None:
 
 def render(results: Results) -> str:
     meta, rows = results.meta, results.rows
-    steps = [r for r in ok_rows(rows) if r["step"] != "total"]
+    steps = [{**r, "title": portable(r["title"])} for r in ok_rows(rows) if r["step"] != "total"]
     totals = [r for r in ok_rows(rows) if r["step"] == "total"]
     lines = [
         f"Profile `{meta.get('profile')}`; goal: at most {GOAL_S:.0f} s on 2 cores from an installed venv "
