@@ -65,6 +65,22 @@ def _outline(pixels: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int])
         pixels[mask & ~ndimage.binary_erosion(mask)] = colour
 
 
+def _fitted_size(draw, text: str, size: int, width: int, smallest: int = 9) -> int:
+    """The largest font size up to `size` (and down to `smallest`) at which `text` fits `width` pixels."""
+    while size > smallest and draw.textlength(text, font=_font(size)) > width:
+        size -= 1
+    return size
+
+
+def _fitted(draw, text: str, size: int, width: int) -> str:
+    """`text`, cut with an ellipsis when it does not fit `width` even at the smallest font size (a
+    narrow image with a long file name): the start (score and decision) is what must stay."""
+    font = _font(_fitted_size(draw, text, size, width))
+    while len(text) > 1 and draw.textlength(text, font=font) > width:
+        text = text[:-2].rstrip() + "\u2026"
+    return text
+
+
 def labelled_panel(image: np.ndarray, scores: np.ndarray, boxes: list[tuple[list[int], float]], title: str,
                    flagged: bool, truth: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
     """What a person reads without opening the original: a title strip (score and decision, coloured
@@ -81,7 +97,7 @@ def labelled_panel(image: np.ndarray, scores: np.ndarray, boxes: list[tuple[list
     _outline(left, truth, TRUTH_COLOUR)
     _outline(right, truth, TRUTH_COLOUR)
     gap = max(4, width // 64)
-    text_size = max(11, min(28, width // 22))
+    text_size = max(12, min(28, width // 14))
     strip = text_size + 10
     canvas = Image.new("RGB", (2 * width + gap, height + strip), (255, 255, 255))
     canvas.paste(Image.fromarray(left), (0, strip))
@@ -89,7 +105,8 @@ def labelled_panel(image: np.ndarray, scores: np.ndarray, boxes: list[tuple[list
     draw = ImageDraw.Draw(canvas)
     colour = BAD_COLOUR if flagged else GOOD_COLOUR
     draw.rectangle((0, 0, canvas.width, strip - 3), fill=colour)
-    draw.text((6, 4), title, fill=(255, 255, 255), font=_font(text_size))
+    draw.text((6, 4), _fitted(draw, title, text_size, canvas.width - 12), fill=(255, 255, 255),
+              font=_font(_fitted_size(draw, title, text_size, canvas.width - 12)))
     line = max(1, width // 160)
     box_font = _font(max(10, text_size - 4))
     for (x0, y0, x1, y1), score in boxes:
@@ -139,12 +156,14 @@ def figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
-# After loading, the page writes how many of its images decoded into <body data-images data-decoded>:
-# a headless browser's DOM dump then shows whether every embedded picture renders.
+# After loading, the page writes how many of its images decoded, and the narrowest one's width on
+# screen, into <body data-images data-decoded data-narrowest>: a headless browser's DOM dump then shows
+# whether every embedded picture renders, at a size a person can read.
 _IMAGE_CHECK = (
     "<script>window.addEventListener('load',function(){var i=Array.prototype.slice.call(document.images);"
-    "document.body.dataset.images=i.length;"
-    "document.body.dataset.decoded=i.filter(function(x){return x.complete&&x.naturalWidth>0}).length;});</script>"
+    "var b=document.body.dataset;b.images=i.length;"
+    "b.decoded=i.filter(function(x){return x.complete&&x.naturalWidth>0}).length;"
+    "b.narrowest=Math.round(Math.min.apply(null,i.map(function(x){return x.getBoundingClientRect().width})));});</script>"
 )
 
 
@@ -158,7 +177,7 @@ def write_report(path: Path, title: str, sections: list[tuple[str, str]], intro:
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
         "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.text-last td:last-child{text-align:left}"
         "img{max-width:100%;margin:4px}.grid img{width:256px}figure{display:inline-block;margin:4px;vertical-align:top}"
-        "figcaption{font-size:12px;color:#555;max-width:520px}.warn{background:#fde8e8;border-left:4px solid #d33;"
+        ".panels img{width:520px}figcaption{font-size:13px;color:#555;max-width:520px}.warn{background:#fde8e8;border-left:4px solid #d33;"
         "padding:6px 10px}.plots img{width:480px}"
     )
     body = "".join(f"<h2>{escape(h)}</h2>\n{html}\n" for h, html in sections)

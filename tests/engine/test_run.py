@@ -87,3 +87,19 @@ def test_files_of_older_versions_with_pickled_arrays_still_load(tmp_path):
     torch.save({"bank": np.ones((2, 2), np.float32), "n": np.int64(4)}, tmp_path / "old.pt")
     old = load_torch_file(tmp_path / "old.pt")
     assert np.array_equal(old["bank"], np.ones((2, 2), np.float32)) and old["n"] == 4
+
+
+def test_files_written_atomically_get_the_usual_permissions_not_private_ones(tmp_path):
+    # A run folder is shared: model.pt, config.yaml and report.html must be readable by whoever may read
+    # any other file the user writes there (mkstemp alone would leave them 0600).
+    import os
+
+    from rlad.engine.run import atomic_write_bytes
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "report.html", b"<html>")
+        atomic_torch_save({"w": torch.ones(1)}, tmp_path / "model.pt")
+    finally:
+        os.umask(previous)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"report.html": 0o644, "model.pt": 0o644}

@@ -56,6 +56,9 @@ def test_the_report_holds_every_section_and_nothing_external(report):
     assert len(sources) == PICTURES
     assert all(s.startswith("data:image/png;base64,") for s in sources)  # self-contained
     assert "RANDOM weights" in page  # the run's backbone is random: the page says so
+    # How many errors there are, since the panels show the worst images whether or not they are errors.
+    assert re.search(r"\d+ of 3 normal images are flagged \(false positives\)", page)
+    assert re.search(r"\d+ of 4 defective images are missed \(false negatives\)", page)
 
 
 def test_test_writes_the_report_into_the_run_by_default_and_not_with_no_report(tiny_patchcore_run, tmp_path, capsys):
@@ -88,8 +91,10 @@ def test_the_report_renders_in_headless_chromium(report, tmp_path):
     dom = _run_chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", url)
     body = re.search(r"<body([^>]*)>", dom.stdout)
     assert body, dom.stderr[-2000:]
-    counts = dict(re.findall(r'data-(images|decoded)="(\d+)"', body.group(1)))
-    assert counts == {"images": str(PICTURES), "decoded": str(PICTURES)}  # the page's own check: all decoded
+    counts = {key: int(value) for key, value in re.findall(r'data-(images|decoded|narrowest)="(\d+)"', body.group(1))}
+    assert counts["images"] == counts["decoded"] == PICTURES  # the page's own check: every picture decoded
+    # ... and none is shown as a thumbnail: the tiny data's 48 x 64 error panels are scaled up to be read.
+    assert counts["narrowest"] >= 400
     assert len(re.findall(r"<h2>", dom.stdout)) == len(SECTIONS)
 
     shot = tmp_path / "report.png"

@@ -1,19 +1,18 @@
 """Run folders that are safe to share and describe themselves (issue 16): no unpickling of code, a
 one-line error for a damaged model.pt, the backbone's provenance recorded and warned about, `rlad test`
-defaulting to the run's dataset, no half-made run after a failed fit, and `--help` examples that run."""
+defaulting to the run's dataset, no half-made run after a failed fit (the `--help` examples:
+tests/cli/test_help_examples.py)."""
 
 from __future__ import annotations
 
 import json
 import pathlib
-import shlex
 import warnings
 
 import pytest
 import torch
 
-from rlad.cli import fit as fit_cli
-from rlad.cli.main import build_parser, main
+from rlad.cli.main import main
 from rlad.workflows import detection
 
 RANDOM = ["image_size=64", "model.backbone.weights=random"]
@@ -72,7 +71,7 @@ def test_a_damaged_model_file_is_a_one_line_error(run, tmp_path, capsys):
     assert err.strip() == f"rlad: error: {damaged / 'model.pt'}: damaged or not an rlad file (RuntimeError); rerun the command that wrote it"
 
 
-def test_the_run_records_its_backbone_and_warns_when_it_was_random(run, capsys):
+def test_the_run_records_its_backbone_and_warns_when_it_was_random(run, tmp_path, capsys):
     loaded = detection.load_run(run)
     [backbone] = loaded.backbones
     assert backbone == {"arch": "mobilenet_v2", "weights": "random", "pretrained": False, "source": "random",
@@ -81,6 +80,8 @@ def test_the_run_records_its_backbone_and_warns_when_it_was_random(run, capsys):
     assert json.loads((run / "metrics.json").read_text())["fit"]["backbones"] == [backbone]
     with pytest.warns(UserWarning, match="mobilenet_v2 backbone has RANDOM weights"):
         main(["test", str(run), "--no-report", "--json"])
+    with pytest.warns(UserWarning, match="mobilenet_v2 backbone has RANDOM weights"):
+        main(["predict", str(run), str(run.parent / "tiny" / "test" / "hole"), "--out", str(tmp_path / "p")])
     # A model without a backbone records none and warns about nothing.
     other = run.parent / "pixelstats"
     detection.fit("pixelstats", run.parent / "tiny", other, detection.build_config("pixelstats", None, ["image_size=64"]))
@@ -119,18 +120,3 @@ def test_a_failed_fit_leaves_no_stub(tiny_mvtec, tmp_path, monkeypatch):
     assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]  # only what was there before
     with pytest.raises(RuntimeError):  # and a rerun with other options is not refused by a leftover
         detection.fit("patchcore", tiny_mvtec, existing, detection.build_config("patchcore", None, RANDOM + ["seed=3"]))
-
-
-def _examples(text: str) -> list[list[str]]:
-    lines = [line.split("#")[0].strip() for line in text.splitlines()]
-    return [shlex.split(line)[1:] for line in lines if line.startswith("rlad ")]
-
-
-def test_help_examples_parse_and_their_settings_are_valid():
-    parser = build_parser()
-    fit_examples = _examples(fit_cli.FIT_EXAMPLES)
-    assert len(fit_examples) >= 3
-    for argv in fit_examples + _examples(fit_cli.TEST_EXAMPLES) + _examples(fit_cli.PREDICT_EXAMPLES):
-        args = parser.parse_args(argv)
-        if argv[0] == "fit":
-            detection.build_config(args.method, None, args.overrides)  # raises on an unknown or invalid key

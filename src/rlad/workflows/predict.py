@@ -259,14 +259,22 @@ def _predict_one(loaded, path: Path, stem: str, out: Path, thresholds: Threshold
     }
 
 
+def load_predictor(run_path: str | Path):
+    """What `predict` scores with, loaded from `run_path`: the one place it loads a model, so another
+    backend plugs in here. Today a fitted pixel run (`workflows.detection.load_run`); whatever this
+    returns must offer `model.predict(uint8 NCHW tensor) -> AnomalyMap`, `post` (the run's
+    `PostProcessor`), `cfg.image_size`, `train_size`, `run.path` and `warn_if_untrained_backbone()`."""
+    from rlad.workflows.detection import load_run
+
+    return load_run(run_path)
+
+
 def predict(run_path: str | Path, paths: list[str | Path], out: str | Path, threshold: float | None = None,
             pixel_threshold: float | None = None, raw: bool = False) -> Predictions:
     """Score every image under `paths` with the run at `run_path`; files into `out` (module docstring)."""
-    from rlad.workflows.detection import load_run
-
     out = Path(out)
     _check_out(out)
-    loaded = load_run(run_path)
+    loaded = load_predictor(run_path)
     loaded.warn_if_untrained_backbone()
     thresholds = thresholds_for(loaded.post, threshold, pixel_threshold)
     images, failed = collect_images(paths, out)

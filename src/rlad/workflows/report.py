@@ -3,9 +3,10 @@ wrong, in one self-contained page (every picture embedded).
 
 Sections: the run (method, data, backbone, thresholds), the metrics with their definitions, ROC and
 precision-recall curves (image level and pixel level), one row per defect type, the histogram of
-image scores of normal and defective images with the threshold, and the worst false positives and
-false negatives as labelled overlays (image | heat map, ground truth outlined in white, the
-predicted mask in red).
+image scores of normal and defective images on the run's 0-1 scale (the threshold at 0.5, as
+`rlad predict` prints scores), and the highest-scoring normal and lowest-scoring defective images
+(with how many of each are errors at the run's threshold) as labelled overlays (image | heat map,
+ground truth outlined in white, the predicted mask in red), drawn at least `PANEL_SIDE` pixels a side.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ DEFINITIONS = {
     "n_test": "Images scored (the test split minus labelled training and development images).",
 }
 WORST = 4  # overlays per kind of error
+PANEL_SIDE = 256  # error panels show each image at least this large
 CURVE_PIXELS = 200_000  # pixels sampled for the pixel curves (the metrics use all of them)
 
 
@@ -101,15 +103,20 @@ def _curves_figure(pred, labels: np.ndarray, masks: np.ndarray, roc: bool) -> st
     return figure_png_uri(draw)
 
 
-def _histogram_figure(pred, labels: np.ndarray, threshold: float) -> str:
+def _histogram_figure(pred, labels: np.ndarray, post) -> str:
+    """Image scores on the run's 0-1 scale (as `rlad predict` and the panels print them), so the
+    threshold sits at 0.5 whatever the model's raw units."""
     from rlad.viz import figure_png_uri
 
+    scores = post.normalise_scores(pred.scores)
+
     def draw(axes):
-        bins = np.histogram_bin_edges(np.r_[pred.scores, threshold], bins=30)
-        axes.hist(pred.scores[labels == 0], bins=bins, alpha=0.6, label=f"normal ({int((labels == 0).sum())})", color="#2a9d3c")
-        axes.hist(pred.scores[labels == 1], bins=bins, alpha=0.6, label=f"defective ({int((labels == 1).sum())})", color="#d33")
-        axes.axvline(threshold, color="black", linestyle="--", label="threshold")
-        axes.set_xlabel("image score (raw)")
+        bins = np.linspace(0.0, 1.0, 41)
+        axes.hist(scores[labels == 0], bins=bins, alpha=0.6, label=f"normal ({int((labels == 0).sum())})", color="#2a9d3c")
+        axes.hist(scores[labels == 1], bins=bins, alpha=0.6, label=f"defective ({int((labels == 1).sum())})", color="#d33")
+        axes.axvline(0.5, color="black", linestyle="--", label=f"threshold (raw {post.image_threshold:.4g})")
+        axes.set_xlim(0, 1)
+        axes.set_xlabel("image score (0.5 = the run's threshold)")
         axes.set_ylabel("images")
         axes.legend()
 
@@ -123,14 +130,18 @@ def _error_figures(indices, samples, images, masks, pred, post, folder_root: Pat
 
     figures = []
     for i in indices:
-        image = images[i].transpose(1, 2, 0).astype(np.float32) / 255.0
-        scores = post.normalise_maps(pred.maps[i])
-        predicted = post.masks(pred.maps[i])
+        # A small model input is drawn at a whole multiple of its size (pixels repeated, not blurred), so
+        # the labels are written at a size a person can read.
+        factor = max(1, -(-PANEL_SIDE // max(images.shape[-2:])))
+        enlarge = (lambda a: np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)) if factor > 1 else (lambda a: a)
+        image = enlarge(images[i].transpose(1, 2, 0).astype(np.float32) / 255.0)
+        scores = enlarge(post.normalise_maps(pred.maps[i]))
+        predicted = enlarge(post.masks(pred.maps[i]))
         score = float(post.normalise_scores(pred.scores[i : i + 1])[0])
         flagged = bool(post.is_anomalous(pred.scores[i : i + 1])[0])
         boxes = [(list(b), float(scores[b[1]:b[3], b[0]:b[2]].max())) for b in mask_to_boxes(predicted)][:8]
-        title = f"score {score:.2f} {'ANOMALOUS' if flagged else 'normal'}"
-        panel = labelled_panel(image, scores, boxes, title, flagged, truth=masks[i], mask=predicted)
+        title = f"score {score:.2f}   {'ANOMALOUS' if flagged else 'normal'}"
+        panel = labelled_panel(image, scores, boxes, title, flagged, truth=enlarge(masks[i]), mask=predicted)
         name = relative_to(samples[i].path, folder_root)
         figures.append(f"<figure><img src='{png_data_uri(panel)}' alt='{escape(name)}'>"
                        f"<figcaption>{escape(name)} (truth: {escape(samples[i].defect_type)})</figcaption></figure>")
@@ -172,6 +183,14 @@ def write_test_report(path: Path, loaded, folder, samples, images: np.ndarray, m
     normal = np.nonzero(labels == 0)[0]
     false_positives = normal[np.argsort(-pred.scores[normal], kind="stable")][:WORST]
     false_negatives = defective[np.argsort(pred.scores[defective], kind="stable")][:WORST]
+    flagged = post.is_anomalous(pred.scores)
+    legend = ("<p>Each panel: the image (ground truth outlined in white) beside its heat map on the 0-1 scale "
+              "(0.5 = the pixel threshold), the predicted defect region outlined in red and boxed with its peak score; "
+              "the strip above gives the image score and the decision at the run's threshold.</p>")
+    errors_fp = (f"<p>{int(flagged[normal].sum())} of {len(normal)} normal images are flagged (false positives). "
+                 f"Shown: the {min(WORST, len(normal))} highest-scoring normal images, flagged or not.</p>")
+    errors_fn = (f"<p>{int((~flagged[defective]).sum())} of {len(defective)} defective images are missed (false "
+                 f"negatives). Shown: the {min(WORST, len(defective))} lowest-scoring defective images, missed or not.</p>")
     sections = [
         ("Metrics", f"<div class='text-last'>{html_table(metric_rows, ['metric', 'value', 'definition'])}</div>"),
         ("ROC and precision-recall curves",
@@ -182,10 +201,10 @@ def write_test_report(path: Path, loaded, folder, samples, images: np.ndarray, m
          + "<p>flagged: share at or above the run's image threshold (for good: the false-positive rate); "
            "mean_score on the 0-1 scale where 0.5 is the threshold; AUROCs against the normal test images.</p>"),
         ("Image scores of normal and defective images",
-         f"<img src='{_histogram_figure(pred, labels, post.image_threshold)}' alt='score histogram'>"),
+         f"<img src='{_histogram_figure(pred, labels, post)}' alt='score histogram'>"),
         ("Worst false positives: the highest-scoring normal images",
-         f"<div class='grid-wide'>{_error_figures(false_positives, samples, images, masks, pred, post, folder.root)}</div>"),
+         f"{errors_fp}{legend}<div class='panels'>{_error_figures(false_positives, samples, images, masks, pred, post, folder.root)}</div>"),
         ("Worst false negatives: the lowest-scoring defective images",
-         f"<div class='grid-wide'>{_error_figures(false_negatives, samples, images, masks, pred, post, folder.root)}</div>"),
+         f"{errors_fn}<div class='panels'>{_error_figures(false_negatives, samples, images, masks, pred, post, folder.root)}</div>"),
     ]
     return write_report(path, f"rlad test: {loaded.cfg.method} on {folder.category}", sections, intro=intro)
