@@ -61,3 +61,13 @@ def warm_policy(warm_run):
     from rlad.workflows.grounding import load_policy
 
     return load_policy(warm_run)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One torch thread in every test here, also outside xdist (-n 0): a tiny model's products gain nothing from
+    more, and on a busy 2-core machine two spinning threads per process made these tests several times slower."""
+    from rlad.engine import torch_threads
+
+    with torch_threads(1):
+        yield

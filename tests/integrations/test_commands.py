@@ -85,3 +85,50 @@ def test_policy_settings_cannot_be_changed_under_init(tmp_path, capsys):
     assert main(["grpo", "--policy", "hf", "--init", str(tmp_path), "--pairs", "P", "--out", "R",
                  "--set", "policy.max_pixels=1000"]) == 2
     assert "policy's settings come from that run" in capsys.readouterr().err
+
+
+def _fake_run(folder, **config):
+    """A finished-looking run folder (config.yaml + model.pt): enough for the checks that read only the config."""
+    import yaml
+
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "model.pt").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize("init_config, policy, message", [
+    ({"method": "compact", "stage": "warm_start", "policy": {"width": 8}}, "hf",
+     "holds a 'compact' policy, not 'hf' (use --policy compact)"),
+    ({"method": "hf", "stage": "grpo", "policy": {"model": "M"}}, "compact", "holds a 'hf' policy, not 'compact'"),
+    ({"method": "padim", "model": {}}, "hf", "not a grounding policy run"),
+])
+def test_an_init_run_of_another_kind_is_refused_in_one_line(init_config, policy, message, tmp_path, capsys):
+    init = _fake_run(tmp_path / "init", **init_config)
+    assert main(["grpo", "--policy", policy, "--init", str(init), "--pairs", "P", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_run_folder_given_as_model_points_to_init(tmp_path, pairs, capsys):
+    run = _fake_run(tmp_path / "warm", method="hf", stage="warm_start", policy={"model": "M"})
+    assert main(["grpo", "--policy", "hf", "--model", str(run), "--pairs", str(pairs), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "not a transformers checkpoint folder" in err and "--init RUN" in err
+
+
+@pytest.mark.parametrize("missing, args, who", [
+    ("transformers", ["fit", "hf"], "the 'hf' policy"),
+    ("peft", ["grpo", "--policy", "hf"], "the 'hf' policy"),
+    ("trl", ["grpo", "--policy", "hf", "--engine", "trl"], "--engine trl"),
+])
+def test_without_the_vlm_extra_the_commands_say_what_to_install(missing, args, who, tiny_vlm, pairs, tmp_path, capsys,
+                                                                monkeypatch):
+    import sys
+
+    model = str(tiny_vlm("qwen2_vl"))
+    monkeypatch.setitem(sys.modules, missing, None)  # what `import` sees where the package is not installed
+    assert main([*args, "--model", model, "--pairs", str(pairs), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"{who} needs the vlm extra: pip install 'rlad[vlm]' (cannot import {missing}" in err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()

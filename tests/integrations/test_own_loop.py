@@ -71,8 +71,11 @@ def test_the_reward_rises_on_a_learnable_toy(warm_run, square_pairs):
     from rlad.workflows.grounding import load_policy
 
     lines = []
-    cfg = GRPOConfig(steps=20, group_size=4, prompts_per_step=4, lr=1e-3, beta=0.0, checkpoint_every=1000)
+    # Resampling off: each step then generates once (generation is most of a step's cost on a CPU); the
+    # larger batch gives every step a clearer signal than more, smaller steps would for the same completions.
+    cfg = GRPOConfig(steps=12, group_size=4, prompts_per_step=8, lr=1e-3, beta=0.0, resampling=False,
+                     checkpoint_every=1000)
     train_grpo(load_policy(warm_run), GroundingTask(), same_region(square_pairs), cfg, callback=lines.append)
     dclr = [line["reward/dclr"] for line in lines]
-    first, last = sum(dclr[:5]) / 5, sum(dclr[-5:]) / 5
-    assert last > first + 0.2, dclr
+    first, last = sum(dclr[:3]) / 3, sum(dclr[-3:]) / 3
+    assert last > first + 0.25, dclr  # measured here: 0.30 -> 0.82

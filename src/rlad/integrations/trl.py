@@ -59,6 +59,13 @@ class TRLEngineConfig:
         return self
 
 
+def require_trl() -> None:
+    """`--engine trl` refused in one line, before the policy loads, when TRL's part of the vlm extra is missing."""
+    from rlad.policies.hf_vlm.loading import VLM_MODULES, require_vlm_extra
+
+    require_vlm_extra((*VLM_MODULES, "trl", "datasets", "accelerate"), what="--engine trl")
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 

@@ -123,7 +123,9 @@ def build_grpo_config(config_file: str | None = None, overrides: Sequence[str] =
         raise ConfigError("--engine trl trains vision-language models: use it with --policy hf")
     policy_cfg = cls.Config()
     if init:
-        saved = RunDir(init).require_model().load_config().get("policy")
+        init_config = RunDir(init).require_model().load_config()
+        _refuse_other_policy(init, init_config, policy_name)
+        saved = init_config.get("policy")
         if saved is not None:
             policy_cfg = cfgmod.from_dict(cls.Config, saved, "policy")
     grpo_defaults = {**copy.deepcopy(task.grpo_defaults), **getattr(cls, "grpo_defaults", {})}
@@ -133,6 +135,16 @@ def build_grpo_config(config_file: str | None = None, overrides: Sequence[str] =
     config_cls = TRLGRPORunConfig if engine == "trl" else GRPORunConfig
     cfg = cfgmod.build(config_cls, config_file, _with_seed(overrides, seed), defaults=defaults)
     return cfg.validate(task)
+
+
+def _refuse_other_policy(init, init_config: dict, policy_name: str) -> None:
+    """--init must name a run of the chosen policy (`method` is the policy's name in grounding runs)."""
+    held = init_config.get("method")
+    if "stage" not in init_config or not isinstance(init_config.get("policy"), dict):
+        raise ConfigError(f"--init {init}: not a grounding policy run (`rlad fit compact|hf` or `rlad grpo`); "
+                          f"it holds a {held!r} run")
+    if held != policy_name:
+        raise ConfigError(f"--init {init}: holds a {held!r} policy, not {policy_name!r} (use --policy {held})")
 
 
 def build_hf_fit_config(config_file: str | None = None, overrides: Sequence[str] = (),
@@ -176,11 +188,15 @@ def _fit(method: str, pairs, out, cfg, train) -> RunDir:
     if run.finished:
         return run
     seed_everything(cfg.seed)
-    with torch_threads(cfg.threads):
-        started = time.perf_counter()
-        policy, history = train(task, records, run)
-        seconds = time.perf_counter() - started
-    _save_policy(run, policy)
+    try:
+        with torch_threads(cfg.threads):
+            started = time.perf_counter()
+            policy, history = train(task, records, run)
+            seconds = time.perf_counter() - started
+        _save_policy(run, policy)
+    except BaseException:  # e.g. a model that cannot load: no half-made run left for the next command to misread
+        run.discard_unfinished()
+        raise
     run.save_metrics({"fit_seconds": round(seconds, 2), "pairs": len(records),
                       "final_loss": history[-1]["loss"] if history else None}, key="fit")
     status(f"{out}: warm start done in {seconds:.1f} s ({len(records)} pairs)")
@@ -214,6 +230,10 @@ def grpo(pairs: str | Path, out: str | Path, cfg: GRPORunConfig | None = None, i
         raise ConfigError(f"the {policy_name!r} policy cannot answer the {task.name!r} task")
     if engine == "trl" and not isinstance(cfg, TRLGRPORunConfig):
         raise ConfigError("engine 'trl' needs the config of build_grpo_config(..., engine='trl')")
+    if engine == "trl":
+        from rlad.integrations.trl import require_trl
+
+        require_trl()
     saved = {"method": policy_name, "stage": "grpo", "pairs": str(Path(pairs).resolve()),
              "init": str(Path(init).resolve()) if init else None, **({"engine": engine} if engine != "rlad" else {}),
              **cfgmod.to_dict(cfg)}
@@ -228,18 +248,23 @@ def grpo(pairs: str | Path, out: str | Path, cfg: GRPORunConfig | None = None, i
     if run.finished:
         return run
     seed_everything(cfg.seed)
-    with torch_threads(cfg.threads):
-        if not init:
-            policy = policy_class(policy_name)(cfg.policy)
-        if engine == "trl":
-            from rlad.integrations.trl import is_main_process, train_trl
+    try:
+        with torch_threads(cfg.threads):
+            if not init:
+                policy = policy_class(policy_name)(cfg.policy)
+            if engine == "trl":
+                from rlad.integrations.trl import is_main_process, train_trl
 
-            summary = train_trl(policy, task, records, cfg.grpo, cfg.trl, run)
-            if not is_main_process():
-                return None  # the main process saves the run
-        else:
-            summary = train_grpo(policy, task, records, cfg.grpo, run=run)
-    _save_policy(run, policy)
+                summary = train_trl(policy, task, records, cfg.grpo, cfg.trl, run)
+                if not is_main_process():
+                    return None  # the main process saves the run
+            else:
+                summary = train_grpo(policy, task, records, cfg.grpo, run=run)
+        _save_policy(run, policy)
+    except BaseException:  # before its first checkpoint (rlad's or TRL's), a failed run leaves nothing behind
+        if not any((run.path / "trl").glob("checkpoint-*")):
+            run.discard_unfinished()
+        raise
     run.save_metrics({k: v for k, v in summary.items() if k != "last"} | {"pairs": len(records)}, key="grpo")
     status(f"{out}: {summary['steps']} GRPO steps, {summary['completions_scored']} completions scored "
            f"({summary['completions_per_s']:.0f}/s)")

@@ -35,3 +35,13 @@ def make_hf_policy(tiny_vlm):
         return HFVLMPolicy(HFVLMConfig(model=str(tiny_vlm(family)), **changes))
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One torch thread in every test here, also outside xdist (-n 0): a tiny model's products gain nothing from
+    more, and on a busy 2-core machine two spinning threads per process made these tests several times slower."""
+    from rlad.engine import torch_threads
+
+    with torch_threads(1):
+        yield

@@ -23,20 +23,41 @@ FAMILY_CLASSES = {
 FAMILIES = tuple(FAMILY_CLASSES)
 
 
+VLM_MODULES = ("transformers", "peft", "tokenizers")
+"""What the `vlm` extra brings that the policy imports (the TRL route adds trl, datasets, accelerate)."""
+
+
+def require_vlm_extra(modules=VLM_MODULES, what: str = "the 'hf' policy") -> None:
+    """Refuse in one line, before any work, when a module of the `vlm` extra cannot be imported."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"{what} needs the vlm extra: pip install 'rlad[vlm]' (cannot import {name}: "
+                              f"{str(exc).splitlines()[0]})") from None
+
+
 def model_family(source: str) -> str:
     """The family (`model_type`) of a local checkpoint folder or hub id, refused when not supported."""
+    require_vlm_extra()
     from transformers import AutoConfig
+
+    from rlad.policies.hf_vlm.config import looks_like_hub_id
 
     if not source:
         raise ConfigError("policy.model is empty: give a Qwen-VL checkpoint folder or hub id (--model PATH)")
-    from rlad.policies.hf_vlm.config import looks_like_hub_id
-
     local = Path(source).expanduser()
     if not local.exists() and not looks_like_hub_id(source):
         raise ConfigError(f"--model {source}: no such checkpoint folder")
+    if local.is_dir() and not (local / "config.json").is_file():
+        hint = (" (it is an rlad run: continue from it with --init RUN)"
+                if (local / "model.pt").is_file() or (local / "config.yaml").is_file() else "")
+        raise ConfigError(f"--model {source}: not a transformers checkpoint folder (no config.json){hint}")
     try:
         config = AutoConfig.from_pretrained(str(local) if local.exists() else source)
-    except OSError as exc:
+    except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"--model {source}: cannot read a transformers config ({str(exc).splitlines()[0]})") from None
     family = getattr(config, "model_type", None)
     if family not in FAMILY_CLASSES:
@@ -73,8 +94,12 @@ def load_processor(source: str, family: str, min_pixels: int = 0, max_pixels: in
     except (ImportError, TypeError, ValueError, AttributeError):
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(source)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            image_processor = Qwen2VLImageProcessorPil.from_pretrained(source)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"--model {source}: cannot load its tokenizer and image processor "
+                              f"({str(exc).splitlines()[0]})") from None
         processor_cls = _image_only(getattr(transformers, FAMILY_CLASSES[family][1]))
         processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
                                   chat_template=tokenizer.chat_template)
@@ -102,7 +127,10 @@ def load_model(source: str, family: str, dtype, device):
     import transformers
 
     model_cls = getattr(transformers, FAMILY_CLASSES[family][0])
-    model = model_cls.from_pretrained(source, dtype=dtype)
+    try:
+        model = model_cls.from_pretrained(source, dtype=dtype)
+    except OSError as exc:
+        raise ConfigError(f"--model {source}: cannot load the model's weights ({str(exc).splitlines()[0]})") from None
     return model.to(device)
 
 

@@ -139,7 +139,7 @@ class HFVLMPolicy(Policy):
             for name, param in model.named_parameters():
                 param.requires_grad_(not (self.cfg.freeze_vision and ".visual." in f".{name}."))
         if self.cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         return model
 
     def _new_adapter(self, base):
