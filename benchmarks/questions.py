@@ -95,13 +95,19 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------------------ parts
-def pixel_runs(domain: str, dirs: list[str], work: Path, args) -> list[str]:
-    """A PatchCore run per category (fitted once, reused on rerun)."""
+def pixel_runs(domain: str, dirs: list[str], work: Path, args, wait: bool = False) -> list[str]:
+    """A PatchCore run per category (fitted once, reused on rerun). With `wait`, another process of this
+    script fits them (`--parts vlm` beside `--parts questions masks`): wait up to an hour for each."""
     from rlad.workflows.detection import build_config, fit
 
     runs = []
     for data in dirs:
         run = work / "pixel" / domain / f"{Path(data).name}_{args.image_size}px_l{args.labeled}"
+        deadline = time.time() + 3600
+        while wait and not (run / "model.pt").is_file():
+            if time.time() > deadline:
+                raise TimeoutError(f"{run}: no pixel run after an hour (run --parts questions first)")
+            time.sleep(30)
         overrides = [f"image_size={args.image_size}", f"protocol.labeled_per_type={args.labeled}",
                      f"model.backbone.weights={SHARED_WEIGHTS if SHARED_WEIGHTS.is_file() else ''}"]
         fit("patchcore", data, run, build_config("patchcore", overrides=overrides))
@@ -157,15 +163,13 @@ def random_letters(train: Path, out: Path) -> Path:
     return out
 
 
-def vlm_rows(domain: str, files: dict, kept_ids: set, work: Path, args) -> list[dict]:
+def vlm_rows(domain: str, files: dict, kept_ids, work: Path, args) -> list[dict]:
     """The VLM after a format-only warm start, and after --vlm-steps GRPO steps from it, scored 1-shot on
-    the same evaluation questions as the other rows."""
+    the same evaluation questions as the other rows (`kept_ids()`, called once both are trained)."""
     from rlad.data.questions.records import load_questions, write_questions
     from rlad.workflows.grounding import build_grpo_config, build_hf_fit_config, fit_hf, grpo
     from rlad.workflows.questions import test_questions
 
-    same = work / "questions" / f"{domain}_test_scored.jsonl"
-    write_questions([r for r in load_questions(files["test"]) if r.id in kept_ids], same)
     folder = work / "vlm" / domain
     model = args.vlm_model or tiny_vlm(work)
     policy = [f"policy.model={model}", *VLM_POLICY]
@@ -184,6 +188,8 @@ def vlm_rows(domain: str, files: dict, kept_ids: set, work: Path, args) -> list[
                    task_name="mcq")
     grpo_s = time.perf_counter() - started
     log = [line for line in trained.read_log() if line.get("stage") == "grpo"]
+    same = work / "questions" / f"{domain}_test_scored.jsonl"
+    write_questions([r for r in load_questions(files["test"]) if r.id in kept_ids()], same)
     rows = []
     for label, run, extra_row in (
             ("VLM (tiny) before GRPO", warm, {"train_s": round(warm_s, 1), "warm_epochs": epochs}),
@@ -263,9 +269,10 @@ def measure(args, results: Results) -> None:
         keys = {"domain": domain}
         try:
             files = question_files(domain, root, work, args)
-            started = time.perf_counter()
-            runs = pixel_runs(domain, info["dirs"], work, args)
-            fit_s = time.perf_counter() - started
+            if args.parts != ["vlm"]:
+                started = time.perf_counter()
+                runs = pixel_runs(domain, info["dirs"], work, args)
+                fit_s = time.perf_counter() - started
             if "questions" in args.parts:
                 started = time.perf_counter()
                 report = test_questions(runs, files["test"], prototypes=files["train"])
@@ -283,18 +290,24 @@ def measure(args, results: Results) -> None:
                                     n_train_questions=len(load_questions(files["train"]))))
         if args.vlm_policy and "vlm" in args.parts:
             try:
-                # Score the VLM on the very questions the training-free answerer is scored on.
-                from rlad.workflows.pixel_maps import PixelRun, excluded_by_protocol
-
                 test = load_questions(files["test"])
-                left_out = excluded_by_protocol([r.image for r in test], [PixelRun.open(r) for r in runs])
-                kept = {r.id for r in test if r.image not in left_out}
+
+                def kept() -> set:
+                    """The questions the training-free answerer is scored on (its runs' protocol images left out)."""
+                    from rlad.workflows.pixel_maps import PixelRun, excluded_by_protocol
+
+                    left_out = excluded_by_protocol([r.image for r in test],
+                                                    [PixelRun.open(r) for r in pixel_runs(domain, info["dirs"], work, args,
+                                                                                          wait=True)])
+                    return {r.id for r in test if r.image not in left_out}
+
+                rows = vlm_rows(domain, files, kept, work, args)
                 if "questions" not in args.parts:  # the floor of exactly these questions, beside the VLM rows
                     from rlad.workflows.questions import Answers, score_answers
 
-                    scored = [r for r in test if r.id in kept]
+                    scored = [r for r in test if r.id in kept()]
                     results.add(floor_row(domain, score_answers(scored, Answers([None] * len(scored)))))
-                for row in vlm_rows(domain, files, kept, work, args):
+                for row in rows:
                     results.add(row)
             except Exception as exc:
                 traceback.print_exc()
