@@ -65,9 +65,10 @@ def test_grpo_mcq_hf_and_test_questions_end_to_end(tiny_vlm, question_files, tmp
     rewards = [line for line in RunDir(tmp_path / "trl").read_log() if "rewards/choice_reward/mean" in line]
     assert rewards, "TRL logged no choice reward"
 
-    # Scoring a run on the questions it trained on is refused.
-    assert main(["test-questions", str(tmp_path / "rlad"), "--questions", str(train)]) == 2
-    assert "trained on" in capsys.readouterr().err
+    # Scoring a run on the questions it (or the warm start it began from) trained on is refused.
+    for run in (warm, tmp_path / "rlad"):
+        assert main(["test-questions", str(run), "--questions", str(train)]) == 2
+        assert "trained on" in capsys.readouterr().err
 
 
 def test_fit_hf_questions_errors(tmp_path, capsys):

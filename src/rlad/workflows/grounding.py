@@ -218,7 +218,7 @@ def grpo(pairs: str | Path, out: str | Path, cfg: GRPORunConfig | None = None, i
         raise ConfigError("engine 'trl' needs the config of build_grpo_config(..., engine='trl')")
     saved = {"method": policy_name, "stage": "grpo", "pairs": str(Path(pairs).resolve()),
              "init": str(Path(init).resolve()) if init else None, **({"engine": engine} if engine != "rlad" else {}),
-             **cfgmod.to_dict(cfg)}
+             **({"task": task.name} if task.name != "grounding" else {}), **cfgmod.to_dict(cfg)}
     records = task.load(pairs)
     if init:
         policy = load_policy(init)
