@@ -14,11 +14,15 @@ the rest. Rows, all on the same evaluation questions:
                              questions (the few labelled images a VLM would train on); it abstains on
                              object classification. (`--labeled L` also gives PatchCore L labelled defects
                              per type; the questions about them are then left out of every row.)
-  VLM before / after GRPO    (with --vlm-policy NAME: any registered policy that answers "mcq", e.g. the
-                             VLM policy of issue 14 with --vlm-set policy.<key>=<value>) the untrained policy
-                             and the policy after --vlm-steps GRPO steps on the training questions
-                             (AnomalyR1's recipe: choice + ROAM), scored 1-shot. It shows that the pipeline
-                             moves accuracy, not a result.
+  VLM before / after GRPO    (with --vlm-policy hf) a tiny random-weight Qwen2-VL built in code
+                             (rlad.policies.hf_vlm.tiny; --vlm-model PATH for another checkpoint), first
+                             taught the answer format by a warm start (`rlad fit hf --questions`) on the
+                             training questions with *random* answer letters, so it writes
+                             <think>..</think><answer>X</answer> but has learnt nothing about the answers
+                             (the "before" row); then --vlm-steps GRPO steps on the real training questions
+                             (AnomalyR1's recipe: choice + ROAM; the "after" row). Both scored 1-shot on the
+                             same evaluation questions as the other rows. It shows that the pipeline moves
+                             accuracy, not a result.
 
 Boxes to masks (`rlad test-grounding --mask`): the PatchCore map restricted to a box and thresholded at
 its validation threshold, against the map's own mask and the filled box, on the domain's real pairs;
@@ -34,6 +38,7 @@ docs/benchmarks.md; a measurement that fails is listed as failed with its error.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -50,6 +55,11 @@ from rlad.tables import markdown_table  # noqa: E402
 
 TYPES = ["Anomaly Detection", "Defect Classification", "Defect Localization", "Object Classification"]
 MASK_KINDS = ("box_restricted", "map_only", "box_only")
+PARTS = ("questions", "vlm", "masks")
+VLM_POLICY = ["policy.lora=false", "policy.max_new_tokens=24", "threads=2"]  # the format answer is 16 tokens
+VLM_WARM_BATCH = 4
+VLM_WARM = [f"train.batch_size={VLM_WARM_BATCH}", "train.lr=3e-3", "train.checkpoint_every=1000"]
+VLM_GRPO = ["grpo.group_size=4", "grpo.prompts_per_step=4", "grpo.lr=5e-4", "grpo.checkpoint_every=1000"]
 
 
 def parse_args(argv=None):
@@ -67,10 +77,15 @@ def parse_args(argv=None):
     parser.add_argument("--source-limit", type=int, default=0,
                         help="at most this many source pairs for the grounder, drawn at random (0: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--vlm-policy", default="", help="a registered policy that answers mcq (issue 14: hf)")
+    parser.add_argument("--vlm-policy", default="", choices=["", "hf"], help="hf: the VLM rows")
+    parser.add_argument("--vlm-model", default="", help="the VLM checkpoint (default: a tiny Qwen2-VL built in --work)")
     parser.add_argument("--vlm-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config overrides for the VLM's GRPO run (e.g. policy.<model key>=PATH)")
-    parser.add_argument("--vlm-steps", type=int, default=30, help="GRPO steps of the 'after' row")
+                        help="extra config overrides of the VLM's warm start and GRPO run (policy.*, grpo.*, train.*)")
+    parser.add_argument("--vlm-steps", type=int, default=20, help="GRPO steps of the 'after' row")
+    parser.add_argument("--vlm-warm-steps", type=int, default=100,
+                        help="optimizer steps of the format-only warm start (rounded up to whole epochs)")
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS),
+                        help="what to measure (vlm needs --vlm-policy; the pixel runs are fitted for every part)")
     parser.add_argument("--no-write", action="store_true", help="print the tables, do not touch docs/benchmarks.md")
     parser.add_argument("--from-results", metavar="FILE", help="do not measure: render an earlier run's results again")
     args = parser.parse_args(argv)
@@ -80,13 +95,19 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------------------ parts
-def pixel_runs(domain: str, dirs: list[str], work: Path, args) -> list[str]:
-    """A PatchCore run per category (fitted once, reused on rerun)."""
+def pixel_runs(domain: str, dirs: list[str], work: Path, args, wait: bool = False) -> list[str]:
+    """A PatchCore run per category (fitted once, reused on rerun). With `wait`, another process of this
+    script fits them (`--parts vlm` beside `--parts questions masks`): wait up to an hour for each."""
     from rlad.workflows.detection import build_config, fit
 
     runs = []
     for data in dirs:
         run = work / "pixel" / domain / f"{Path(data).name}_{args.image_size}px_l{args.labeled}"
+        deadline = time.time() + 3600
+        while wait and not (run / "model.pt").is_file():
+            if time.time() > deadline:
+                raise TimeoutError(f"{run}: no pixel run after an hour (run --parts questions first)")
+            time.sleep(30)
         overrides = [f"image_size={args.image_size}", f"protocol.labeled_per_type={args.labeled}",
                      f"model.backbone.weights={SHARED_WEIGHTS if SHARED_WEIGHTS.is_file() else ''}"]
         fit("patchcore", data, run, build_config("patchcore", overrides=overrides))
@@ -118,25 +139,71 @@ def floor_row(domain: str, result: dict) -> dict:
             "per_type": per_type, "n": result["n"], "parse_failure_rate": 0.0, "abstain_rate": 0.0}
 
 
-def vlm_rows(domain: str, files: dict, kept_ids: set, work: Path, args) -> list[dict]:
-    """The VLM before and after a short GRPO run, scored 1-shot on the same evaluation questions."""
+def tiny_vlm(work: Path) -> str:
+    """A tiny random-weight Qwen2-VL (its tokenizer trained on the grounding and question prompts)."""
+    from rlad.policies.hf_vlm.tiny import write_tiny_vlm
+    from rlad.tasks import grounding, mcq
+
+    return str(write_tiny_vlm("qwen2_vl", work / "vlm" / "tiny_qwen2_vl",
+                              corpus=[*grounding.prompt_corpus(), *mcq.prompt_corpus()]))
+
+
+def random_letters(train: Path, out: Path) -> Path:
+    """The training questions with a uniformly random answer letter each: a warm start on them teaches
+    the answer format and nothing about the answers."""
+    import dataclasses
+
+    import numpy as np
+
     from rlad.data.questions.records import load_questions, write_questions
-    from rlad.workflows.grounding import build_grpo_config, grpo
+
+    rng = np.random.default_rng(0)
+    records = [dataclasses.replace(r, answer=str(rng.choice(r.letters))) for r in load_questions(train)]
+    write_questions(records, out)
+    return out
+
+
+def vlm_rows(domain: str, files: dict, kept_ids, work: Path, args) -> list[dict]:
+    """The VLM after a format-only warm start, and after --vlm-steps GRPO steps from it, scored 1-shot on
+    the same evaluation questions as the other rows (`kept_ids()`, called once both are trained)."""
+    from rlad.data.questions.records import load_questions, write_questions
+    from rlad.workflows.grounding import build_grpo_config, build_hf_fit_config, fit_hf, grpo
     from rlad.workflows.questions import test_questions
 
-    same = work / "questions" / f"{domain}_test_scored.jsonl"
-    write_questions([r for r in load_questions(files["test"]) if r.id in kept_ids], same)
-    rows = []
-    for label, steps in (("VLM before GRPO", 0), (f"VLM after {args.vlm_steps} GRPO steps", args.vlm_steps)):
-        cfg = build_grpo_config(overrides=[*args.vlm_set, f"grpo.steps={steps}"], policy_name=args.vlm_policy,
-                                task_name="mcq")
-        started = time.perf_counter()
-        run = grpo(files["train"], work / "vlm" / domain / f"steps{steps}", cfg, policy_name=args.vlm_policy,
+    folder = work / "vlm" / domain
+    model = args.vlm_model or tiny_vlm(work)
+    policy = [f"policy.model={model}", *VLM_POLICY]
+    extra = [o for o in args.vlm_set if not o.startswith("grpo.")]
+    started = time.perf_counter()
+    warm_questions = random_letters(files["train"], folder / "train_random_letters.jsonl")
+    epochs = math.ceil(args.vlm_warm_steps / math.ceil(len(load_questions(warm_questions)) / VLM_WARM_BATCH))
+    warm = fit_hf(warm_questions, folder / f"warm{epochs}", build_hf_fit_config(
+        overrides=[*policy, *VLM_WARM, f"train.epochs={epochs}", *extra]), task_name="mcq")
+    warm_s = time.perf_counter() - started
+    started = time.perf_counter()
+    grpo_set = [*VLM_GRPO, f"grpo.steps={args.vlm_steps}", "threads=2",
+                *[o for o in args.vlm_set if o.startswith("grpo.")]]
+    cfg = build_grpo_config(overrides=grpo_set, policy_name="hf", task_name="mcq", init=warm.path)
+    trained = grpo(files["train"], folder / f"grpo{args.vlm_steps}", cfg, init=warm.path, policy_name="hf",
                    task_name="mcq")
-        train_s = time.perf_counter() - started
+    grpo_s = time.perf_counter() - started
+    log = [line for line in trained.read_log() if line.get("stage") == "grpo"]
+    same = work / "questions" / f"{domain}_test_scored.jsonl"
+    write_questions([r for r in load_questions(files["test"]) if r.id in kept_ids()], same)
+    rows = []
+    for label, run, extra_row in (
+            ("VLM (tiny) before GRPO", warm, {"train_s": round(warm_s, 1), "warm_epochs": epochs}),
+            (f"VLM (tiny) after {args.vlm_steps} GRPO steps", trained,
+             {"train_s": round(grpo_s, 1), "train_accuracy_first": _mean(log[:5], "accuracy"),
+              "train_accuracy_last": _mean(log[-5:], "accuracy"), "steps": len(log)})):
         report = test_questions([run.path], same, shots=(1,))
-        rows.append(summary_row(domain, label, report["results"]["1-shot"], train_s=round(train_s, 1)))
+        rows.append(summary_row(domain, label, report["results"]["1-shot"], model=model, **extra_row))
     return rows
+
+
+def _mean(lines: list[dict], key: str) -> float | None:
+    values = [line[key] for line in lines if key in line]
+    return sum(values) / len(values) if values else None
 
 
 def mask_rows(domain: str, domains: dict, runs: list[str], work: Path, args) -> list[dict]:
@@ -202,45 +269,58 @@ def measure(args, results: Results) -> None:
         keys = {"domain": domain}
         try:
             files = question_files(domain, root, work, args)
-            started = time.perf_counter()
-            runs = pixel_runs(domain, info["dirs"], work, args)
-            fit_s = time.perf_counter() - started
-            started = time.perf_counter()
-            report = test_questions(runs, files["test"], prototypes=files["train"])
-            answer_s = time.perf_counter() - started
+            if args.parts != ["vlm"]:
+                started = time.perf_counter()
+                runs = pixel_runs(domain, info["dirs"], work, args)
+                fit_s = time.perf_counter() - started
+            if "questions" in args.parts:
+                started = time.perf_counter()
+                report = test_questions(runs, files["test"], prototypes=files["train"])
+                answer_s = time.perf_counter() - started
         except Exception as exc:
             traceback.print_exc()
             results.add(failed_row({"kind": "questions", **keys, "answerer": "training-free (PatchCore)"},
                                    f"{type(exc).__name__}: {exc}"))
             continue
-        result = report["results"]["map"]
-        results.add(floor_row(domain, result))
-        results.add(summary_row(domain, "training-free (PatchCore)", result, fit_s=round(fit_s, 1),
-                                answer_s=round(answer_s, 1), n_excluded=report["n_excluded_protocol"],
-                                n_train_questions=len(load_questions(files["train"]))))
-        if args.vlm_policy:
+        if "questions" in args.parts:
+            result = report["results"]["map"]
+            results.add(floor_row(domain, result))
+            results.add(summary_row(domain, "training-free (PatchCore)", result, fit_s=round(fit_s, 1),
+                                    answer_s=round(answer_s, 1), n_excluded=report["n_excluded_protocol"],
+                                    n_train_questions=len(load_questions(files["train"]))))
+        if args.vlm_policy and "vlm" in args.parts:
             try:
-                excluded = report["n_excluded_protocol"]
-                kept = {r.id for r in load_questions(files["test"])}
-                if excluded:  # score the VLM on the very questions the answerer was scored on
+                test = load_questions(files["test"])
+
+                def kept() -> set:
+                    """The questions the training-free answerer is scored on (its runs' protocol images left out)."""
                     from rlad.workflows.pixel_maps import PixelRun, excluded_by_protocol
 
-                    left_out = excluded_by_protocol([r.image for r in load_questions(files["test"])],
-                                                    [PixelRun.open(r) for r in runs])
-                    kept = {r.id for r in load_questions(files["test"]) if r.image not in left_out}
-                for row in vlm_rows(domain, files, kept, work, args):
+                    left_out = excluded_by_protocol([r.image for r in test],
+                                                    [PixelRun.open(r) for r in pixel_runs(domain, info["dirs"], work, args,
+                                                                                          wait=True)])
+                    return {r.id for r in test if r.image not in left_out}
+
+                rows = vlm_rows(domain, files, kept, work, args)
+                if "questions" not in args.parts:  # the floor of exactly these questions, beside the VLM rows
+                    from rlad.workflows.questions import Answers, score_answers
+
+                    scored = [r for r in test if r.id in kept()]
+                    results.add(floor_row(domain, score_answers(scored, Answers([None] * len(scored)))))
+                for row in rows:
                     results.add(row)
             except Exception as exc:
                 traceback.print_exc()
                 results.add(failed_row({"kind": "questions", **keys, "answerer": f"VLM ({args.vlm_policy})"},
                                        f"{type(exc).__name__}: {exc}"))
-        try:
-            for row in mask_rows(domain, everything, runs, work, args):
-                results.add(row)
-        except Exception as exc:
-            traceback.print_exc()
-            results.add(failed_row({"kind": "masks", **keys, "boxes": "ground truth (upper bound)"},
-                                   f"{type(exc).__name__}: {exc}"))
+        if "masks" in args.parts:
+            try:
+                for row in mask_rows(domain, everything, runs, work, args):
+                    results.add(row)
+            except Exception as exc:
+                traceback.print_exc()
+                results.add(failed_row({"kind": "masks", **keys, "boxes": "ground truth (upper bound)"},
+                                       f"{type(exc).__name__}: {exc}"))
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -299,9 +379,20 @@ def render(results: Results, args) -> str:
             f"{r['domain']}: normal {_fmt(r['anomaly_detection']['accuracy_normal'])}, defective "
             f"{_fmt(r['anomaly_detection']['accuracy_defective'])} (fit {r.get('fit_s', 0):.0f} s, answering "
             f"{r.get('answer_s', 0):.0f} s, {r.get('n_excluded', 0)} questions left out)" for r in details) + ".\n\n"
-    if not any(r["answerer"].startswith("VLM") for r in questions):
-        body += ("VLM rows: not measured here; they need the VLM policy of issue 14 "
-                 "(`--vlm-policy hf --vlm-set policy.<model key>=PATH`).\n\n")
+    vlm = [r for r in questions if r["answerer"].startswith("VLM")]
+    if vlm:
+        body += (
+            f"VLM rows: {'a tiny random-weight Qwen2-VL built in code' if not args.vlm_model else args.vlm_model} "
+            f"(full fine-tuning, images at 56 x 56 px), warm start of about {args.vlm_warm_steps} steps of "
+            f"{VLM_WARM_BATCH} on the training questions with random answer letters (it learns the answer format, "
+            f"nothing about the answers), then {args.vlm_steps} GRPO steps (choice + ROAM, 4 questions x 4 samples per "
+            "step, lr 5e-4) on the real training questions; 1-shot. They show the "
+            "pipeline runs and moves accuracy on data rlad can measure here, not a result. " + "; ".join(
+                f"{r['domain']}: sampled-answer accuracy on the training questions {_fmt(r['train_accuracy_first'])} "
+                f"(first 5 steps) -> {_fmt(r['train_accuracy_last'])} (last 5), GRPO {r['train_s']:.0f} s"
+                for r in vlm if "train_accuracy_first" in r) + ".\n\n")
+    elif "vlm" in args.parts:
+        body += "VLM rows: not measured in this run (`--vlm-policy hf`).\n\n"
     if masks:
         body += (
             "Boxes to masks (`rlad test-grounding --mask`): PatchCore's map inside the box, thresholded at its "
@@ -335,8 +426,9 @@ def main(argv=None) -> int:
     body = render(results, args)
     print(body)
     if not args.no_write:
-        append_section("Multiple-choice questions (training-free answerer, random floor) and boxes to masks", body,
-                       results=results, command=command)
+        title = ("Multiple-choice questions: a tiny VLM before and after GRPO" if args.parts == ["vlm"] else
+                 "Multiple-choice questions (training-free answerer, random floor) and boxes to masks")
+        append_section(title, body, results=results, command=command)
     return 0
 
 

@@ -61,6 +61,26 @@ def test_grpo_mcq_then_test_questions(registered_letter_policy, tmp_path, tiny_m
     assert code == 2 and "--allow-overlap" in err
 
 
+def test_a_run_started_from_another_is_refused_on_that_ones_questions(registered_letter_policy, tmp_path,
+                                                                      tiny_mvtec_factory, capsys):
+    root = tiny_mvtec_factory(tmp_path / "tile", n_test_good=4, n_per_type=3)
+    for split in ("train", "test"):
+        assert run_cli(capsys, "data", "questions", root, "--out", tmp_path / f"{split}.jsonl", "--split", split,
+                       "--train-per-type", "1")[0] == 0
+    steps = ["--set", "grpo.steps=1", "--set", "grpo.group_size=2"]
+    first = ["grpo", "--task", "mcq", "--policy", "letters", "--questions", tmp_path / "train.jsonl", "--out",
+             tmp_path / "first", *steps]
+    assert run_cli(capsys, *first)[0] == 0
+    second = ["grpo", "--task", "mcq", "--policy", "letters", "--init", tmp_path / "first", "--questions",
+              tmp_path / "test.jsonl", "--out", tmp_path / "second", *steps]
+    assert run_cli(capsys, *second)[0] == 0
+    code, _, err = run_cli(capsys, "test-questions", tmp_path / "second", "--questions", tmp_path / "train.jsonl")
+    assert code == 2 and "train.jsonl" in err and "--allow-overlap" in err
+    code, _, err = run_cli(capsys, "test-questions", tmp_path / "second", "--questions", tmp_path / "train.jsonl",
+                           "--allow-overlap")
+    assert code == 0, err
+
+
 def test_grpo_task_and_record_file_must_match(tiny_mvtec, tmp_path, capsys):
     assert run_cli(capsys, "data", "questions", tiny_mvtec, "--out", tmp_path / "q.jsonl")[0] == 0
     code, _, err = run_cli(capsys, "grpo", "--task", "mcq", "--questions", tmp_path / "q.jsonl", "--out", tmp_path / "r")

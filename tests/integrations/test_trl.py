@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlad.engine import RunDir
-from rlad.integrations.trl import TRLEngineConfig, _merge_rows, make_trainer_class, pairs_dataset, train_trl
+from rlad.integrations.trl import TRLEngineConfig, _merge_rows, make_trainer_class, task_dataset, train_trl
 from rlad.policies.hf_vlm.config import HFVLMConfig
 from rlad.policies.hf_vlm.policy import HFVLMPolicy
 from rlad.rl.loop import GRPOConfig
@@ -26,7 +26,7 @@ def same_region(records, box=(4, 4, 28, 28)):
 def test_the_dataset_holds_prompts_images_and_targets_in_the_policys_coordinates(tiny_vlm, square_pairs):
     policy = HFVLMPolicy(HFVLMConfig(model=str(tiny_vlm("qwen2_5_vl"))))
     task = GroundingTask()
-    data = pairs_dataset(task, square_pairs[:3], policy)
+    data = task_dataset(task, square_pairs[:3], policy)
     assert set(data.column_names) == {"prompt", "images", "box", "id"}
     row = data[0]
     roles = [m["role"] for m in row["prompt"]]

@@ -37,6 +37,21 @@ MALFORMED = [
     ("letter only inside think", "<think>the answer is B.</think>"),
     ("answer inside think only", "<think>draft <answer>B</answer></think>"),
     ("not text", None),
+    ("two letters joined by or", text("x", "B or C")),
+    ("two letters joined by and", text("x", "B and C")),
+    ("article-like A before a connective", text("x", "A or B")),
+    ("either ... or", text("x", "either B or C")),
+    ("two letters with a slash", text("x", "B/C")),
+    ("two letters with a hyphen", text("x", "B-C")),
+    ("two letters, comma without space", text("x", "B,C")),
+    ("two letters glued", text("x", "BC")),
+    ("lower case with a period", text("x", "b.")),
+    ("option text of the right option", text("x", "hole")),
+    ("nested answer tags", "<think>x</think><answer><answer>B</answer></answer>"),
+    ("letter after an empty answer block", "<think>x</think><answer></answer> B"),
+    ("letter before the structure, empty answer", "B <think>x</think><answer></answer>"),
+    ("answer before the reasoning", "<answer>B</answer><think>x</think>"),
+    ("empty completion", ""),
 ]
 
 
@@ -107,3 +122,39 @@ def test_adapters_carry_the_options():
     score = as_verl_compute_score(["choice_format", "choice", "roam"])
     assert score("mcq", text("so B.", "B"), {"choice": "B", "options": "ABCD"}) == 3.0
     assert score("mcq", text("so E.", "E"), {"choice": "E", "options": "ABCD"}) == 0.0
+
+
+# Structure problems the rewards refuse although evaluation can still read one letter.
+BROKEN_STRUCTURE = [
+    ("duplicated answer blocks, same letter", text("x", "B", "B")),
+    ("duplicated think blocks", "<think>x</think><think>y</think><answer>B</answer>"),
+    ("nested think tags", "<think><think>x</think></think><answer>B</answer>"),
+    ("an answer drafted inside the reasoning", "<think>x <answer>B</answer></think><answer>B</answer>"),
+    ("unclosed think", "<think>x<answer>B</answer>"),
+]
+
+
+@pytest.mark.parametrize("name, completion", BROKEN_STRUCTURE, ids=[m[0] for m in BROKEN_STRUCTURE])
+def test_nested_or_duplicated_tags_earn_nothing(name, completion):
+    assert choice_reward(completion, TRUTH) == roam_reward(completion, TRUTH) == 0.0
+    assert choice_format_reward(completion, TRUTH) == 0.0
+    assert answer_choice(completion, ABCD) == "B"  # evaluation reads the one letter named
+
+
+@pytest.mark.parametrize("completion", ["Sure. " + text("x", "B"), text("x", "B") + " B", text("x", "B") + " done"])
+def test_text_outside_the_blocks_breaks_the_format_only(completion):
+    assert choice_format_reward(completion, TRUTH) == 0.0
+    assert choice_reward(completion, TRUTH) == 1.0 and answer_choice(completion, ABCD) == "B"
+
+
+@pytest.mark.parametrize("answer", ["A scratch, so B.", "I think B.", "B. A hole.", "Option B"])
+def test_english_a_and_i_beside_the_letter_are_not_a_second_letter(answer):
+    assert choice_reward(text("x", answer), TRUTH) == 1.0 and answer_choice(text("x", answer), ABCD) == "B"
+
+
+def test_a_letter_outside_a_two_option_question_is_no_answer():
+    yes_no = RewardTarget(choice="A", options=("A", "B"))
+    assert answer_choice(text("x", "C"), ("A", "B")) is None
+    assert choice_reward(text("x", "C"), yes_no) == roam_reward(text("x", "C"), yes_no) == 0.0
+    # A mention of a letter that is not an option does not make the answer ambiguous.
+    assert answer_choice(text("x", "A, not the C of the other question"), ("A", "B")) == "A"

@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--data", metavar="DIR", help="dataset folder in MVTec AD layout")
     fit.add_argument("--pairs", metavar="PAIRS.jsonl", help="pair file (compact and hf grounders)")
     fit.add_argument("--model", metavar="PATH", help="hf: the Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint to start from")
+    fit.add_argument("--questions", metavar="Q.jsonl",
+                     help="hf: question file instead of --pairs: a warm start on multiple-choice answers (then "
+                     "`rlad grpo --task mcq --init RUN`)")
     fit.add_argument("--out", metavar="RUN", required=True, help="run directory; an existing one resumes")
     fit.add_argument("--seed", type=int, default=None, help="random seed (default: the config's)")
     fit.add_argument(
@@ -107,8 +110,8 @@ def run_fit(args) -> int:
         return _fit_grounder(args)
     from rlad.workflows import detection
 
-    if args.model:
-        raise ConfigError(f"--model is for `rlad fit hf`, not {args.method}")
+    if args.model or args.questions:
+        raise ConfigError(f"{'--model' if args.model else '--questions'} is for `rlad fit hf`, not {args.method}")
     if not args.data:
         raise ConfigError(f"rlad fit {args.method} needs --data DIR")
     overrides = list(args.overrides)
@@ -132,7 +135,10 @@ def _fit_grounder(args) -> int:
     from rlad.workflows import grounding
 
     method = args.method
-    if not args.pairs:
+    if args.questions and (method != "hf" or args.pairs):
+        raise ConfigError("--questions is for `rlad fit hf`, instead of --pairs" if method == "hf"
+                          else f"--questions is for `rlad fit hf`, not {method}")
+    if not args.pairs and not args.questions:
         raise ConfigError(f"rlad fit {method} needs --pairs PAIRS.jsonl (build one with `rlad data pairs`)")
     if args.data:
         raise ConfigError(f"rlad fit {method} trains on --pairs, not --data (build pairs with `rlad data pairs DIR`)")
@@ -143,7 +149,9 @@ def _fit_grounder(args) -> int:
                                                                                       args.seed))
     else:
         overrides = list(args.overrides) + ([f"policy.model={args.model}"] if args.model else [])
-        run = grounding.fit_hf(args.pairs, args.out, grounding.build_hf_fit_config(args.config, overrides, args.seed))
+        run = grounding.fit_hf(args.questions or args.pairs, args.out,
+                               grounding.build_hf_fit_config(args.config, overrides, args.seed),
+                               task_name="mcq" if args.questions else "grounding")
     if args.json:
         print_json(_fit_summary(run))
     else:

@@ -4,9 +4,9 @@ loss variants. The policy, its processor, the pair file, rlad's rewards and rlad
 the same; TRL generates, computes log-probs and takes the optimizer steps.
 
 What maps to what (docs/vlm.md has the full table and the differences):
-* the pair file -> a dataset with a conversational `prompt` (the policy's own chat messages), `images`
-  (reference, query; decoded lazily from their paths) and `box` (the target in the policy's
-  coordinates); each configured reward -> a TRL reward function reading `box`;
+* the record file -> a dataset with a conversational `prompt` (the policy's own chat messages), `images`
+  (decoded lazily from their paths) and the target: `box` in the policy's coordinates (pairs), or
+  `choice` and `options` (questions); each configured reward -> a TRL reward function reading them;
 * DifferAD-R1's two additions live in `RladGRPOTrainer._generate_and_score_completions`: invalid
   groups are regenerated (on every rank in lock-step, since the decision is taken on gathered
   rewards) and replace their first samples before the advantages are computed; the difficulty
@@ -75,30 +75,36 @@ def is_main_process() -> bool:
 
 
 # ------------------------------------------------------------------------------------ dataset
-def pairs_dataset(task, records: Sequence, policy):
-    """The pair records as a TRL dataset: prompt (chat messages with image placeholders), images
-    (paths, decoded to PIL lazily), box (target in the policy's coordinates, JSON), id."""
+def task_dataset(task, records: Sequence, policy):
+    """A task's records as a TRL dataset: prompt (chat messages with image placeholders), images (paths,
+    decoded to PIL lazily), id, and the reward target in the policy's conventions, one column per field
+    the task sets: box (JSON, grounding), choice and options (the letters, "ABCD"; multiple choice)."""
     from datasets import Dataset, Features, Image, List, Value
 
     from rlad.policies.hf_vlm.chat import messages
 
-    rows = {"prompt": [], "images": [], "box": [], "id": []}
+    rows, targets = {"prompt": [], "images": [], "id": []}, []
     for record in records:
         prompt = task.prompt(record)
         rows["prompt"].append(messages(prompt))
         rows["images"].append([str(p) for p in prompt.images])
-        rows["box"].append(json.dumps(list(task.target(record, policy).box)))
         rows["id"].append(record.id)
+        targets.append(task.target(record, policy))
+    encode = {"box": lambda box: json.dumps(list(box)), "choice": str, "options": "".join}
+    for name, write in encode.items():
+        if any(getattr(t, name) is not None for t in targets):
+            rows[name] = [write(getattr(t, name)) for t in targets]
     part = {"type": Value("string"), "text": Value("string")}
     features = Features({"prompt": List({"role": Value("string"), "content": List(part)}), "images": List(Image()),
-                         "box": Value("string"), "id": Value("string")})
+                         "id": Value("string"), **{name: Value("string") for name in encode if name in rows}})
     return Dataset.from_dict(rows, features=features)
 
 
 def reward_functions(names: Sequence[str]) -> list:
+    """rlad's rewards reading their target from the dataset's box / choice / options columns."""
     from rlad.rl.rewards import as_trl_reward
 
-    return [as_trl_reward(name, {"box": "box"}) for name in names]
+    return [as_trl_reward(name) for name in names]
 
 
 # ------------------------------------------------------------------------------------ trainer
@@ -294,7 +300,7 @@ def train_trl(policy, task, records: Sequence, cfg, engine: TRLEngineConfig, run
     with _renamed_fields_quiet():
         trainer = make_trainer_class()(
             model=policy.model, args=arguments, reward_funcs=reward_functions(cfg.rewards),
-            train_dataset=pairs_dataset(task, records, policy), processing_class=policy.processor,
+            train_dataset=task_dataset(task, records, policy), processing_class=policy.processor,
             callbacks=[_Log()], rlad_grpo=cfg, primary_columns=primary)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)

@@ -16,6 +16,13 @@ Decisions worth knowing (also in docs/methods.md):
   letter outside them is no answer (and is ignored in the reasoning).
 * The answer letter must be unambiguous: answer blocks (after the think block) naming two different
   letters ("A) or C)", "A, B", or two blocks) have no answer letter, so listing options never pays.
+  Besides the strict letters, any other option letter standing alone in the answer ("B or C", "B/C",
+  "C,D") makes it ambiguous too; only "A" (and "I") followed by a word other than "or"/"and"/"nor" is
+  read as English, not as a letter.
+* The choice rewards need exactly one think block followed by exactly one answer block and no other
+  think/answer tags: nested or duplicated tags, an answer before or inside the reasoning earn nothing.
+  Evaluation (`answer_choice`) is more lenient: repeated answer blocks naming the same letter are
+  read, but an answer block holding tags is not.
 * ROAM with no letter in the answer at all is 0 (the table's 0.05 case needs a wrong *answer*).
 * `choice_format` is the letter task's format reward: a think block, then exactly one answer block
   holding nothing but one option letter ("B", "(B)", "B." or "B)").
@@ -40,6 +47,15 @@ _LETTER_RE = re.compile(r"(?<![A-Za-z0-9.])\(?([A-Z])(?:[.),:;]|(?=[ \t]*(?:\n|$
                         r"(?![A-Za-z0-9])")
 # What the format asks for: the answer block is one letter and nothing else.
 _BARE_LETTER_RE = re.compile(r"\s*\(?([A-Z])[.)]?\s*")
+# Any capital letter standing alone (not glued to letters, digits or dots): a mention of that option.
+_MENTION_RE = re.compile(r"(?<![A-Za-z0-9.])([A-Z])(?!\.?[A-Za-z0-9])")
+_WORD_AFTER_RE = re.compile(r"[ \t]+([a-z]+)")
+_ENGLISH_LETTERS = ("A", "I")  # the article and the pronoun, when a word follows
+_CONNECTIVES = ("or", "and", "nor")
+_TAG_RE = re.compile(r"</?(?:think|answer)>")
+_STRUCTURE = ["<think>", "</think>", "<answer>", "</answer>"]
+# The whole completion in the format: nothing but white space outside the two blocks.
+_FORMAT_RE = re.compile(r"\s*<think>.*</think>\s*<answer>.*</answer>\s*", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -129,14 +145,35 @@ def extract_choice(text: str | None, options: Sequence[str] | None = None) -> st
     return letters[-1] if letters else None
 
 
+def _mentions(block: str, options: Sequence[str] | None) -> set[str]:
+    """Option letters standing alone anywhere in `block` ("B or C" mentions B and C), except "A" / "I"
+    followed by a word that is not a connective (the article, the pronoun)."""
+    found = set()
+    for match in _MENTION_RE.finditer(block):
+        letter = match.group(1)
+        if letter in _ENGLISH_LETTERS:
+            word = _WORD_AFTER_RE.match(block, match.end())
+            if word is not None and word.group(1) not in _CONNECTIVES:
+                continue
+        if options is None or letter in options:
+            found.add(letter)
+    return found
+
+
 def _answer_letter(answers: Sequence[str], options: Sequence[str] | None) -> str | None:
-    """The one letter all answer blocks name, if it is among the options; None when there are none,
-    several, or one outside the options."""
+    """The one letter all answer blocks name, if it is among the options and no other option letter is
+    mentioned beside it; None when there are none, several, one outside the options, or a block holds
+    think/answer tags (nesting)."""
+    if any(_TAG_RE.search(block) for block in answers):
+        return None
     letters = {x for block in answers for x in _LETTER_RE.findall(block)}
     if len(letters) != 1:
         return None
     letter = letters.pop()
-    return letter if options is None or letter in options else None
+    if options is not None and letter not in options:
+        return None
+    mentioned = set().union(*(_mentions(block, options) for block in answers))
+    return letter if mentioned <= {letter} else None
 
 
 def answer_choice(completion: str, options: Sequence[str] | None = None) -> str | None:
@@ -160,20 +197,21 @@ def _target_letter(target: RewardTarget | None, reward: str) -> str:
 
 
 def _choice_blocks(completion: str) -> tuple[str, list[str]] | None:
-    """(think text, the answer blocks after it) when the think/answer structure is present, else None."""
+    """(think text, [the answer block]) when the completion holds exactly one think block followed by
+    exactly one answer block and no other think/answer tag; else None."""
     if not isinstance(completion, str):
         return None
-    think, answers = split_blocks(completion)
-    if think is None or not answers:
+    if [m.group(0) for m in _TAG_RE.finditer(completion)] != _STRUCTURE:
         return None
-    return think, answers
+    return split_blocks(completion)
 
 
 def choice_format_reward(completion: str, target: RewardTarget | None = None) -> float:
-    """1 iff a <think> block precedes exactly one <answer> block holding one option letter and nothing
-    else (the letter task's format; options from `target` when it names them)."""
+    """1 iff the completion is one <think> block, then one <answer> block holding one option letter and
+    nothing else, with only white space around them (the letter task's format; options from `target`
+    when it names them)."""
     blocks = _choice_blocks(completion)
-    if blocks is None or len(blocks[1]) != 1:
+    if blocks is None or not _FORMAT_RE.fullmatch(completion):
         return 0.0
     bare = _BARE_LETTER_RE.fullmatch(blocks[1][0])
     options = None if target is None else target.options

@@ -24,6 +24,9 @@ ANSWER_FORMAT = ("You inspect industrial products for defects. Reason about the 
 ONE_SHOT = ("The first {n} shows a defect-free example of the product ({templates}); the last image is the "
             "inspected image.")
 ZERO_SHOT = "The image is the inspected image."
+# The warm start's reasoning: a fixed sentence naming no letter (ROAM then reads no reasoning letter), so
+# the warm start teaches the format and the letters, not reasoning (rlad has no reasoning traces).
+WARM_THINK = "I compare the inspected image with the options."
 BOX_REWARDS = ("format", "dclr", "iou")
 
 
@@ -66,6 +69,11 @@ class MCQTask(Task):
         return Prompt(images=self.images(record), text=f"{context}\n{question_text(record)}", system=ANSWER_FORMAT,
                       key=record.id)
 
+    def answer_text(self, record, policy=None) -> str:
+        """The correct answer in the task's format (the teacher of a supervised warm start, `rlad fit hf
+        --questions`)."""
+        return f"<think>{WARM_THINK}</think><answer>{record.answer}</answer>"
+
     def target(self, record, policy=None) -> RewardTarget:
         return RewardTarget(choice=record.answer, options=record.letters)
 
@@ -88,3 +96,9 @@ class MCQTask(Task):
             return {"accuracy": 0.0, "parse_failure": 0.0}
         return {"accuracy": sum(a == truth for a, truth in letters) / len(letters),
                 "parse_failure": sum(a is None for a, _ in letters) / len(letters)}
+
+
+def prompt_corpus() -> list[str]:
+    """Texts an MCQ prompt and answer hold (to train the tokenizer of a tiny test model)."""
+    return [ANSWER_FORMAT, ONE_SHOT, ZERO_SHOT, WARM_THINK, "Question: Is there any defect in the object? Yes No",
+            "Question: Which type of defect is present? Question: Where is the defect? top left center bottom right"]

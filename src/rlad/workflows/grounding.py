@@ -164,8 +164,9 @@ def fit_compact(pairs: str | Path, out: str | Path, cfg: CompactFitConfig | None
     return _fit("compact", pairs, out, cfg, train)
 
 
-def fit_hf(pairs: str | Path, out: str | Path, cfg: HFFitConfig) -> RunDir:
-    """Supervised warm start of a vision-language policy (the paper's cold start) on a pair file."""
+def fit_hf(pairs: str | Path, out: str | Path, cfg: HFFitConfig, task_name: str = "grounding") -> RunDir:
+    """Supervised warm start of a vision-language policy (the paper's cold start) on a pair file, or on a
+    question file with `task_name="mcq"` (the answers' format and letters, before `rlad grpo --task mcq`)."""
     cfg.validate()
 
     def train(task, records, run):
@@ -177,12 +178,13 @@ def fit_hf(pairs: str | Path, out: str | Path, cfg: HFFitConfig) -> RunDir:
         texts = [task.answer_text(r, policy) for r in records]
         return policy, fit_vlm(policy, prompts, texts, cfg.train, seed=cfg.seed, run=run)
 
-    return _fit("hf", pairs, out, cfg, train)
+    return _fit("hf", pairs, out, cfg, train, get_task(task_name))
 
 
-def _fit(method: str, pairs, out, cfg, train) -> RunDir:
-    task = GroundingTask()
-    saved = {"method": method, "stage": "warm_start", "pairs": str(Path(pairs).resolve()), **cfgmod.to_dict(cfg)}
+def _fit(method: str, pairs, out, cfg, train, task=None) -> RunDir:
+    task = task or GroundingTask()
+    saved = {"method": method, "stage": "warm_start", "pairs": str(Path(pairs).resolve()),
+             **({"task": task.name} if task.name != "grounding" else {}), **cfgmod.to_dict(cfg)}
     records = task.load(pairs)
     run = RunDir.open(out, saved)
     if run.finished:
@@ -236,7 +238,7 @@ def grpo(pairs: str | Path, out: str | Path, cfg: GRPORunConfig | None = None, i
         require_trl()
     saved = {"method": policy_name, "stage": "grpo", "pairs": str(Path(pairs).resolve()),
              "init": str(Path(init).resolve()) if init else None, **({"engine": engine} if engine != "rlad" else {}),
-             **cfgmod.to_dict(cfg)}
+             **({"task": task.name} if task.name != "grounding" else {}), **cfgmod.to_dict(cfg)}
     records = task.load(pairs)
     if init:
         policy = load_policy(init)

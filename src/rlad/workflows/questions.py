@@ -112,10 +112,20 @@ def policy_answers(policy, records: Sequence[MCQRecord], shots: int = 1, batch_s
     return Answers([task.answer(c.text, r) for c, r in zip(completions, records)], texts=[c.text for c in completions])
 
 
-def trained_on(run_config: dict) -> Path | None:
-    """The question file a GRPO run trained on, if it still exists."""
-    path = run_config.get("pairs")
-    return Path(path) if run_config.get("stage") == "grpo" and path and Path(path).is_file() else None
+def trained_on(run_path: str | Path) -> list[Path]:
+    """The question files a policy run learnt from that still exist: its own (GRPO, or a warm start on
+    questions) and those of the run it started from (--init), and so on; none for runs on pairs."""
+    from rlad.engine import RunDir
+
+    files, seen, run = [], set(), Path(run_path)
+    while run is not None and run.resolve() not in seen and RunDir(run).config_path.is_file():
+        seen.add(run.resolve())
+        config = RunDir(run).load_config()
+        path = config.get("pairs")
+        if config.get("task") == "mcq" and path and Path(path).is_file():
+            files.append(Path(path))
+        run = Path(config["init"]) if config.get("init") else None
+    return files
 
 
 def overlapping_images(records: Sequence[MCQRecord], training: Sequence[MCQRecord]) -> list[str]:
@@ -309,8 +319,7 @@ def test_questions(run_paths: Sequence[str | Path], questions: str | Path, shots
         policy = load_policy(run_paths[0])
         if "mcq" not in policy.tasks:
             raise ConfigError(f"{run_paths[0]}: its {policy.name!r} policy cannot answer multiple-choice questions")
-        training = trained_on(RunDir(run_paths[0]).load_config())
-        if training is not None and not allow_overlap:
+        for training in ([] if allow_overlap else trained_on(run_paths[0])):
             overlap = overlapping_images(records, load_question_file(training, check_files=False))
             if overlap:
                 raise DataError(f"{len(overlap)} of the evaluated images were in the questions {run_paths[0]} was "

@@ -100,7 +100,7 @@ class _Reference:
 class HFVLMPolicy(Policy):
     name = "hf"
     Config = HFVLMConfig
-    tasks = frozenset({"grounding"})
+    tasks = frozenset({"grounding", "mcq"})
     grpo_defaults = {"lr": 1e-5}
     """GRPO settings that differ from the compact grounder's (a VLM needs a far smaller step)."""
     cpu_threads = 0
