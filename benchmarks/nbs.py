@@ -7,6 +7,8 @@ seed scored on exactly the same test images, several seeds.
         --set protocol.dev_fraction=0.3 --eval-split dev              # choosing settings: dev split only
     .venv/bin/python benchmarks/nbs.py --quick                        # MPDD, one seed, 400 NBS steps (smoke run)
     .venv/bin/python benchmarks/nbs.py --from-results benchmarks/results/nbs-DATE.jsonl
+    .venv/bin/python benchmarks/nbs.py --resume benchmarks/results/nbs-DATE.jsonl ...   # the same options: runs
+                                                                    # the rows that file lacks (or that failed)
 
 Protocol (every row, baselines included): 256 px; `protocol.labeled_per_type=5` defective images per
 type drawn with the run seed from test/ (outside the development split) are training data for the
@@ -101,8 +103,11 @@ JOBS = {"quality": job_quality}
 
 
 def _rows(results: _common.Results) -> list[dict]:
+    """The quality rows; a failed row that a resumed run measured again is left out."""
     rows = [{**r, "variant": OLD_NAMES.get(r.get("variant"), r.get("variant"))} for r in results.rows]
-    return [r for r in rows if r.get("kind", "quality") == "quality"]
+    rows = [r for r in rows if r.get("kind", "quality") == "quality"]
+    redone = {(r["dataset"], r["variant"], r["seed"]) for r in _common.ok_rows(rows)}
+    return [r for r in rows if r.get("status") != "failed" or (r["dataset"], r["variant"], r["seed"]) not in redone]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -208,7 +213,10 @@ def render(results: _common.Results) -> str:
     body += ["", "Against the goals (means over seeds):", "", *verdicts(rows), _common.failures_text(rows)]
     wall = [r for r in results.rows if r.get("kind") == "wall"]
     if wall:
-        body.append(f"Total benchmark wall time: {wall[-1]['minutes']} min ({wall[-1]['runs']} runs).")
+        body.append(f"Total benchmark wall time: {sum(w['minutes'] for w in wall):.1f} min ({sum(w['runs'] for w in wall)} runs"
+                    f"{f', in {len(wall)} sessions' if len(wall) > 1 else ''}).")
+    for resumed in meta.get("resumed", []):
+        body.append(f"Resumed at commit `{resumed['commit']}`: `{resumed['command']}`.")
     return "\n".join(body)
 
 
@@ -231,6 +239,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep-runs", action="store_true", help="keep each run directory (default: deleted after testing)")
     parser.add_argument("--from-results", default=None, help="render the section from a results file instead of running")
     parser.add_argument("--no-append", action="store_true", help="print instead of appending to docs/benchmarks.md")
+    parser.add_argument("--resume", default=None, metavar="FILE",
+                        help="add the missing or failed rows to an earlier results file (same options as that run)")
     parser.add_argument("--eval-split", choices=("test", "dev"), default="test",
                         help="score the test split (default) or the development split (choosing settings)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -260,8 +270,18 @@ def measure(args, results: _common.Results, variants: list[str]) -> None:
     datasets = ["mpdd_metal_plate_512"] if args.quick else [d.strip() for d in args.datasets.split(",") if d.strip()]
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     overrides = list(args.overrides) + (["model.steps=400"] if args.quick else [])
-    results.note(overrides=overrides, jobs=args.jobs, threads=args.threads, eval_split=args.eval_split,
-                 variants=variants, seeds=seeds)
+    done = {(r["dataset"], r["variant"], r["seed"]) for r in _common.ok_rows(_rows(results))}
+    if args.resume:
+        mine = {"overrides": overrides, "eval_split": args.eval_split}
+        theirs = {key: results.meta.get(key) for key in mine}
+        if mine != theirs:
+            raise SystemExit(f"[nbs] --resume {args.resume}: that run had {theirs}, this one {mine}; rows would not be "
+                             "scored on the same images")
+        results.note(resumed=[*results.meta.get("resumed", []), {"commit": _common.git_commit(),
+                                                                  "command": _common.command_line()}])
+    else:
+        results.note(overrides=overrides, jobs=args.jobs, threads=args.threads, eval_split=args.eval_split,
+                     variants=variants, seeds=seeds)
     work, holder = _common.work_dir(args.work, "rlad_nbs_")
     specs = []
     missing = [d for d in datasets if not (SHARED_DATA / d / "train").is_dir()]
@@ -272,6 +292,8 @@ def measure(args, results: _common.Results, variants: list[str]) -> None:
             for variant in variants:
                 if variant == "nbs paper input (profile only)" and seed != seeds[0]:
                     continue  # for the record only: one seed
+                if (dataset, variant, seed) in done:
+                    continue
                 method, variant_overrides = VARIANTS[variant]
                 run = work / f"{dataset}__{variant.replace(' ', '_').replace('(', '').replace(')', '')}__{seed}"
                 shutil.rmtree(run, ignore_errors=True)
@@ -288,7 +310,8 @@ def measure(args, results: _common.Results, variants: list[str]) -> None:
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         list(pool.map(one, specs))
-    results.add({"kind": "wall", "minutes": round((time.time() - started) / 60, 1), "runs": len(specs)})
+    if specs:
+        results.add({"kind": "wall", "minutes": round((time.time() - started) / 60, 1), "runs": len(specs)})
     if holder is not None:
         holder.cleanup()
 
@@ -310,7 +333,10 @@ def main(argv=None) -> int:
         if not SHARED_WEIGHTS.is_file():
             print(f"[nbs] skipped: ImageNet MobileNetV2 weights not found at {SHARED_WEIGHTS}", file=sys.stderr)
             return 0
-        results = _common.Results("nbs-quick" if args.quick else "nbs")
+        if args.resume:
+            results = _common.Results("nbs", path=args.resume)
+        else:
+            results = _common.Results("nbs-quick" if args.quick else "nbs")
         measure(args, results, variants)
     text = render(results)
     print(text)
