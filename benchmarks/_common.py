@@ -127,9 +127,9 @@ def append_section(title: str, body: str, results: "Results | None" = None, comm
     BENCHMARKS_MD.parent.mkdir(parents=True, exist_ok=True)
     if not BENCHMARKS_MD.exists():
         BENCHMARKS_MD.write_text(
-            "# Benchmarks\n\nEvery section below was appended by a script in `benchmarks/`, rendered from the raw "
-            "results file it names (`benchmarks/results/`), with the commit and the exact command that made it. "
-            "Newer sections come last.\n"
+            "# Benchmarks\n\nEvery section below was appended by a script in `benchmarks/`: it names the commit, the "
+            "exact command with every override, and the raw results file under `benchmarks/results/` it was rendered "
+            "from. A measurement that failed is listed as failed with its error. Newer sections come last.\n"
         )
     meta = results.meta if results is not None else {"commit": git_commit(), "command": command_line(),
                                                      "machine": machine_line()}

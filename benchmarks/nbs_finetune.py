@@ -4,11 +4,14 @@ stages from `FROM` up trained together with the predictor, scored on the *develo
 
     .venv/bin/python benchmarks/nbs_finetune.py --data ../shared/data/magnetic_tile \\
         --variants frozen,3:1e-4,4:1e-4 --seeds 0,1 --jobs 2 --threads 1
+    .venv/bin/python benchmarks/nbs_finetune.py --from-results benchmarks/results/nbs_finetune-DATE.jsonl
 
 A variant is `frozen` (the control as rlad ships it) or `FROM:LR`: backbone stages FROM..4 trainable
 at learning rate LR (Adam; the predictor keeps model.predictor_lr), the earlier stages frozen. The
 BatchNorm layers stay folded into the convolutions (ImageNet statistics), as in the frozen backbone.
 Rows: mean over seeds of the development-split metrics, pooled and per defect type, and fit time.
+Raw rows (one per variant and seed, a failed run as a failed row) go to
+benchmarks/results/nbs_finetune-DATE.jsonl as they arrive.
 """
 
 from __future__ import annotations
@@ -147,12 +150,12 @@ def run_variant(spec: dict) -> dict:
 def summarise(results: list[dict], variants: list[str]) -> list[dict]:
     rows = []
     for variant in variants:
-        mine = [r for r in results if r["variant"] == variant]
+        mine = [r for r in _common.ok_rows(results) if r["variant"] == variant]
         if not mine:
             continue
         row = {"variant": variant, "seeds": ",".join(str(r["seed"]) for r in mine)}
         for key, value in mine[0].items():
-            if key in ("variant", "seed", "load_1min"):
+            if key in ("variant", "seed", "load_1min", "status"):
                 continue
             if isinstance(value, float):
                 row[key] = statistics.fmean(r[key] for r in mine)
@@ -173,11 +176,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's own)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run, as rlad fit --set")
     parser.add_argument("--no-append", action="store_true")
+    parser.add_argument("--from-results", metavar="FILE", help="render the section again from a results file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _common.run_child(args.child, {"finetune": run_variant})
         return 0
+    if args.from_results:
+        return report(_common.Results("nbs_finetune", path=args.from_results), args.no_append)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     try:
         for variant in variants:
@@ -201,18 +207,31 @@ def main(argv=None) -> int:
 
     from concurrent.futures import ThreadPoolExecutor
 
+    results = _common.Results("nbs_finetune")
+    results.note(data=_common.portable(str(args.data)), variants=variants, seeds=seeds, dev_fraction=args.dev_fraction,
+                 overrides=args.set)
     specs = [{"kind": "finetune", "variant": v, "seed": s, "data": str(args.data), "dev_fraction": args.dev_fraction, "set": args.set} for v in variants for s in seeds]
+
+    def one(spec):
+        row = _common.spawn(__file__, spec, args.threads, tag="finetune")
+        return results.add({"variant": spec["variant"], "seed": spec["seed"], **row})
+
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = [r for r in pool.map(lambda spec: _common.spawn(__file__, spec, args.threads, tag="finetune"), specs) if r]
-    rows = summarise(results, variants)
-    table = markdown_table(rows, floatfmt="{:.3f}")
-    print(table)
-    if not args.no_append and rows:
-        append_section(
-            "NBS: fine-tuning the backbone in the supervised control, on the development split",
-            f"Data: {args.data.name}, development split ({args.dev_fraction:.0%} of the test split), mean over seeds {args.seeds}.\n\n" + table,
-        )
-    return 0 if len(results) == len(specs) else 1
+        rows = list(pool.map(one, specs))
+    report(results, args.no_append)
+    return 0 if len(_common.ok_rows(rows)) == len(specs) else 1
+
+
+def report(results: _common.Results, no_append: bool) -> int:
+    meta = results.meta
+    table = markdown_table(summarise(results.rows, meta.get("variants", [])), floatfmt="{:.3f}")
+    text = (f"Data: {meta.get('data', '?')}, development split ({meta.get('dev_fraction', 0):.0%} of the test split), mean over "
+            f"seeds {','.join(str(s) for s in meta.get('seeds', []))}; overrides: {'; '.join(meta.get('overrides') or []) or 'none'}."
+            f"\n\n{table}\n{_common.failures_text(results.rows)}")
+    print(text)
+    if not no_append:
+        append_section("NBS: fine-tuning the backbone in the prior refiner, on the development split", text, results=results)
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@ the Gaussian smoothing of the maps (`model.blur_sigma`) and the image-score pool
     rlad fit nbs --data ../shared/data/magnetic_tile --out runs/mt_dev --set protocol.dev_fraction=0.3
     .venv/bin/python benchmarks/nbs_prior_boost.py --data ../shared/data/magnetic_tile runs/mt_dev [RUN ...]
     .venv/bin/python benchmarks/nbs_prior_boost.py --data ... --boosts 1 --blurs 0,2,4,6 --score-pools 1,3 RUN ...
+    .venv/bin/python benchmarks/nbs_prior_boost.py --from-results benchmarks/results/nbs_prior_boost-DATE.jsonl
 
 For each run and combination of the listed values (a list left out keeps the run's own value): the
 metrics on the run's development split, pooled and per defect type (a type's pixel AUROC / AUPRO pit
 its defect pixels against the normal pixels of its own images and of the normal images), plus the
-prior alone. These settings only change inference, so one fitted run serves every value.
+prior alone. These settings only change inference, so one fitted run serves every value. Rows go to
+benchmarks/results/nbs_prior_boost-DATE.jsonl as they are measured; a run that cannot be scored is a
+failed row.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _common  # noqa: E402
 from benchmarks._common import append_section  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
@@ -69,15 +73,53 @@ def load_dev(run_path: str, data: Path):
     return loaded, samples, images, masks.astype(bool)
 
 
+@torch.no_grad()
+def prior_alone(encoder, images: np.ndarray) -> torch.Tensor:
+    """The raw PatchCore prior on the predictor grid, as the predictor sees it (before standardising)."""
+    parts = []
+    for i in range(0, len(images), 8):
+        x = torch.from_numpy(images[i : i + 8]).float() / 255
+        parts.append(encoder._prior_maps(encoder._levels(x), tuple(x.shape[-2:])))
+    return torch.cat(parts)
+
+
+def render(results: _common.Results) -> str:
+    rows = _common.ok_rows(results.rows)
+    means = []
+    settings = list(dict.fromkeys((r["boost"], r["blur"], r["score_pool"]) for r in rows if r["boost"] != "prior alone"))
+    for boost, blur, pool in settings:
+        chosen = [r for r in rows if (r["boost"], r["blur"], r["score_pool"]) == (boost, blur, pool)]
+        means.append({"boost": boost, "blur": blur, "score_pool": pool,
+                      **{k: statistics.fmean(r[k] for r in chosen) for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_f1_max")}})
+    runs = results.meta.get("runs", [])
+    return "\n".join([
+        f"Development split of {results.meta.get('data', '?')} ({len(runs)} run(s): {', '.join(runs)}); the test split is not read.",
+        "", "Mean over the runs:", "", markdown_table(means, floatfmt="{:.3f}"),
+        "", "Per run and defect type:", "", markdown_table(rows, floatfmt="{:.3f}"),
+        _common.failures_text(results.rows),
+    ])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", metavar="RUN")
-    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("runs", nargs="*", metavar="RUN")
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--from-results", metavar="FILE", help="render the section again from a results file")
     parser.add_argument("--boosts", default=",".join(str(b) for b in BOOSTS))
     parser.add_argument("--blurs", default=None, help="model.blur_sigma values (default: each run's own)")
     parser.add_argument("--score-pools", default=None, help="model.score_pool values (default: each run's own)")
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
+    title = "NBS: inference settings (prior boost, blur, score pool) on the development split (issue 3)"
+    if args.from_results:
+        results = _common.Results("nbs_prior_boost", path=args.from_results)
+        text = render(results)
+        print(text)
+        if not args.no_append:
+            append_section(title, text, results=results)
+        return 0
+    if not args.runs or args.data is None:
+        parser.error("give --data and at least one RUN (or --from-results FILE)")
 
     from rlad.workflows.detection import predict_arrays
     from rlad.errors import ConfigError
@@ -102,36 +144,28 @@ def main(argv=None) -> int:
             parser.error(str(exc))
         return {"boost": f"{cfg.prior_boost:g}", "blur": f"{cfg.blur_sigma:g}", "score_pool": str(cfg.score_pool)}
 
-    rows = []
+    results = _common.Results("nbs_prior_boost")
+    results.note(data=_common.portable(str(args.data)), runs=[_common.portable(r) for r in args.runs])
     for run_path in args.runs:
-        loaded, samples, images, masks = load_dev(run_path, args.data)
+        try:
+            loaded, samples, images, masks = load_dev(run_path, args.data)
+        except SystemExit as exc:  # not scorable: a failed row, and the other runs still count
+            results.add(_common.failed_row({"run": _common.portable(run_path)}, f"cannot score it (exit {exc.code}); see stderr"))
+            continue
         model = loaded.model
         label = f"{loaded.cfg.method} seed {loaded.cfg.seed}"
         for boost, blur, pool in grid:
             keys = setting(model, boost, blur, pool)
             pred = predict_arrays(model, images, loaded.cfg.batch_size, desc=" ".join(f"{k} {v}" for k, v in keys.items()))
-            rows.append({"run": label, **keys, **scores_by_type(pred.maps, pred.scores, samples, masks)})
-        with torch.no_grad():  # the prior alone, as the predictor sees it
-            prior = torch.cat([model.encoder._prior_maps(torch.from_numpy(images[i : i + 8]).float() / 255)
-                               for i in range(0, len(images), 8)])
+            results.add({"run": label, **keys, **scores_by_type(pred.maps, pred.scores, samples, masks)})
+        prior = prior_alone(model.encoder, images)
         maps = torch.nn.functional.interpolate(prior, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        rows.append({"run": label, "boost": "prior alone", "blur": "0", "score_pool": "1",
+        results.add({"run": label, "boost": "prior alone", "blur": "0", "score_pool": "1",
                      **scores_by_type(maps[:, 0].numpy(), image_score(prior, 1).numpy(), samples, masks)})
-
-    means = []
-    settings = list(dict.fromkeys((r["boost"], r["blur"], r["score_pool"]) for r in rows if r["boost"] != "prior alone"))
-    for boost, blur, pool in settings:
-        chosen = [r for r in rows if (r["boost"], r["blur"], r["score_pool"]) == (boost, blur, pool)]
-        means.append({"boost": boost, "blur": blur, "score_pool": pool,
-                      **{k: statistics.fmean(r[k] for r in chosen) for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_f1_max")}})
-    text = "\n".join([
-        f"Development split of {args.data.name} ({len(args.runs)} run(s): {', '.join(args.runs)}); the test split is not read.",
-        "", "Mean over the runs:", "", markdown_table(means, floatfmt="{:.3f}"),
-        "", "Per run and defect type:", "", markdown_table(rows, floatfmt="{:.3f}"),
-    ])
+    text = render(results)
     print(text)
     if not args.no_append:
-        append_section("NBS: inference settings (prior boost, blur, score pool) on the development split (issue 3)", text)
+        append_section(title, text, results=results)
     return 0
 
 

@@ -2,13 +2,16 @@
 "uneven" type, read off the *development* split of NBS / supervised-control runs (never the test split).
 
     .venv/bin/python benchmarks/nbs_uneven.py --data ../shared/data/magnetic_tile RUN [RUN ...]
+    .venv/bin/python benchmarks/nbs_uneven.py --from-results benchmarks/results/nbs_uneven-DATE.jsonl
 
 Per run: each defect type's share of the defect pixels and of its pixels above the 95th / 99th
 percentile of the normal pixels' scores, and which images hold the normal pixels above the 99th
 percentile. Then candidate channels scored alone (pixel AUROC per type, as in
 `benchmarks/nbs_prior_boost.py`): the PatchCore prior, each image's own deviation from itself (feature
 distance to the image's median feature, per backbone stage), low-frequency brightness deviation and
-local texture-energy deviation from the image's median.
+local texture-energy deviation from the image's median. Rows go to
+benchmarks/results/nbs_uneven-DATE.jsonl (`table`: shares or channels); a run that cannot be scored is
+a failed row.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _common  # noqa: E402
 from benchmarks._common import append_section  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 from benchmarks.nbs_prior_boost import load_dev, scores_by_type  # noqa: E402
@@ -41,7 +45,7 @@ def candidate_maps(encoder, images_uint8: np.ndarray, grid: int = 64) -> dict[st
     for start in range(0, len(images_uint8), 8):
         x = torch.from_numpy(images_uint8[start : start + 8]).float() / 255
         levels = encoder._levels(x)
-        maps.setdefault("PatchCore prior", []).append(encoder._prior_maps(x, levels))
+        maps.setdefault("PatchCore prior", []).append(encoder._prior_maps(levels, tuple(x.shape[-2:])))
         for stage, features in levels.items():
             resized = F.interpolate(features, size=(grid, grid), mode="bilinear", align_corners=False)
             maps.setdefault(f"self-deviation, stage {stage}", []).append(deviation_from_median(resized))
@@ -53,18 +57,28 @@ def candidate_maps(encoder, images_uint8: np.ndarray, grid: int = 64) -> dict[st
     return {name: torch.cat(parts) for name, parts in maps.items()}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", metavar="RUN")
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--no-append", action="store_true")
-    args = parser.parse_args(argv)
+def render(results: _common.Results) -> str:
+    rows = _common.ok_rows(results.rows)
+    strip = lambda table: [{k: v for k, v in r.items() if k != "table"} for r in rows if r.get("table") == table]  # noqa: E731
+    runs = results.meta.get("runs", [])
+    return "\n".join([
+        f"Development split of {results.meta.get('data', '?')} ({len(runs)} run(s): {', '.join(runs)}); the test split is not read.",
+        "", "The run's maps, per defect type:", "", markdown_table(strip("shares"), floatfmt="{:.3f}"),
+        "", "Candidate channels scored alone (not the run's maps):", "", markdown_table(strip("channels"), floatfmt="{:.3f}"),
+        _common.failures_text(results.rows),
+    ])
 
+
+def measure(args, results: _common.Results) -> None:
     from rlad.workflows.detection import predict_arrays
 
-    shares, channels = [], []
+    results.note(data=_common.portable(str(args.data)), runs=[_common.portable(r) for r in args.runs])
     for run_path in args.runs:
-        loaded, samples, images, masks = load_dev(run_path, args.data)
+        try:
+            loaded, samples, images, masks = load_dev(run_path, args.data)
+        except SystemExit as exc:  # not scorable: a failed row, and the other runs still count
+            results.add(_common.failed_row({"run": _common.portable(run_path)}, f"cannot score it (exit {exc.code}); see stderr"))
+            continue
         label = f"{loaded.cfg.method} seed {loaded.cfg.seed}"
         types = np.array([s.defect_type if s.label else "good" for s in samples])
         maps = predict_arrays(loaded.model, images, loaded.cfg.batch_size, desc="dev").maps
@@ -73,24 +87,36 @@ def main(argv=None) -> int:
         total_defect = masks.sum()
         for t in sorted(set(types) - {"good"}):
             pixels = maps[types == t][masks[types == t]]
-            shares.append({"run": label, "type": t, "share of defect pixels": pixels.size / total_defect,
-                           "above normal q95": float((pixels > q95).mean()), "above normal q99": float((pixels > q99).mean()),
-                           "share of normal pixels above q99 in its images": high_normal[t] / sum(high_normal.values())})
-        shares.append({"run": label, "type": "good", "share of normal pixels above q99 in its images":
-                       high_normal["good"] / sum(high_normal.values())})
+            results.add({"table": "shares", "run": label, "type": t, "share of defect pixels": float(pixels.size / total_defect),
+                         "above normal q95": float((pixels > q95).mean()), "above normal q99": float((pixels > q99).mean()),
+                         "share of normal pixels above q99 in its images": high_normal[t] / max(1.0, sum(high_normal.values()))})
+        results.add({"table": "shares", "run": label, "type": "good", "share of normal pixels above q99 in its images":
+                     high_normal["good"] / max(1.0, sum(high_normal.values()))})
         for name, channel in candidate_maps(loaded.model.encoder, images).items():
             full = F.interpolate(channel, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0].numpy()
             row = scores_by_type(full, full.reshape(len(full), -1).max(1), samples, masks)
-            channels.append({"run": label, "channel alone": name, "pixel_auroc": row["pixel_auroc"],
-                             **{k: v for k, v in row.items() if k.endswith("px AUROC/AUPRO")}})
-    text = "\n".join([
-        f"Development split of {args.data.name} ({len(args.runs)} run(s): {', '.join(args.runs)}); the test split is not read.",
-        "", "The run's maps, per defect type:", "", markdown_table(shares, floatfmt="{:.3f}"),
-        "", "Candidate channels scored alone (not the run's maps):", "", markdown_table(channels, floatfmt="{:.3f}"),
-    ])
+            results.add({"table": "channels", "run": label, "channel alone": name, "pixel_auroc": row["pixel_auroc"],
+                         **{k: v for k, v in row.items() if k.endswith("px AUROC/AUPRO")}})
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="*", metavar="RUN")
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--from-results", metavar="FILE", help="render the section again from a results file")
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args(argv)
+    if args.from_results:
+        results = _common.Results("nbs_uneven", path=args.from_results)
+    elif not args.runs or args.data is None:
+        parser.error("give --data and at least one RUN (or --from-results FILE)")
+    else:
+        results = _common.Results("nbs_uneven")
+        measure(args, results)
+    text = render(results)
     print(text)
     if not args.no_append:
-        append_section("NBS: where magnetic tile's pixel AUROC goes, on the development split (issue 3)", text)
+        append_section("NBS: where magnetic tile's pixel AUROC goes, on the development split (issue 3)", text, results=results)
     return 0
 
 
