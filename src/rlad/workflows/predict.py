@@ -262,11 +262,11 @@ def _predict_one(loaded, path: Path, stem: str, out: Path, thresholds: Threshold
 def predict(run_path: str | Path, paths: list[str | Path], out: str | Path, threshold: float | None = None,
             pixel_threshold: float | None = None, raw: bool = False) -> Predictions:
     """Score every image under `paths` with the run at `run_path`; files into `out` (module docstring)."""
-    from rlad.workflows.detection import load_run
+    from rlad.workflows.exported import load_predictor  # a run folder or an exported .onnx file
 
     out = Path(out)
     _check_out(out)
-    loaded = load_run(run_path)
+    loaded = load_predictor(run_path)
     loaded.warn_if_untrained_backbone()
     thresholds = thresholds_for(loaded.post, threshold, pixel_threshold)
     images, failed = collect_images(paths, out)
