@@ -163,18 +163,34 @@ class PatchCoreGraph(PixelGraph):
 class PaDiMGraph(PixelGraph):
     def __init__(self, model, image_size: int, post: PostProcessor):
         super().__init__(image_size, post)
-        from rlad.models.padim import mahalanobis, padim_embedding
+        from rlad.models.padim import mahalanobis
 
         self.backbone = Backbone(model.extractor)
-        self.embed, self.distance = padim_embedding, mahalanobis
-        self.register_buffer("channel_index", model.channel_index.clone())
+        self.distance = mahalanobis
+        # `padim_embedding` picks each level's channels with a boolean mask (a data-dependent shape the
+        # tracer refuses); the same per-level picks, computed once here, are constants of the graph.
+        index, offset, self.levels = model.channel_index, 0, []
+        for level, channels in enumerate(model.extractor.channels):
+            local = index[(index >= offset) & (index < offset + channels)] - offset
+            offset += channels
+            if len(local):
+                self.register_buffer(f"pick_{level}", local.clone())
+                self.levels.append(level)
         self.register_buffer("mean", model.mean.float().clone())
         self.register_buffer("precision", model.precision.float().clone())
         grid = _grid(self.backbone, image_size, model.extractor.strides[0])
         self.smooth = Smooth(grid, image_size, scaled_sigma(model.config.blur_sigma, image_size))
 
+    def embed(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        grid = levels[0].shape[-2:]
+        parts = []
+        for level in self.levels:
+            picked = levels[level].index_select(1, getattr(self, f"pick_{level}"))
+            parts.append(picked if picked.shape[-2:] == grid else F.interpolate(picked, size=grid, mode="nearest"))
+        return torch.cat(parts, dim=1)
+
     def raw(self, images):
-        embedding = self.embed(self.backbone(images), self.channel_index)
+        embedding = self.embed(self.backbone(images))
         b, c, h, w = embedding.shape
         distances = self.distance(embedding.permute(0, 2, 3, 1).reshape(b, h * w, c), self.mean, self.precision)
         maps = self.smooth(distances.reshape(b, h, w))
@@ -195,6 +211,79 @@ class AEGraph(PixelGraph):
         return maps, maps.flatten(1).amax(1)
 
 
+class NBSGraph(PixelGraph):
+    """NBS at inference (`NBSModel.predict`): each snapshot's reconstruction error at the profile
+    resolution (the loss profile), the context channels (backbone features and the standardised
+    PatchCore prior, as `ContextEncoder` makes them), the folded predictor, the prior ensemble, and
+    the probabilities upsampled and smoothed; image score from the pooled grid probabilities."""
+
+    def __init__(self, model, image_size: int, post: PostProcessor):
+        super().__init__(image_size, post)
+        from rlad.models.nbs.autoencoder import tile, untile
+        from rlad.models.nbs.head import image_score
+        from rlad.models.nbs.profiles import profile_features, resize
+        from rlad.models.patchcore import locally_aware_features
+
+        cfg, encoder = model.config, model.encoder
+        self.tile, self.untile, self.resize, self.profile_features = tile, untile, resize, profile_features
+        self.image_score, self.combine = image_score, locally_aware_features
+        self.profile_size, self.grid, self.score_pool = cfg.profile_size, cfg.predictor_grid, cfg.score_pool
+        self.snapshots = nn.ModuleList(m.eval() for m in model.bank._built())
+        self.kind = encoder.config.kind
+        self.predictor = model.head.predictor
+        self.prior_boost = float(cfg.prior_boost) if self.predictor.prior_residual else 0.0
+        self.smooth = Smooth((self.grid, self.grid), image_size, scaled_sigma(cfg.blur_sigma, image_size))
+        if self.kind in ("backbone", "patchcore"):
+            self.backbone = Backbone(encoder.extractor)
+            self.stages = list(encoder.extractor.stages)
+            self.context_stages = sorted(encoder.config.backbone.stages)
+        if self.kind == "patchcore":
+            prior = encoder.prior
+            if prior.config.reweight:
+                raise ConfigError("nbs with a reweighted PatchCore prior cannot be exported yet")
+            self.prior_stages = sorted(encoder.config.prior_stages)
+            self.prior_nearest = NearestDistance(prior.memory_bank)
+            self.prior_mean, self.prior_std = float(encoder.prior_mean), float(encoder.prior_std)
+            with torch.no_grad():
+                levels = dict(zip(self.stages, self.backbone(torch.zeros(1, 3, image_size, image_size))))
+                prior_grid = tuple(self.combine([levels[s] for s in self.prior_stages]).shape[-2:])
+            self.prior_smooth = Smooth(prior_grid, image_size, scaled_sigma(prior.config.blur_sigma, image_size))
+
+    def _profile(self, images: torch.Tensor) -> torch.Tensor:
+        small = self.resize(images, self.profile_size)
+        errors = []
+        for snapshot in self.snapshots:
+            tiles, layout = self.tile(small, snapshot.patch)
+            errors.append((small - self.untile(snapshot(tiles), layout)).abs().mean(1))
+        return self.profile_features(torch.stack(errors, dim=1), self.grid)
+
+    def _context(self, images: torch.Tensor) -> torch.Tensor:
+        from rlad.models.maps import grey
+
+        g = self.grid
+        if self.kind == "none":
+            return images[:, :0, :g, :g]
+        if self.kind == "image":
+            return F.interpolate(grey(images), size=(g, g), mode="area")
+        levels = dict(zip(self.stages, self.backbone(images)))
+        parts = [F.interpolate(levels[s], size=(g, g), mode="bilinear", align_corners=False) for s in self.context_stages]
+        if self.kind == "patchcore":
+            features = self.combine([levels[s] for s in self.prior_stages])
+            b, d, h, w = features.shape
+            distances = self.prior_nearest(features.permute(0, 2, 3, 1).reshape(b, h * w, d))
+            prior = self.prior_smooth(distances.reshape(b, h, w))[:, None]
+            parts.append((F.interpolate(prior, size=(g, g), mode="area") - self.prior_mean) / self.prior_std)
+        return torch.cat(parts, dim=1)
+
+    def raw(self, images):
+        features = torch.cat([self._profile(images), self._context(images)], dim=1)
+        logits = self.predictor(features)
+        if self.prior_boost:
+            logits = logits + self.prior_boost * features[:, -1:]
+        probs = torch.sigmoid(logits)
+        return self.smooth(probs[:, 0]), self.image_score(probs, self.score_pool)
+
+
 def _grid(backbone: Backbone, image_size: int, stride: int) -> tuple[int, int]:
     """The first tapped level's grid at `image_size` (measured on one image, not assumed from the stride)."""
     with torch.no_grad():
@@ -202,7 +291,7 @@ def _grid(backbone: Backbone, image_size: int, stride: int) -> tuple[int, int]:
     return tuple(level.shape[-2:])
 
 
-GRAPHS = {"patchcore": PatchCoreGraph, "padim": PaDiMGraph, "ae": AEGraph}
+GRAPHS = {"patchcore": PatchCoreGraph, "padim": PaDiMGraph, "ae": AEGraph, "nbs": NBSGraph}
 
 
 def graph_for(method: str, model, image_size: int, post: PostProcessor) -> PixelGraph:
