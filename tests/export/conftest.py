@@ -15,7 +15,7 @@ TINY = {
     "ae": ["image_size=64", "model.steps=3", "model.batch_size=2", "model.channels=[8,8]", "model.train_crop=32"],
     "nbs": ["image_size=64", "model.profile_size=32", "model.patch_size=128", "model.predictor_grid=16",
             "model.predictor_crop=0", "model.steps=10", "model.reset_every=5", "model.window=2",
-            "model.sampler=uniform", "model.batch_patches=4", "model.ae_width=4", "model.bottleneck=8",
+            "model.sampler=uniform", "model.sampler_update_from=3", "model.sampler_update_to=4", "model.batch_patches=4", "model.ae_width=4", "model.bottleneck=8",
             "model.augment_copies=1", "model.labeled_per_cycle=1", "model.reward_images=1",
             "model.normals_per_cycle=1", "model.predictor_buffer=4", "model.predictor_epochs=1",
             "model.predictor_widths=[4,4]", "model.predictor_dilations=[1,2]",

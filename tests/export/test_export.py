@@ -59,12 +59,30 @@ def test_the_graph_agrees_with_pytorch_at_any_batch_and_size(method, exported, t
     assert np.abs(single[2][0] - ref_maps[-1]).max() < 1e-4
 
 
-def test_a_graph_that_disagrees_is_refused_and_nothing_is_written(exported, tiny_data, tmp_path, capsys, monkeypatch):
-    from rlad.workflows import export_graphs
+class _Traced:
+    """Stands in for a fresh trace of the same run (tracing is the slow part of an export)."""
 
-    run, _ = exported("ae")
-    honest = export_graphs.Normalise.forward
-    monkeypatch.setattr(export_graphs.Normalise, "forward", lambda self, v: honest(self, v) + 2e-4)
+    def __init__(self, path: Path):
+        self.path = path
+
+    def save(self, target: str) -> None:
+        import shutil
+
+        shutil.copyfile(self.path, target)
+
+
+def _reuse_trace(monkeypatch, onnx_path: Path) -> None:
+    monkeypatch.setattr("rlad.workflows.export._to_onnx", lambda graph, size: _Traced(onnx_path))
+
+
+def test_a_graph_that_disagrees_is_refused_and_nothing_is_written(exported, tmp_path, capsys, monkeypatch):
+    from rlad.models.postprocess import PostProcessor
+
+    run, result = exported("ae")
+    _reuse_trace(monkeypatch, result.path)
+    honest = PostProcessor.normalise_maps
+    # PyTorch's side moved by 2e-4 (twice the tolerance): the ONNX graph now disagrees with it.
+    monkeypatch.setattr(PostProcessor, "normalise_maps", lambda self, maps: honest(self, maps) + 2e-4)
     out = tmp_path / "out" / "ae.onnx"
     code, stdout, err = _cli(capsys, "export", run, "--out", out)
     assert code == 2 and stdout == ""
@@ -89,10 +107,11 @@ def test_usage_errors_are_one_line(exported, tmp_path, capsys):
     assert code == 2 and "not a readable ONNX file" in err
 
 
-def test_a_moved_dataset_needs_images_for_parity(exported, tiny_data, tmp_path, capsys):
+def test_a_moved_dataset_needs_images_for_parity(exported, tiny_data, tmp_path, capsys, monkeypatch):
     import shutil
 
-    run, _ = exported("ae")
+    run, result = exported("ae")
+    _reuse_trace(monkeypatch, result.path)
     moved = tmp_path / "run"
     shutil.copytree(run, moved)
     payload = torch.load(moved / "model.pt", weights_only=True)
