@@ -29,6 +29,12 @@ def start_server(run: Path, *settings: str, timeout: float = 120.0) -> tuple[sub
     return process, line.rsplit(" at ", 1)[1].strip()
 
 
+@pytest.fixture(scope="session", name="start_server")
+def start_server_fixture():
+    """`start_server(run, *set_args) -> (process, URL)` for a module's own server."""
+    return start_server
+
+
 @pytest.fixture(scope="module")
 def server(tiny_patchcore_run):
     """The base URL of a server on `tiny_patchcore_run` with small limits (1 MiB uploads, 1 Mpx images)."""
