@@ -97,7 +97,7 @@ def test_usage_errors_are_one_line(exported, tmp_path, capsys):
     run, result = exported("ae")
     for argv, message in [
         (["export", run, "--out", tmp_path / "model.pt"], "give a file name ending in .onnx"),
-        (["export", tmp_path / "nothing", "--out", tmp_path / "m.onnx"], "nothing"),
+        (["export", tmp_path / "nothing", "--out", tmp_path / "m.onnx"], "run directory not found"),
         (["export", run, "--out", tmp_path / "m.onnx", "--images", tmp_path / "missing"], "no such file or folder"),
         (["predict", tmp_path / "bogus.onnx", run, "--out", tmp_path / "p"], "bogus.onnx: no such file"),
     ]:

@@ -98,3 +98,17 @@ def test_bound_to_loopback_and_the_page_is_served(server):
     page = httpx.get(server, timeout=30)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'id="file"' in page.text and "v1/predict" in page.text
+
+
+def test_bad_settings_and_runs_are_one_line_errors_before_anything_is_served(tiny_patchcore_run, tmp_path, capsys):
+    from rlad.cli.main import main
+
+    for argv, message in [
+        (["serve", str(tiny_patchcore_run), "--port", "99999", "--set", "workers=0"],
+         "port must be in 0..65535, got 99999; workers must be at least 1, got 0"),
+        (["serve", str(tiny_patchcore_run), "--set", "max_pixels=10"], "max_pixels must be at least 1024"),
+        (["serve", str(tmp_path / "nothing")], "run directory not found"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
