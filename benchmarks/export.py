@@ -19,7 +19,6 @@ figures taken while other work runs on the machine are noise, the ratio less so.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

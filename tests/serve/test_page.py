@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np

@@ -290,10 +290,14 @@ def read_metadata(path: str | Path) -> dict:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
         raise ConfigError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
-    props = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in props:
+    return parse_metadata({p.key: p.value for p in model.metadata_props}.get(METADATA_KEY), path)
+
+
+def parse_metadata(raw: str | None, path: str | Path) -> dict:
+    """The rlad metadata from its JSON text (None: the file has none), checked for this format."""
+    if raw is None:
         raise ConfigError(f"{path}: an ONNX file without rlad metadata (not written by rlad export)")
-    meta = json.loads(props[METADATA_KEY])
+    meta = json.loads(raw)
     if meta.get("format_version") != FORMAT_VERSION:
         raise ConfigError(f"{path}: exported by another rlad version (format {meta.get('format_version')})")
     return meta

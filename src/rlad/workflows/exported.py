@@ -5,7 +5,6 @@ Runtime doing the inference, so `rlad predict` and `rlad serve` take either with
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ def load_exported(path: str | Path, threads: int = 0):
     from rlad.engine.run import RunDir
     from rlad.models.postprocess import PostProcessor
     from rlad.workflows.detection import LoadedRun, config_from_dict
-    from rlad.workflows.export import FORMAT_VERSION, METADATA_KEY, onnx_session
+    from rlad.workflows.export import METADATA_KEY, onnx_session, parse_metadata
 
     path = Path(path)
     if not path.is_file():
@@ -45,12 +44,7 @@ def load_exported(path: str | Path, threads: int = 0):
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for any bad file
         raise ConfigError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
-    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    if raw is None:
-        raise ConfigError(f"{path}: an ONNX file without rlad metadata (not written by rlad export)")
-    meta = json.loads(raw)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{path}: exported by another rlad version (format {meta.get('format_version')})")
+    meta = parse_metadata(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), path)
     cfg = config_from_dict(meta["config"])
     loaded = LoadedRun(RunDir(path), cfg, ExportedModel(session, path), PostProcessor.from_dict(meta["postprocess"]),
                        meta.get("split") or {}, meta.get("backbones"), meta.get("train_size"))
