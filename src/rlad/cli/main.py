@@ -11,7 +11,7 @@ import warnings
 from rlad import __version__
 from rlad.errors import RladError
 
-VERB_MODULES = ["data", "fit", "grounding", "questions"]
+VERB_MODULES = ["data", "fit", "grounding", "questions", "export", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

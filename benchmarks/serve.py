@@ -1,0 +1,255 @@
+"""`rlad serve` under load on loopback (issue 17): requests/s, p50 and p99 latency and errors by status,
+with a share of malformed uploads, against the same work called in-process.
+
+    .venv/bin/python benchmarks/serve.py                          # 8 clients, 60 s, 10% malformed
+    .venv/bin/python benchmarks/serve.py --quick --no-append      # smoke run (tiny model, 5 s); not a result
+    .venv/bin/python benchmarks/serve.py --from-results benchmarks/results/serve-DATE.jsonl
+
+The model is PatchCore fitted on the first `--train-images` training images of magnetic tile (ImageNet
+weights from $RLAD_BACKBONE_WEIGHTS, default ../shared/weights) and exported with `rlad export` (or
+`--run`, any run folder or .onnx file). First the in-process figure: the server's own per-request
+work (`PixelInspector.handle`: decode, model, decision, mask PNG) called back to back on the same
+test images for `--baseline-seconds`. Then `rlad serve` runs as its own process and `--clients`
+threads (one HTTP connection each) post for `--seconds`; each request is, with probability
+`--malformed`, one of the bad uploads of tests/serve/test_api.py (not an image, truncated, zero bytes,
+wrong field, wrong content type, too many pixels). Goals: zero 5xx, p99 under 4x p50 (good requests),
+good-request throughput at least 80% of the in-process figure. The clients share the machine with the
+server; the 1-minute load average is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from benchmarks._common import ROOT, SHARED_DATA, SHARED_WEIGHTS, Results, append_section, work_dir  # noqa: E402
+from benchmarks.export import subset_folder  # noqa: E402
+
+
+def prepare_model(work: Path, data: Path, train_images: int, quick: bool) -> Path:
+    from rlad.workflows import detection
+    from rlad.workflows.export import export
+
+    folder = subset_folder(data, work / "data", train_images)
+    settings = ["image_size=64", "model.backbone.stages=[1,2]"] if quick else []
+    run = detection.fit("patchcore", folder, work / "patchcore", detection.build_config("patchcore", None, settings))
+    target = work / "patchcore.onnx"
+    if not target.exists():
+        export(run.path, target)
+    return target
+
+
+def good_payloads(data: Path, count: int) -> list[tuple[str, bytes, str]]:
+    from rlad.data.folder import discover
+
+    test = discover(data).test
+    picked = [test[i] for i in np.linspace(0, len(test) - 1, count).round().astype(int)]
+    types = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".bmp": "image/bmp"}
+    return [(s.path.name, s.path.read_bytes(), types.get(s.path.suffix.lower(), "image/png")) for s in picked]
+
+
+def bad_requests(good: tuple[str, bytes, str]) -> list[tuple[str, dict]]:
+    from PIL import Image
+
+    name, data, kind = good
+    huge = io.BytesIO()
+    Image.new("L", (9000, 6000)).save(huge, format="PNG")  # 54 Mpx, a few kB: over the default pixel limit
+    return [
+        ("not an image", {"files": {"image": ("a.png", b"hello, world " * 40, "image/png")}}),
+        ("truncated", {"files": {"image": (name, data[: len(data) // 2], kind)}}),
+        ("zero bytes", {"files": {"image": (name, b"", kind)}}),
+        ("wrong field", {"files": {"picture": (name, data, kind)}}),
+        ("wrong content type", {"files": {"image": (name, data, "text/plain")}}),
+        ("too many pixels", {"files": {"image": ("huge.png", huge.getvalue(), "image/png")}}),
+    ]
+
+
+def in_process_rps(model: Path, payloads, seconds: float, threads: int) -> dict:
+    import torch
+
+    from rlad.serve.config import ServeConfig
+    from rlad.serve.inspect import PixelInspector
+
+    torch.set_num_threads(threads)
+    inspector, cfg = PixelInspector(model, threads), ServeConfig()
+    inspector.handle({"image": (payloads[0][1], payloads[0][2])}, cfg)  # warm-up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        name, data, kind = payloads[done % len(payloads)]
+        inspector.handle({"image": (data, kind)}, cfg)
+        done += 1
+    elapsed = time.perf_counter() - started
+    return {"inprocess_requests": done, "inprocess_rps": round(done / elapsed, 3),
+            "inprocess_ms": round(elapsed * 1000 / done, 2)}
+
+
+def start_server(model: Path, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "RLAD_PROGRESS": "0", "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "rlad", "serve", str(model), "--port", "0", "--set", f"workers={workers}",
+               "--set", f"threads={threads}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    line = process.stdout.readline()
+    if "serving" not in line:
+        process.kill()
+        raise RuntimeError(f"rlad serve did not start: {line!r}")
+    return process, line.rsplit(" at ", 1)[1].strip()
+
+
+def load(url: str, payloads, clients: int, seconds: float, malformed: float, seed: int = 0) -> list[dict]:
+    import httpx
+
+    records: list[dict] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        rng = np.random.default_rng([seed, index])
+        mine = []
+        with httpx.Client(timeout=120) as http:
+            while time.monotonic() < deadline:
+                good = payloads[int(rng.integers(len(payloads)))]
+                bad = rng.random() < malformed
+                if bad:
+                    kind, request = bad_requests(good)[int(rng.integers(6))]
+                else:
+                    kind, request = "good", {"files": {"image": (good[0], good[1], good[2])}}
+                started = time.perf_counter()
+                try:
+                    status = http.post(f"{url}v1/predict", **request).status_code
+                except httpx.HTTPError as exc:
+                    status = f"client error: {type(exc).__name__}"
+                mine.append({"kind": kind, "status": status, "ms": (time.perf_counter() - started) * 1000})
+        with lock:
+            records.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return records
+
+
+def summarise(records: list[dict], seconds: float) -> dict:
+    good = [r for r in records if r["kind"] == "good" and r["status"] == 200]
+    latencies = sorted(r["ms"] for r in good)
+    statuses = Counter(str(r["status"]) for r in records)
+    p50 = float(np.percentile(latencies, 50)) if latencies else float("nan")
+    p99 = float(np.percentile(latencies, 99)) if latencies else float("nan")
+    return {
+        "requests": len(records), "rps": round(len(records) / seconds, 3), "good_ok": len(good),
+        "good_rps": round(len(good) / seconds, 3), "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
+        "p99_over_p50": round(p99 / p50, 2) if latencies else None,
+        "malformed": sum(r["kind"] != "good" for r in records),
+        "malformed_4xx": sum(r["kind"] != "good" and isinstance(r["status"], int) and 400 <= r["status"] < 500
+                             for r in records),
+        "good_not_200": sum(r["kind"] == "good" and r["status"] != 200 for r in records),
+        "status_counts": dict(sorted(statuses.items())),
+        "5xx": sum(isinstance(r["status"], int) and r["status"] >= 500 for r in records),
+    }
+
+
+def render(results: Results) -> str:
+    from rlad.tables import markdown_table
+
+    meta, rows = results.meta, results.rows
+    table = []
+    for row in rows:
+        ratio = row["good_rps"] / max(row["inprocess_rps"], 1e-9)
+        table.append({
+            "clients": row["clients"], "seconds": row["seconds"], "malformed share": row["malformed_share"],
+            "requests/s (all)": row["rps"], "good requests/s": row["good_rps"], "in-process/s": row["inprocess_rps"],
+            "good / in-process": f"{ratio:.2f} ({'>=' if ratio >= 0.8 else '<'} 0.8)",
+            "p50 ms": row["p50_ms"], "p99 ms": row["p99_ms"],
+            "p99/p50": f"{row['p99_over_p50']} ({'<' if (row['p99_over_p50'] or 99) < 4 else '>='} 4)",
+            "5xx": row["5xx"], "by status": ", ".join(f"{k}: {v}" for k, v in row["status_counts"].items()),
+            "load (1 min)": row["load_1min"],
+        })
+    body = (f"`rlad serve` on {meta.get('model')} ({meta.get('engine')}; {meta.get('workers')} worker x "
+            f"{meta.get('threads')} threads) on loopback, {meta.get('clients')} client threads in the benchmark's "
+            f"process posting real {meta.get('data')} test images ({meta.get('payloads')} of them), "
+            f"{meta.get('malformed'):.0%} of the requests replaced by a malformed upload (six kinds). In-process: "
+            "the server's per-request work (`PixelInspector.handle`: decode, model, decision, mask PNG) called back "
+            "to back on the same images before the server starts. Latencies are of the good requests. "
+            f"Malformed requests answered 4xx: {rows[0]['malformed_4xx'] if rows else 0} of "
+            f"{rows[0]['malformed'] if rows else 0}; good requests not answered 200: "
+            f"{rows[0]['good_not_200'] if rows else 0}; the server answered /healthz afterwards: "
+            f"{rows[0].get('alive_after') if rows else ''}.\n\n")
+    body += markdown_table(table) + "\n"
+    if meta.get("busy_note"):
+        body += f"\n{meta['busy_note']}\n"
+    return body
+
+
+def main() -> None:
+    import httpx
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(SHARED_DATA / "magnetic_tile"))
+    parser.add_argument("--run", help="serve this run folder or .onnx file instead of fitting PatchCore")
+    parser.add_argument("--train-images", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--baseline-seconds", type=float, default=20.0)
+    parser.add_argument("--malformed", type=float, default=0.1)
+    parser.add_argument("--payloads", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", help="scratch folder (kept; default: a temporary one)")
+    parser.add_argument("--quick", action="store_true", help="tiny model, 5 s: checks the script, not a result")
+    parser.add_argument("--no-append", action="store_true")
+    parser.add_argument("--from-results")
+    args = parser.parse_args()
+    if args.from_results:
+        results = Results("serve", args.from_results)
+        append_section("Inspection server under load", render(results), results)
+        return
+    os.environ.setdefault("RLAD_BACKBONE_WEIGHTS", str(SHARED_WEIGHTS.parent))
+    os.environ.setdefault("RLAD_PROGRESS", "0")
+    if args.quick:
+        args.seconds, args.baseline_seconds, args.train_images = 5.0, 3.0, 12
+    work, holder = work_dir(args.work, "rlad-bench-serve-")
+    model = Path(args.run) if args.run else prepare_model(work, Path(args.data), args.train_images, args.quick)
+    payloads = good_payloads(Path(args.data), args.payloads)
+    results = Results("serve")
+    start_load = os.getloadavg()[0]
+    results.note(model=model.name, engine="onnxruntime" if model.suffix == ".onnx" else "pytorch",
+                 data=Path(args.data).name, payloads=len(payloads), clients=args.clients, malformed=args.malformed,
+                 workers=args.workers, threads=args.threads, quick=args.quick, load_at_start=round(start_load, 1),
+                 busy_note=(f"The host was busy (1-minute load {start_load:.1f} on {os.cpu_count()} cores at the "
+                            "start): absolute rates are low and noisy; the in-process figure was taken on the same "
+                            "busy host just before.") if start_load > 1.5 else "")
+    baseline = in_process_rps(model, payloads, args.baseline_seconds, args.threads)
+    process, url = start_server(model, args.workers, args.threads)
+    try:
+        load_before = os.getloadavg()[0]
+        records = load(url, payloads, args.clients, args.seconds, args.malformed)
+        alive = httpx.get(f"{url}healthz", timeout=30).status_code == 200 and process.poll() is None
+        row = {"clients": args.clients, "seconds": args.seconds, "malformed_share": args.malformed, **baseline,
+               **summarise(records, args.seconds), "alive_after": alive,
+               "load_1min": f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"}
+        results.add(row)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    print(render(results))
+    if not args.no_append:
+        append_section("Inspection server under load", render(results), results)
+    if holder is not None:
+        holder.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""Each pixel model's whole inference path as one traceable `torch.nn.Module`, for `rlad export`.
+
+Input: float images (B, 3, H, W) in [0, 1], any batch size and any H x W. Inside: the resize to the
+run's square `image_size` (bilinear, antialiased when shrinking: the filter `rlad predict` gets from
+PIL), ImageNet normalisation, the backbone, the model's scoring, the smoothing and the run's 0-1
+normalisation (`models.postprocess`). Outputs, in this order:
+
+- `maps`: raw anomaly maps (B, S, S), the values `model.predict` gives;
+- `scores`: raw image scores (B,);
+- `score_maps`: maps on the run's 0-1 scale (0.5 = the pixel threshold);
+- `image_scores`: image scores on the 0-1 scale (0.5 = the image threshold).
+
+The modules wrap the models' own pieces (backbone modules, `locally_aware_features`,
+`padim_embedding`, `mahalanobis`, the smoothing matrices of `models.maps`, NBS's predictor) and leave
+the models alone. Only where a model's fast path cannot be traced is it replaced by the same maths:
+PatchCore's nearest-neighbour search (`models.nearest.BankSearch`: chunked loops and, on bf16 CPUs, a
+data-dependent screen) becomes one exact fp32 distance block with the same centring, and NBS's
+snapshot replay runs each snapshot's own module instead of the stacked copy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rlad.errors import ConfigError
+from rlad.models.maps import gaussian_kernel, scaled_sigma, smoothing_matrix
+from rlad.models.postprocess import PostProcessor
+
+OUTPUTS = ("maps", "scores", "score_maps", "image_scores")
+
+
+class Normalise(nn.Module):
+    """`PostProcessor._normalise` in float32 tensors: linear below the threshold, 1 - 0.5 / (1 + z) above."""
+
+    def __init__(self, low: float, threshold: float):
+        super().__init__()
+        self.low, self.threshold = float(low), float(threshold)
+        self.span = max(self.threshold - self.low, 1e-12)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        z = (values - self.threshold) / self.span
+        above = 1.0 - 0.5 / (1.0 + z.clamp_min(0.0))
+        return torch.where(z > 0, above, (0.5 * (1.0 + z)).clamp(0.0, 0.5))
+
+
+class Backbone(nn.Module):
+    """A `FeatureExtractor`'s folded modules and taps on a whole batch (its micro-batch loop is a
+    speed detail of eager CPU execution; the maths per image is the same)."""
+
+    def __init__(self, extractor):
+        super().__init__()
+        self.features = extractor.features
+        self.taps = dict(extractor._taps)
+        self.register_buffer("mean", torch.tensor(extractor.normalise.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(extractor.normalise.std).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = (images - self.mean) / self.std
+        out = []
+        for index, module in enumerate(self.features):
+            x = module(x)
+            if index in self.taps:
+                out.append(x)
+        return out
+
+
+class Smooth(nn.Module):
+    """`models.maps.upsample_and_smooth` for a fixed grid and output size: A_h @ map @ A_w^T."""
+
+    def __init__(self, grid_hw: tuple[int, int], size: int, sigma: float):
+        super().__init__()
+        self.register_buffer("rows", smoothing_matrix(grid_hw[0], size, float(sigma)).clone())
+        self.register_buffer("cols_t", smoothing_matrix(grid_hw[1], size, float(sigma)).t().contiguous())
+
+    def forward(self, grid_maps: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(torch.matmul(self.rows, grid_maps), self.cols_t)
+
+
+class Blur(nn.Module):
+    """`models.maps.gaussian_blur` (reflect padding) with the kernel as a constant."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.sigma = float(sigma)
+        kernel = gaussian_kernel(self.sigma) if self.sigma > 0 else torch.ones(1)
+        self.radius = len(kernel) // 2
+        self.register_buffer("kernel_x", kernel.view(1, 1, 1, -1).clone())
+        self.register_buffer("kernel_y", kernel.view(1, 1, -1, 1).clone())
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        if self.sigma <= 0:
+            return maps
+        r = self.radius
+        rows = F.conv2d(F.pad(maps, (r, r, 0, 0), mode="reflect"), self.kernel_x)
+        return F.conv2d(F.pad(rows, (0, 0, r, r), mode="reflect"), self.kernel_y)
+
+
+class NearestDistance(nn.Module):
+    """Distance of each patch row to its nearest memory-bank row, exact fp32, the expansion
+    `BankSearch` uses (rows centred on the bank mean): ||q||^2 + min(||m||^2 - 2 q.m)."""
+
+    def __init__(self, bank: torch.Tensor):
+        super().__init__()
+        bank = bank.float()
+        mean = bank.mean(0)
+        centred = bank - mean
+        self.register_buffer("bank_mean", mean)
+        self.register_buffer("centred_t", centred.t().contiguous())
+        self.register_buffer("centred_sq", centred.square().sum(1))
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, P, D) -> (B, P)."""
+        q = patches - self.bank_mean
+        block = self.centred_sq - 2.0 * torch.matmul(q, self.centred_t)
+        squared = block.amin(-1) + q.square().sum(-1)
+        return squared.clamp_min(0.0).sqrt()
+
+
+class PixelGraph(nn.Module):
+    """Resize in, raw map and score out (a subclass's `raw`), normalised maps and scores beside them."""
+
+    def __init__(self, image_size: int, post: PostProcessor):
+        super().__init__()
+        self.image_size = int(image_size)
+        self.pixel_scale = Normalise(post.pixel_min, post.pixel_threshold)
+        self.image_scale = Normalise(post.image_min, post.image_threshold)
+
+    def raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor):
+        size = self.image_size
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        maps, scores = self.raw(images)
+        return maps, scores, self.pixel_scale(maps), self.image_scale(scores)
+
+
+class PatchCoreGraph(PixelGraph):
+    def __init__(self, model, image_size: int, post: PostProcessor):
+        super().__init__(image_size, post)
+        from rlad.models.patchcore import locally_aware_features
+
+        if model.config.reweight:
+            raise ConfigError("patchcore with model.reweight=true cannot be exported yet (its score gathers the "
+                              "nearest bank row's neighbourhood); refit with reweight=false")
+        self.backbone = Backbone(model.extractor)
+        self.combine = locally_aware_features
+        self.nearest = NearestDistance(model.memory_bank)
+        grid = _grid(self.backbone, image_size, model.extractor.strides[0])
+        self.smooth = Smooth(grid, image_size, scaled_sigma(model.config.blur_sigma, image_size))
+
+    def raw(self, images):
+        features = self.combine(self.backbone(images))
+        b, d, h, w = features.shape
+        patches = features.permute(0, 2, 3, 1).reshape(b, h * w, d)
+        patch_scores = self.nearest(patches)
+        maps = self.smooth(patch_scores.reshape(b, h, w))
+        return maps, patch_scores.amax(1)
+
+
+class PaDiMGraph(PixelGraph):
+    def __init__(self, model, image_size: int, post: PostProcessor):
+        super().__init__(image_size, post)
+        from rlad.models.padim import mahalanobis
+
+        self.backbone = Backbone(model.extractor)
+        self.distance = mahalanobis
+        # `padim_embedding` picks each level's channels with a boolean mask (a data-dependent shape the
+        # tracer refuses); the same per-level picks, computed once here, are constants of the graph.
+        index, offset, self.levels = model.channel_index, 0, []
+        for level, channels in enumerate(model.extractor.channels):
+            local = index[(index >= offset) & (index < offset + channels)] - offset
+            offset += channels
+            if len(local):
+                self.register_buffer(f"pick_{level}", local.clone())
+                self.levels.append(level)
+        self.register_buffer("mean", model.mean.float().clone())
+        self.register_buffer("precision", model.precision.float().clone())
+        grid = _grid(self.backbone, image_size, model.extractor.strides[0])
+        self.smooth = Smooth(grid, image_size, scaled_sigma(model.config.blur_sigma, image_size))
+
+    def embed(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        grid = levels[0].shape[-2:]
+        parts = []
+        for level in self.levels:
+            picked = levels[level].index_select(1, getattr(self, f"pick_{level}"))
+            parts.append(picked if picked.shape[-2:] == grid else F.interpolate(picked, size=grid, mode="nearest"))
+        return torch.cat(parts, dim=1)
+
+    def raw(self, images):
+        embedding = self.embed(self.backbone(images))
+        b, c, h, w = embedding.shape
+        distances = self.distance(embedding.permute(0, 2, 3, 1).reshape(b, h * w, c), self.mean, self.precision)
+        maps = self.smooth(distances.reshape(b, h, w))
+        return maps, maps.flatten(1).amax(1)
+
+
+class AEGraph(PixelGraph):
+    def __init__(self, model, image_size: int, post: PostProcessor):
+        super().__init__(image_size, post)
+        from rlad.models.ae import reconstruction_error_map
+
+        self.network = model.network.eval()
+        self.error = reconstruction_error_map
+        self.blur = Blur(scaled_sigma(model.config.blur_sigma, image_size))
+
+    def raw(self, images):
+        maps = self.blur(self.error(images, self.network(images)))[:, 0]
+        return maps, maps.flatten(1).amax(1)
+
+
+class NBSGraph(PixelGraph):
+    """NBS at inference (`NBSModel.predict`): each snapshot's reconstruction error at the profile
+    resolution (the loss profile), the context channels (backbone features and the standardised
+    PatchCore prior, as `ContextEncoder` makes them), the folded predictor, the prior ensemble, and
+    the probabilities upsampled and smoothed; image score from the pooled grid probabilities."""
+
+    def __init__(self, model, image_size: int, post: PostProcessor):
+        super().__init__(image_size, post)
+        from rlad.models.nbs.autoencoder import tile, untile
+        from rlad.models.nbs.head import image_score
+        from rlad.models.nbs.profiles import profile_features, resize
+        from rlad.models.patchcore import locally_aware_features
+
+        cfg, encoder = model.config, model.encoder
+        self.tile, self.untile, self.resize, self.profile_features = tile, untile, resize, profile_features
+        self.image_score, self.combine = image_score, locally_aware_features
+        self.profile_size, self.grid, self.score_pool = cfg.profile_size, cfg.predictor_grid, cfg.score_pool
+        self.snapshots = nn.ModuleList(m.eval() for m in model.bank._built())
+        self.kind = encoder.config.kind
+        self.predictor = model.head.predictor
+        self.prior_boost = float(cfg.prior_boost) if self.predictor.prior_residual else 0.0
+        self.smooth = Smooth((self.grid, self.grid), image_size, scaled_sigma(cfg.blur_sigma, image_size))
+        if self.kind in ("backbone", "patchcore"):
+            self.backbone = Backbone(encoder.extractor)
+            self.stages = list(encoder.extractor.stages)
+            self.context_stages = sorted(encoder.config.backbone.stages)
+        if self.kind == "patchcore":
+            prior = encoder.prior
+            if prior.config.reweight:
+                raise ConfigError("nbs with a reweighted PatchCore prior cannot be exported yet")
+            self.prior_stages = sorted(encoder.config.prior_stages)
+            self.prior_nearest = NearestDistance(prior.memory_bank)
+            self.prior_mean, self.prior_std = float(encoder.prior_mean), float(encoder.prior_std)
+            with torch.no_grad():
+                levels = dict(zip(self.stages, self.backbone(torch.zeros(1, 3, image_size, image_size))))
+                prior_grid = tuple(self.combine([levels[s] for s in self.prior_stages]).shape[-2:])
+            self.prior_smooth = Smooth(prior_grid, image_size, scaled_sigma(prior.config.blur_sigma, image_size))
+
+    def _profile(self, images: torch.Tensor) -> torch.Tensor:
+        small = self.resize(images, self.profile_size)
+        errors = []
+        for snapshot in self.snapshots:
+            tiles, layout = self.tile(small, snapshot.patch)
+            errors.append((small - self.untile(snapshot(tiles), layout)).abs().mean(1))
+        return self.profile_features(torch.stack(errors, dim=1), self.grid)
+
+    def _context(self, images: torch.Tensor) -> torch.Tensor:
+        from rlad.models.maps import grey
+
+        g = self.grid
+        if self.kind == "none":
+            return images[:, :0, :g, :g]
+        if self.kind == "image":
+            return F.interpolate(grey(images), size=(g, g), mode="area")
+        levels = dict(zip(self.stages, self.backbone(images)))
+        parts = [F.interpolate(levels[s], size=(g, g), mode="bilinear", align_corners=False) for s in self.context_stages]
+        if self.kind == "patchcore":
+            features = self.combine([levels[s] for s in self.prior_stages])
+            b, d, h, w = features.shape
+            distances = self.prior_nearest(features.permute(0, 2, 3, 1).reshape(b, h * w, d))
+            prior = self.prior_smooth(distances.reshape(b, h, w))[:, None]
+            parts.append((F.interpolate(prior, size=(g, g), mode="area") - self.prior_mean) / self.prior_std)
+        return torch.cat(parts, dim=1)
+
+    def raw(self, images):
+        features = torch.cat([self._profile(images), self._context(images)], dim=1)
+        logits = self.predictor(features)
+        if self.prior_boost:
+            logits = logits + self.prior_boost * features[:, -1:]
+        probs = torch.sigmoid(logits)
+        return self.smooth(probs[:, 0]), self.image_score(probs, self.score_pool)
+
+
+def _grid(backbone: Backbone, image_size: int, stride: int) -> tuple[int, int]:
+    """The first tapped level's grid at `image_size` (measured on one image, not assumed from the stride)."""
+    with torch.no_grad():
+        level = backbone(torch.zeros(1, 3, image_size, image_size))[0]
+    return tuple(level.shape[-2:])
+
+
+GRAPHS = {"patchcore": PatchCoreGraph, "padim": PaDiMGraph, "ae": AEGraph, "nbs": NBSGraph}
+
+
+def graph_for(method: str, model, image_size: int, post: PostProcessor) -> PixelGraph:
+    """The inference graph of a loaded run's model (eval mode, no gradients)."""
+    if method not in GRAPHS:
+        raise ConfigError(f"{method!r} runs cannot be exported; exportable methods: {', '.join(GRAPHS)}")
+    graph = GRAPHS[method](model, image_size, post).eval()
+    for param in graph.parameters():
+        param.requires_grad_(False)
+    return graph
