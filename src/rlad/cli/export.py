@@ -10,7 +10,7 @@ from rlad.cli.common import add_json_arg, print_json
 EXAMPLES = """examples:
   rlad export runs/patchcore --out patchcore.onnx
   rlad export runs/padim --out padim.onnx --images more/photos/ --images-max 16
-  rlad predict patchcore.onnx photos/ --out predictions     # the exported file works as RUN
+  rlad predict patchcore.onnx photos/ --out onnx_predictions  # the exported file works as RUN
 
 The graph takes float32 images (batch, 3, height, width) in [0, 1] of any size and batch, and holds
 the resize, normalisation, backbone, scoring and smoothing; its outputs are the raw maps and scores and
