@@ -1,9 +1,11 @@
 """Shared by the engine tests: tiny random Qwen-VL checkpoints (as in tests/policies/hf_vlm) and one warm-started
 policy that already writes the answer format, so GRPO has a signal. Both are built once per test session in a
-folder every xdist worker shares (a finished folder appears by rename, so concurrent workers never see half of one)."""
+folder every xdist worker shares (a finished folder appears by rename, so concurrent workers never see half of one;
+the warm start is trained by one worker while the others wait on a lock)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -41,18 +43,18 @@ def warm_run(shared_root, tiny_vlm, square_pairs) -> Path:
     from rlad.workflows.grounding import HFFitConfig, fit_hf
 
     out = shared_root / f"warm_{WARM_FAMILY}"
-    if (out / "model.pt").is_file():
-        return out
-    scratch = Path(tempfile.mkdtemp(prefix=".warm.", dir=shared_root))
-    pairs = write_pairs(square_pairs[:8], scratch / "pairs.jsonl")
-    cfg = HFFitConfig(threads=1, policy=HFVLMConfig(model=str(tiny_vlm(WARM_FAMILY)), lora=False, max_new_tokens=40),
-                      train=HFWarmStartConfig(epochs=100, batch_size=8, lr=3e-3, checkpoint_every=1000))
-    fit_hf(pairs, scratch / "run", cfg)
-    try:
+    with open(shared_root / ".warm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one worker trains it, the others wait for it instead of training it too
+        if (out / "model.pt").is_file():
+            return out
+        scratch = Path(tempfile.mkdtemp(prefix=".warm.", dir=shared_root))
+        pairs = write_pairs(square_pairs[:8], scratch / "pairs.jsonl")
+        cfg = HFFitConfig(threads=1, policy=HFVLMConfig(model=str(tiny_vlm(WARM_FAMILY)), lora=False,
+                                                        max_new_tokens=40),
+                          train=HFWarmStartConfig(epochs=100, batch_size=8, lr=3e-3, checkpoint_every=1000))
+        fit_hf(pairs, scratch / "run", cfg)
         (scratch / "run").rename(out)
-    except OSError:  # another worker finished first
-        pass
-    shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 

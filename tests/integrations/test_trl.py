@@ -125,3 +125,46 @@ def test_a_trl_run_from_a_warm_start_trains_and_saves_a_policy_rlad_loads(warm_r
     assert any(p.name.startswith("checkpoint-") for p in (run.path / "trl").iterdir())
     assert (run.path / "hf" / "config.json").is_file()
     assert RunDir(run.path).load_config()["trl"]["loss_type"] == "dapo"
+
+
+def test_a_killed_trl_run_resumes_from_its_newest_checkpoint(warm_run, square_pairs, tmp_path, monkeypatch):
+    """Full fine-tuning, killed right after the checkpoint of step 1: the rerun continues from that checkpoint's
+    weights and ends where an uninterrupted run ends (transformers' own loader would silently restore nothing)."""
+    from transformers import Trainer
+
+    from rlad.data.pairs.records import write_pairs
+    from rlad.workflows.grounding import build_grpo_config, grpo, load_policy
+
+    pairs = write_pairs(same_region(square_pairs[:4]), tmp_path / "pairs.jsonl")
+    overrides = ["grpo.steps=2", "grpo.group_size=4", "grpo.prompts_per_step=2", "grpo.lr=1e-3",
+                 "grpo.checkpoint_every=1", "threads=1"]
+
+    def run(out):
+        cfg = build_grpo_config(overrides=overrides, policy_name="hf", engine="trl", init=warm_run)
+        return grpo(pairs, tmp_path / out, cfg, init=warm_run, policy_name="hf", engine="trl")
+
+    save = Trainer._save_checkpoint
+
+    def save_then_die(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run("killed")
+    folder = tmp_path / "killed"
+    assert sorted(p.name for p in (folder / "trl").glob("checkpoint-*")) == ["checkpoint-1"]
+    assert (folder / "config.yaml").is_file() and not (folder / "model.pt").exists()  # kept for the rerun
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save)
+    resumed, straight = run("killed"), run("straight")
+    steps = [line for line in RunDir(resumed.path).read_log() if "loss" in line]
+    assert [line["step"] for line in steps] == [1, 2]  # step 1 was not trained again
+    assert all(line["grad_norm"] > 0 for line in steps)  # both steps did move the weights
+    tuned, expected = load_policy(resumed.path), load_policy(straight.path)
+    start = dict(load_policy(warm_run).model.named_parameters())
+    reference = dict(expected.model.named_parameters())
+    trained = [(n, p) for n, p in tuned.model.named_parameters() if p.requires_grad]
+    assert any(not torch.equal(p, start[n]) for n, p in trained)
+    for name, param in trained:
+        assert torch.allclose(param, reference[name], atol=1e-6), name

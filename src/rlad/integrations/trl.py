@@ -148,6 +148,23 @@ def make_trainer_class():
             self.completions_scored = 0
             self._last_rewards = None
 
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            """Full weights read back through `from_pretrained`. transformers 5.23's Trainer loads a checkpoint's
+            tensors by their names on disk, which for the Qwen-VL families are the hub's (`model.layers.*`,
+            `visual.*`) rather than the modules' (`model.language_model.*`, `model.visual.*`); it loads with
+            strict=False, so nothing would load and a resumed full fine-tuning run would silently continue
+            from its starting weights. Adapters (peft), FSDP and DeepSpeed checkpoints take TRL's own path."""
+            from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+
+            target = self.accelerator.unwrap_model(model if model is not None else self.model)
+            full = any((Path(resume_from_checkpoint) / name).is_file() for name in (SAFE_WEIGHTS_NAME,
+                                                                                     SAFE_WEIGHTS_INDEX_NAME))
+            if not full or hasattr(target, "peft_config") or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            saved = type(target).from_pretrained(resume_from_checkpoint, dtype=target.dtype)
+            target.load_state_dict(saved.state_dict(), strict=True)
+            return None
+
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
             rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
             self._last_rewards = rewards  # (completions of all processes, reward functions)
