@@ -56,7 +56,7 @@ from rlad.tables import markdown_table  # noqa: E402
 TYPES = ["Anomaly Detection", "Defect Classification", "Defect Localization", "Object Classification"]
 MASK_KINDS = ("box_restricted", "map_only", "box_only")
 PARTS = ("questions", "vlm", "masks")
-VLM_POLICY = ["policy.lora=false", "policy.max_new_tokens=24", "threads=2"]  # the format answer is 16 tokens
+VLM_POLICY = ["policy.lora=false", "policy.max_new_tokens=24"]  # the format answer is 16 tokens
 VLM_WARM_BATCH = 4
 VLM_WARM = [f"train.batch_size={VLM_WARM_BATCH}", "train.lr=3e-3", "train.checkpoint_every=1000"]
 VLM_GRPO = ["grpo.group_size=4", "grpo.prompts_per_step=4", "grpo.lr=5e-4", "grpo.checkpoint_every=1000"]
@@ -172,7 +172,7 @@ def vlm_rows(domain: str, files: dict, kept_ids, work: Path, args) -> list[dict]
 
     folder = work / "vlm" / domain
     model = args.vlm_model or tiny_vlm(work)
-    policy = [f"policy.model={model}", *VLM_POLICY]
+    policy = [f"policy.model={model}", *VLM_POLICY, f"threads={args.threads}"]
     extra = [o for o in args.vlm_set if not o.startswith("grpo.")]
     started = time.perf_counter()
     warm_questions = random_letters(files["train"], folder / "train_random_letters.jsonl")
@@ -181,7 +181,7 @@ def vlm_rows(domain: str, files: dict, kept_ids, work: Path, args) -> list[dict]
         overrides=[*policy, *VLM_WARM, f"train.epochs={epochs}", *extra]), task_name="mcq")
     warm_s = time.perf_counter() - started
     started = time.perf_counter()
-    grpo_set = [*VLM_GRPO, f"grpo.steps={args.vlm_steps}", "threads=2",
+    grpo_set = [*VLM_GRPO, f"grpo.steps={args.vlm_steps}", f"threads={args.threads}",
                 *[o for o in args.vlm_set if o.startswith("grpo.")]]
     cfg = build_grpo_config(overrides=grpo_set, policy_name="hf", task_name="mcq", init=warm.path)
     trained = grpo(files["train"], folder / f"grpo{args.vlm_steps}", cfg, init=warm.path, policy_name="hf",
@@ -293,8 +293,12 @@ def measure(args, results: Results) -> None:
                 test = load_questions(files["test"])
 
                 def kept() -> set:
-                    """The questions the training-free answerer is scored on (its runs' protocol images left out)."""
+                    """The questions the training-free answerer is scored on (its runs' protocol images left out;
+                    without labelled images there are none, and the pixel runs are not needed)."""
                     from rlad.workflows.pixel_maps import PixelRun, excluded_by_protocol
+
+                    if not args.labeled:
+                        return {r.id for r in test}
 
                     left_out = excluded_by_protocol([r.image for r in test],
                                                     [PixelRun.open(r) for r in pixel_runs(domain, info["dirs"], work, args,
