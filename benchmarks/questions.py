@@ -367,16 +367,16 @@ def render(results: Results, args) -> str:
     masks = [r for r in rows if r.get("kind") == "masks"]
     wall = next((r for r in rows if r.get("kind") == "wall"), None)
     details = [r for r in questions if r["answerer"].startswith("training-free")]
+    pixel = (f"PatchCore {args.image_size} px with the ImageNet MobileNetV2 trunk, fitted on train/good"
+             + (f" with {args.labeled} labelled defects per type (the questions about them are left out of every row)"
+                if args.labeled else "")
+             + "; defect-type prototypes: the defective images of the training questions. ") if details else ""
     body = (
         f"Questions from `rlad data questions DIR --split test --train-per-type {args.train_per_type}` (the "
-        f"training split: `--split train`, {args.train_per_type} images of each group of test/); PatchCore "
-        f"{args.image_size} px with the ImageNet MobileNetV2 trunk, fitted on train/good"
-        + (f" with {args.labeled} labelled defects per type (the questions about them are left out of every row)"
-           if args.labeled else "")
-        + "; defect-type prototypes: the defective images of the training questions. Accuracy per type (MMAD scoring: "
-        "anomaly detection balanced over normal and defective images; the average is over the types of a "
-        "domain). An abstention counts as wrong; \"(k/n answered)\" marks types the answerer only partly "
-        f"answers.\n\n{question_table(questions)}\n"
+        f"training split: `--split train`, {args.train_per_type} images of each group of test/). {pixel}Accuracy "
+        "per type (MMAD scoring: anomaly detection balanced over normal and defective images; the average is over "
+        "the types of a domain). An abstention counts as wrong; \"(k/n answered)\" marks types the answerer only "
+        f"partly answers.\n\n{question_table(questions)}\n"
     )
     if details:
         body += "Anomaly detection by the training-free answerer, per kind of image: " + "; ".join(
