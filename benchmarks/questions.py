@@ -181,11 +181,11 @@ def vlm_rows(domain: str, files: dict, kept_ids, work: Path, args) -> list[dict]
         overrides=[*policy, *VLM_WARM, f"train.epochs={epochs}", *extra]), task_name="mcq")
     warm_s = time.perf_counter() - started
     started = time.perf_counter()
-    grpo_set = [*VLM_GRPO, f"grpo.steps={args.vlm_steps}", f"threads={args.threads}",
-                *[o for o in args.vlm_set if o.startswith("grpo.")]]
+    changed = [o for o in args.vlm_set if o.startswith("grpo.")]
+    grpo_set = [*VLM_GRPO, f"grpo.steps={args.vlm_steps}", f"threads={args.threads}", *changed]
     cfg = build_grpo_config(overrides=grpo_set, policy_name="hf", task_name="mcq", init=warm.path)
-    trained = grpo(files["train"], folder / f"grpo{args.vlm_steps}", cfg, init=warm.path, policy_name="hf",
-                   task_name="mcq")
+    name = f"grpo{args.vlm_steps}" + "".join("_" + o[len("grpo."):].replace("=", "") for o in changed)
+    trained = grpo(files["train"], folder / name, cfg, init=warm.path, policy_name="hf", task_name="mcq")
     grpo_s = time.perf_counter() - started
     log = [line for line in trained.read_log() if line.get("stage") == "grpo"]
     same = work / "questions" / f"{domain}_test_scored.jsonl"
@@ -193,7 +193,7 @@ def vlm_rows(domain: str, files: dict, kept_ids, work: Path, args) -> list[dict]
     rows = []
     for label, run, extra_row in (
             ("VLM (tiny) before GRPO", warm, {"train_s": round(warm_s, 1), "warm_epochs": epochs}),
-            (f"VLM (tiny) after {args.vlm_steps} GRPO steps", trained,
+            (f"VLM (tiny) after {args.vlm_steps} GRPO steps" + (f" ({', '.join(changed)})" if changed else ""), trained,
              {"train_s": round(grpo_s, 1), "train_accuracy_first": _mean(log[:5], "accuracy"),
               "train_accuracy_last": _mean(log[-5:], "accuracy"), "steps": len(log)})):
         report = test_questions([run.path], same, shots=(1,))
@@ -390,7 +390,7 @@ def render(results: Results, args) -> str:
             f"(full fine-tuning, images at 56 x 56 px), warm start of about {args.vlm_warm_steps} steps of "
             f"{VLM_WARM_BATCH} on the training questions with random answer letters (it learns the answer format, "
             f"nothing about the answers), then {args.vlm_steps} GRPO steps (choice + ROAM, 4 questions x 4 samples per "
-            "step, lr 5e-4) on the real training questions; 1-shot. They show the "
+            f"step, {', '.join(args.vlm_set) or 'grpo.lr=5e-4'}) on the real training questions; 1-shot. They show the "
             "pipeline runs and moves accuracy on data rlad can measure here, not a result. " + "; ".join(
                 f"{r['domain']}: sampled-answer accuracy on the training questions {_fmt(r['train_accuracy_first'])} "
                 f"(first 5 steps) -> {_fmt(r['train_accuracy_last'])} (last 5), GRPO {r['train_s']:.0f} s"
