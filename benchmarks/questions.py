@@ -361,6 +361,10 @@ def mask_table(rows: list[dict]) -> str:
     return markdown_table(lines)
 
 
+def _per_type(row: dict) -> list:
+    return [row["per_type"][t]["accuracy"] for t in TYPES if t in row["per_type"]]
+
+
 def render(results: Results, args) -> str:
     rows = ok_rows(results.rows)
     questions = [r for r in rows if r.get("kind") == "questions"]
@@ -390,11 +394,15 @@ def render(results: Results, args) -> str:
             f"(full fine-tuning, images at 56 x 56 px), warm start of about {args.vlm_warm_steps} steps of "
             f"{VLM_WARM_BATCH} on the training questions with random answer letters (it learns the answer format, "
             f"nothing about the answers), then {args.vlm_steps} GRPO steps (choice + ROAM, 4 questions x 4 samples per "
-            f"step, {', '.join(args.vlm_set) or 'grpo.lr=5e-4'}) on the real training questions; 1-shot. They show the "
-            "pipeline runs and moves accuracy on data rlad can measure here, not a result. " + "; ".join(
-                f"{r['domain']}: sampled-answer accuracy on the training questions {_fmt(r['train_accuracy_first'])} "
+            f"step, {', '.join(args.vlm_set) or 'grpo.lr=5e-4'}) on the real training questions; 1-shot. They check "
+            "whether the pipeline moves accuracy on data rlad can measure here; they are not a result. " + "; ".join(
+                f"{r['domain']}: MMAD average {_fmt(before['accuracy'])} before -> {_fmt(r['accuracy'])} after "
+                f"({sum(a != b for a, b in zip(_per_type(before), _per_type(r)))} of {len(_per_type(r))} types with a changed accuracy), "
+                f"sampled-answer accuracy on the training questions {_fmt(r['train_accuracy_first'])} "
                 f"(first 5 steps) -> {_fmt(r['train_accuracy_last'])} (last 5), GRPO {r['train_s']:.0f} s"
-                for r in vlm if "train_accuracy_first" in r) + ".\n\n")
+                for r in vlm if "train_accuracy_first" in r
+                for before in [next(b for b in vlm if b["domain"] == r["domain"] and "before" in b["answerer"])])
+            + ".\n\n")
     elif "vlm" in args.parts:
         body += "VLM rows: not measured in this run (`--vlm-policy hf`).\n\n"
     if masks:
@@ -415,7 +423,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("RLAD_PROGRESS", "0")
     if args.from_results:
         results = Results("questions", path=args.from_results)
-        args = parse_args([*results.meta["argv"][1:], *(["--no-write"] if args.no_write else [])])
+        saved = [a for a in results.meta["argv"][1:] if a != "--no-write"]  # this invocation decides
+        args = parse_args([*saved, *(["--no-write"] if args.no_write else [])])
         command = results.meta["command"] + "  (rendered again with --from-results)"
     else:
         if not SHARED_WEIGHTS.is_file():
