@@ -411,7 +411,8 @@ def render(results: Results, args) -> str:
             "validation threshold (box_restricted), the same map without the box (map_only) and the filled box "
             "(box_only), pixel F1 and IoU pooled over every pixel of the domain's real pairs (normal queries "
             f"included), at {args.image_size} px. Compact grounder: warm start of {args.warm_epochs} epochs on the "
-            f"two other domains' real + {args.synthetic} synthetic pairs each.\n\n{mask_table(masks)}\n"
+            f"two other domains' real + {args.synthetic} synthetic pairs each"
+            + (f", at most {args.source_limit} of them drawn at random" if args.source_limit else "") + f".\n\n{mask_table(masks)}\n"
         )
     if wall:
         body += f"Total {wall['seconds']:.0f} s; load average {wall['load_before']:.1f} before, {wall['load_after']:.1f} after.\n"
