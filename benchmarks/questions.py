@@ -56,7 +56,7 @@ from rlad.tables import markdown_table  # noqa: E402
 TYPES = ["Anomaly Detection", "Defect Classification", "Defect Localization", "Object Classification"]
 MASK_KINDS = ("box_restricted", "map_only", "box_only")
 PARTS = ("questions", "vlm", "masks")
-VLM_POLICY = ["policy.lora=false", "policy.max_new_tokens=24", "threads=2"]  # the format answer is 16 tokens
+VLM_POLICY = ["policy.lora=false", "policy.max_new_tokens=24"]  # the format answer is 16 tokens
 VLM_WARM_BATCH = 4
 VLM_WARM = [f"train.batch_size={VLM_WARM_BATCH}", "train.lr=3e-3", "train.checkpoint_every=1000"]
 VLM_GRPO = ["grpo.group_size=4", "grpo.prompts_per_step=4", "grpo.lr=5e-4", "grpo.checkpoint_every=1000"]
@@ -172,7 +172,7 @@ def vlm_rows(domain: str, files: dict, kept_ids, work: Path, args) -> list[dict]
 
     folder = work / "vlm" / domain
     model = args.vlm_model or tiny_vlm(work)
-    policy = [f"policy.model={model}", *VLM_POLICY]
+    policy = [f"policy.model={model}", *VLM_POLICY, f"threads={args.threads}"]
     extra = [o for o in args.vlm_set if not o.startswith("grpo.")]
     started = time.perf_counter()
     warm_questions = random_letters(files["train"], folder / "train_random_letters.jsonl")
@@ -181,11 +181,11 @@ def vlm_rows(domain: str, files: dict, kept_ids, work: Path, args) -> list[dict]
         overrides=[*policy, *VLM_WARM, f"train.epochs={epochs}", *extra]), task_name="mcq")
     warm_s = time.perf_counter() - started
     started = time.perf_counter()
-    grpo_set = [*VLM_GRPO, f"grpo.steps={args.vlm_steps}", "threads=2",
-                *[o for o in args.vlm_set if o.startswith("grpo.")]]
+    changed = [o for o in args.vlm_set if o.startswith("grpo.")]
+    grpo_set = [*VLM_GRPO, f"grpo.steps={args.vlm_steps}", f"threads={args.threads}", *changed]
     cfg = build_grpo_config(overrides=grpo_set, policy_name="hf", task_name="mcq", init=warm.path)
-    trained = grpo(files["train"], folder / f"grpo{args.vlm_steps}", cfg, init=warm.path, policy_name="hf",
-                   task_name="mcq")
+    name = f"grpo{args.vlm_steps}" + "".join("_" + o[len("grpo."):].replace("=", "") for o in changed)
+    trained = grpo(files["train"], folder / name, cfg, init=warm.path, policy_name="hf", task_name="mcq")
     grpo_s = time.perf_counter() - started
     log = [line for line in trained.read_log() if line.get("stage") == "grpo"]
     same = work / "questions" / f"{domain}_test_scored.jsonl"
@@ -193,7 +193,7 @@ def vlm_rows(domain: str, files: dict, kept_ids, work: Path, args) -> list[dict]
     rows = []
     for label, run, extra_row in (
             ("VLM (tiny) before GRPO", warm, {"train_s": round(warm_s, 1), "warm_epochs": epochs}),
-            (f"VLM (tiny) after {args.vlm_steps} GRPO steps", trained,
+            (f"VLM (tiny) after {args.vlm_steps} GRPO steps" + (f" ({', '.join(changed)})" if changed else ""), trained,
              {"train_s": round(grpo_s, 1), "train_accuracy_first": _mean(log[:5], "accuracy"),
               "train_accuracy_last": _mean(log[-5:], "accuracy"), "steps": len(log)})):
         report = test_questions([run.path], same, shots=(1,))
@@ -293,8 +293,12 @@ def measure(args, results: Results) -> None:
                 test = load_questions(files["test"])
 
                 def kept() -> set:
-                    """The questions the training-free answerer is scored on (its runs' protocol images left out)."""
+                    """The questions the training-free answerer is scored on (its runs' protocol images left out;
+                    without labelled images there are none, and the pixel runs are not needed)."""
                     from rlad.workflows.pixel_maps import PixelRun, excluded_by_protocol
+
+                    if not args.labeled:
+                        return {r.id for r in test}
 
                     left_out = excluded_by_protocol([r.image for r in test],
                                                     [PixelRun.open(r) for r in pixel_runs(domain, info["dirs"], work, args,
@@ -357,22 +361,26 @@ def mask_table(rows: list[dict]) -> str:
     return markdown_table(lines)
 
 
+def _per_type(row: dict) -> list:
+    return [row["per_type"][t]["accuracy"] for t in TYPES if t in row["per_type"]]
+
+
 def render(results: Results, args) -> str:
     rows = ok_rows(results.rows)
     questions = [r for r in rows if r.get("kind") == "questions"]
     masks = [r for r in rows if r.get("kind") == "masks"]
     wall = next((r for r in rows if r.get("kind") == "wall"), None)
     details = [r for r in questions if r["answerer"].startswith("training-free")]
+    pixel = (f"PatchCore {args.image_size} px with the ImageNet MobileNetV2 trunk, fitted on train/good"
+             + (f" with {args.labeled} labelled defects per type (the questions about them are left out of every row)"
+                if args.labeled else "")
+             + "; defect-type prototypes: the defective images of the training questions. ") if details else ""
     body = (
         f"Questions from `rlad data questions DIR --split test --train-per-type {args.train_per_type}` (the "
-        f"training split: `--split train`, {args.train_per_type} images of each group of test/); PatchCore "
-        f"{args.image_size} px with the ImageNet MobileNetV2 trunk, fitted on train/good"
-        + (f" with {args.labeled} labelled defects per type (the questions about them are left out of every row)"
-           if args.labeled else "")
-        + "; defect-type prototypes: the defective images of the training questions. Accuracy per type (MMAD scoring: "
-        "anomaly detection balanced over normal and defective images; the average is over the types of a "
-        "domain). An abstention counts as wrong; \"(k/n answered)\" marks types the answerer only partly "
-        f"answers.\n\n{question_table(questions)}\n"
+        f"training split: `--split train`, {args.train_per_type} images of each group of test/). {pixel}Accuracy "
+        "per type (MMAD scoring: anomaly detection balanced over normal and defective images; the average is over "
+        "the types of a domain). An abstention counts as wrong; \"(k/n answered)\" marks types the answerer only "
+        f"partly answers.\n\n{question_table(questions)}\n"
     )
     if details:
         body += "Anomaly detection by the training-free answerer, per kind of image: " + "; ".join(
@@ -386,11 +394,15 @@ def render(results: Results, args) -> str:
             f"(full fine-tuning, images at 56 x 56 px), warm start of about {args.vlm_warm_steps} steps of "
             f"{VLM_WARM_BATCH} on the training questions with random answer letters (it learns the answer format, "
             f"nothing about the answers), then {args.vlm_steps} GRPO steps (choice + ROAM, 4 questions x 4 samples per "
-            "step, lr 5e-4) on the real training questions; 1-shot. They show the "
-            "pipeline runs and moves accuracy on data rlad can measure here, not a result. " + "; ".join(
-                f"{r['domain']}: sampled-answer accuracy on the training questions {_fmt(r['train_accuracy_first'])} "
+            f"step, {', '.join(args.vlm_set) or 'grpo.lr=5e-4'}) on the real training questions; 1-shot. They check "
+            "whether the pipeline moves accuracy on data rlad can measure here; they are not a result. " + "; ".join(
+                f"{r['domain']}: MMAD average {_fmt(before['accuracy'])} before -> {_fmt(r['accuracy'])} after "
+                f"({sum(a != b for a, b in zip(_per_type(before), _per_type(r)))} of {len(_per_type(r))} types with a changed accuracy), "
+                f"sampled-answer accuracy on the training questions {_fmt(r['train_accuracy_first'])} "
                 f"(first 5 steps) -> {_fmt(r['train_accuracy_last'])} (last 5), GRPO {r['train_s']:.0f} s"
-                for r in vlm if "train_accuracy_first" in r) + ".\n\n")
+                for r in vlm if "train_accuracy_first" in r
+                for before in [next(b for b in vlm if b["domain"] == r["domain"] and "before" in b["answerer"])])
+            + ".\n\n")
     elif "vlm" in args.parts:
         body += "VLM rows: not measured in this run (`--vlm-policy hf`).\n\n"
     if masks:
@@ -399,7 +411,8 @@ def render(results: Results, args) -> str:
             "validation threshold (box_restricted), the same map without the box (map_only) and the filled box "
             "(box_only), pixel F1 and IoU pooled over every pixel of the domain's real pairs (normal queries "
             f"included), at {args.image_size} px. Compact grounder: warm start of {args.warm_epochs} epochs on the "
-            f"two other domains' real + {args.synthetic} synthetic pairs each.\n\n{mask_table(masks)}\n"
+            f"two other domains' real + {args.synthetic} synthetic pairs each"
+            + (f", at most {args.source_limit} of them drawn at random" if args.source_limit else "") + f".\n\n{mask_table(masks)}\n"
         )
     if wall:
         body += f"Total {wall['seconds']:.0f} s; load average {wall['load_before']:.1f} before, {wall['load_after']:.1f} after.\n"
@@ -411,7 +424,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("RLAD_PROGRESS", "0")
     if args.from_results:
         results = Results("questions", path=args.from_results)
-        args = parse_args([*results.meta["argv"][1:], *(["--no-write"] if args.no_write else [])])
+        saved = [a for a in results.meta["argv"][1:] if a != "--no-write"]  # this invocation decides
+        args = parse_args([*saved, *(["--no-write"] if args.no_write else [])])
         command = results.meta["command"] + "  (rendered again with --from-results)"
     else:
         if not SHARED_WEIGHTS.is_file():
