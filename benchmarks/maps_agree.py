@@ -41,7 +41,7 @@ def job_predict(spec: dict) -> dict:
     from rlad.metrics.pixel import evaluate
     from rlad.workflows import detection as api
 
-    loaded = api.load_run(spec["run"])
+    loaded = api.load_run(older_copy(spec["run"], spec["drop_keys"], spec["out"] + ".run") if spec.get("drop_keys") else spec["run"])
     folder = discover(spec["data"])
     evaluation = evaluation_samples(loaded.split, folder, spec["split"], run_name=spec["run"])
     samples = evaluation.samples if hasattr(evaluation, "samples") else evaluation[0]  # older code: a tuple
@@ -55,6 +55,26 @@ def job_predict(spec: dict) -> dict:
     return {"n_images": len(images), "ms_per_image": round(ms, 2), **{k: metrics[k] for k in METRICS}}
 
 
+def older_copy(run: str, keys: list[str], where: str) -> str:
+    """A copy of `run` whose config.yaml lacks `keys` (dotted): settings recorded since the baseline
+    code was written, which it refuses as unknown; the copy's model and split are the run's own."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(run, where)
+    config_path = Path(where) / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    for key in keys:
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return where
+
+
 JOBS = {"predict": job_predict}
 
 
@@ -65,12 +85,14 @@ def measure(args, baseline: Path, results: _common.Results) -> None:
 
     baseline_run = args.baseline_run or args.run
     results.note(run=_common.portable(str(Path(args.run).resolve())), baseline_run=_common.portable(str(Path(baseline_run).resolve())),
+                 baseline_drop_keys=args.baseline_drop_key,
                  data=Path(args.data).name, split=args.split, baseline_src=_common.portable(str(baseline)))
     outputs = {}
     with tempfile.TemporaryDirectory(prefix="rlad_maps_") as work:
         for code, src, run in (("this", Path(__file__).resolve().parents[1] / "src", args.run), ("baseline", baseline, baseline_run)):
             out = str(Path(work) / f"{code}.npz")
-            spec = {"kind": "predict", "run": run, "data": args.data, "split": args.split, "images": args.images, "out": out}
+            spec = {"kind": "predict", "run": run, "data": args.data, "split": args.split, "images": args.images, "out": out,
+                    "drop_keys": args.baseline_drop_key if code == "baseline" and not args.baseline_run else []}
             result = results.add({"kind": "predict", "code": code,
                                   **_common.spawn(__file__, spec, args.threads, tag=f"maps {code}", env={"PYTHONPATH": str(src)})})
             if result.get("status") == "failed":
@@ -107,7 +129,10 @@ def render(results: _common.Results) -> str:
                                                      "same settings and seed)")
         + f"; {meta['split']} split of {meta['data']}"
         + (f" ({predicted[0]['n_images']} images)" if predicted else "")
-        + f"; this checkout vs the baseline src {meta['baseline_src']}, each in its own process, batch 8. Normalised maps as "
+        + f"; this checkout vs the baseline src {meta['baseline_src']}, each in its own process, batch 8"
+        + (f" (the baseline loads the run without the config keys it does not know: {', '.join(meta['baseline_drop_keys'])})"
+           if meta.get("baseline_drop_keys") and same_run else "")
+        + ". Normalised maps as "
         "`rlad predict` writes them (each run's validation-fitted scale, clipped to [0, 1]); raw map differences over "
         "this run's scale, unclipped." + ("" if same_run else " Two fits: the maps differ by the fit, the metrics are the comparison."),
         "", markdown_table(predicted, ["code", "n_images", "ms_per_image", *METRICS, "load_1min"]) if predicted else "",
@@ -124,6 +149,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data")
     parser.add_argument("--baseline-src")
     parser.add_argument("--baseline-run", help="a run the baseline code fitted (same settings and seed) for it to load instead of RUN")
+    parser.add_argument("--baseline-drop-key", action="append", default=[], metavar="KEY",
+                        help="a config key (e.g. protocol.protocol_seed) the baseline code does not know: it loads a copy "
+                        "of RUN without it (repeatable)")
     parser.add_argument("--split", choices=("test", "dev"), default="dev")
     parser.add_argument("--images", type=int, default=0, help="first N images of the split (default: all)")
     parser.add_argument("--threads", type=int, default=None)
