@@ -58,30 +58,39 @@ def job_predict(spec: dict) -> dict:
 
 
 def older_copy(run: str, keys: list[str], settings: list[str], where: str) -> str:
-    """A copy of `run` whose config.yaml lacks `keys` (dotted: settings recorded since the baseline
-    code was written, which it refuses as unknown) and has `settings` (KEY=VALUE, e.g. a method's
-    earlier name); the copy's model and split are the run's own."""
+    """A copy of `run` whose config (config.yaml and the copy in model.pt) lacks `keys` (dotted:
+    settings recorded since the baseline code was written, which it refuses as unknown) and has
+    `settings` (KEY=VALUE, e.g. a method's earlier name); the model and split are the run's own."""
     import shutil
 
+    import torch
     import yaml
+
+    def edit(config: dict) -> dict:
+        for key in keys:
+            *parents, last = key.split(".")
+            node = config
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(last, None)
+        for setting in settings:
+            key, _, value = setting.partition("=")
+            *parents, last = key.split(".")
+            node = config
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = yaml.safe_load(value)
+        return config
 
     shutil.copytree(run, where)
     config_path = Path(where) / "config.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    for key in keys:
-        *parents, last = key.split(".")
-        node = config
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(last, None)
-    for setting in settings:
-        key, _, value = setting.partition("=")
-        *parents, last = key.split(".")
-        node = config
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    config_path.write_text(yaml.safe_dump(edit(yaml.safe_load(config_path.read_text())), sort_keys=False))
+    model_path = Path(where) / "model.pt"
+    payload = torch.load(model_path, weights_only=False)  # our own run, written by this benchmark's fit
+    payload["config"] = edit(payload["config"])
+    if "method" in payload and any(s.startswith("method=") for s in settings):
+        payload["method"] = payload["config"]["method"]
+    torch.save(payload, model_path)
     return where
 
 
