@@ -41,7 +41,9 @@ def job_predict(spec: dict) -> dict:
     from rlad.metrics.pixel import evaluate
     from rlad.workflows import detection as api
 
-    loaded = api.load_run(spec["run"])
+    edited = spec.get("drop_keys") or spec.get("set_keys")
+    loaded = api.load_run(older_copy(spec["run"], spec.get("drop_keys", []), spec.get("set_keys", []), spec["out"] + ".run")
+                          if edited else spec["run"])
     folder = discover(spec["data"])
     evaluation = evaluation_samples(loaded.split, folder, spec["split"], run_name=spec["run"])
     samples = evaluation.samples if hasattr(evaluation, "samples") else evaluation[0]  # older code: a tuple
@@ -55,6 +57,43 @@ def job_predict(spec: dict) -> dict:
     return {"n_images": len(images), "ms_per_image": round(ms, 2), **{k: metrics[k] for k in METRICS}}
 
 
+def older_copy(run: str, keys: list[str], settings: list[str], where: str) -> str:
+    """A copy of `run` whose config (config.yaml and the copy in model.pt) lacks `keys` (dotted:
+    settings recorded since the baseline code was written, which it refuses as unknown) and has
+    `settings` (KEY=VALUE, e.g. a method's earlier name); the model and split are the run's own."""
+    import shutil
+
+    import torch
+    import yaml
+
+    def edit(config: dict) -> dict:
+        for key in keys:
+            *parents, last = key.split(".")
+            node = config
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(last, None)
+        for setting in settings:
+            key, _, value = setting.partition("=")
+            *parents, last = key.split(".")
+            node = config
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = yaml.safe_load(value)
+        return config
+
+    shutil.copytree(run, where)
+    config_path = Path(where) / "config.yaml"
+    config_path.write_text(yaml.safe_dump(edit(yaml.safe_load(config_path.read_text())), sort_keys=False))
+    model_path = Path(where) / "model.pt"
+    payload = torch.load(model_path, weights_only=False)  # our own run, written by this benchmark's fit
+    payload["config"] = edit(payload["config"])
+    if "method" in payload and any(s.startswith("method=") for s in settings):
+        payload["method"] = payload["config"]["method"]
+    torch.save(payload, model_path)
+    return where
+
+
 JOBS = {"predict": job_predict}
 
 
@@ -65,12 +104,15 @@ def measure(args, baseline: Path, results: _common.Results) -> None:
 
     baseline_run = args.baseline_run or args.run
     results.note(run=_common.portable(str(Path(args.run).resolve())), baseline_run=_common.portable(str(Path(baseline_run).resolve())),
+                 baseline_drop_keys=args.baseline_drop_key, baseline_set=args.baseline_set,
                  data=Path(args.data).name, split=args.split, baseline_src=_common.portable(str(baseline)))
     outputs = {}
     with tempfile.TemporaryDirectory(prefix="rlad_maps_") as work:
         for code, src, run in (("this", Path(__file__).resolve().parents[1] / "src", args.run), ("baseline", baseline, baseline_run)):
             out = str(Path(work) / f"{code}.npz")
-            spec = {"kind": "predict", "run": run, "data": args.data, "split": args.split, "images": args.images, "out": out}
+            spec = {"kind": "predict", "run": run, "data": args.data, "split": args.split, "images": args.images, "out": out,
+                    "drop_keys": args.baseline_drop_key if code == "baseline" and not args.baseline_run else [],
+                    "set_keys": args.baseline_set if code == "baseline" and not args.baseline_run else []}
             result = results.add({"kind": "predict", "code": code,
                                   **_common.spawn(__file__, spec, args.threads, tag=f"maps {code}", env={"PYTHONPATH": str(src)})})
             if result.get("status") == "failed":
@@ -107,7 +149,11 @@ def render(results: _common.Results) -> str:
                                                      "same settings and seed)")
         + f"; {meta['split']} split of {meta['data']}"
         + (f" ({predicted[0]['n_images']} images)" if predicted else "")
-        + f"; this checkout vs the baseline src {meta['baseline_src']}, each in its own process, batch 8. Normalised maps as "
+        + f"; this checkout vs the baseline src {meta['baseline_src']}, each in its own process, batch 8"
+        + (f" (the baseline loads a copy of the run whose config.yaml lacks the keys it does not know "
+           f"({', '.join(meta['baseline_drop_keys']) or 'none'}) and has {', '.join(meta.get('baseline_set', [])) or 'nothing else'})"
+           if (meta.get("baseline_drop_keys") or meta.get("baseline_set")) and same_run else "")
+        + ". Normalised maps as "
         "`rlad predict` writes them (each run's validation-fitted scale, clipped to [0, 1]); raw map differences over "
         "this run's scale, unclipped." + ("" if same_run else " Two fits: the maps differ by the fit, the metrics are the comparison."),
         "", markdown_table(predicted, ["code", "n_images", "ms_per_image", *METRICS, "load_1min"]) if predicted else "",
@@ -124,6 +170,12 @@ def main(argv=None) -> int:
     parser.add_argument("--data")
     parser.add_argument("--baseline-src")
     parser.add_argument("--baseline-run", help="a run the baseline code fitted (same settings and seed) for it to load instead of RUN")
+    parser.add_argument("--baseline-drop-key", action="append", default=[], metavar="KEY",
+                        help="a config key (e.g. protocol.protocol_seed) the baseline code does not know: it loads a copy "
+                        "of RUN without it (repeatable)")
+    parser.add_argument("--baseline-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config value the baseline code needs in its copy of RUN (e.g. method=supervised, the "
+                        "refiner's earlier name; repeatable)")
     parser.add_argument("--split", choices=("test", "dev"), default="dev")
     parser.add_argument("--images", type=int, default=0, help="first N images of the split (default: all)")
     parser.add_argument("--threads", type=int, default=None)

@@ -39,16 +39,16 @@ PEER = {  # anomalib 2.7.0 on MPDD metal_plate, 256 px, 2 cores, same weights (M
     "patchcore": {"fit_s": 136, "ms_per_image": 51},
     "padim": {"fit_s": 7, "ms_per_image": 65},
 }
-GOALS = [  # (row, column, comparison, limit, text)
-    ("nbs", "ms_b8_vs_patchcore", "<=", 1.5, "NBS within 1.5x of PatchCore's ms/image (batch 8)"),
-    ("nbs", "ms_b1_vs_patchcore", "<=", 1.5, "NBS within 1.5x of PatchCore's ms/image (batch 1)"),
-    ("refine", "ms_b8_vs_patchcore", "<=", 1.5, "refiner within 1.5x of PatchCore's ms/image (batch 8)"),
-    ("refine", "ms_b1_vs_patchcore", "<=", 1.5, "refiner within 1.5x of PatchCore's ms/image (batch 1)"),
-    ("patchcore", "fit_s", "<", 15.0, "PatchCore fit under 15 s"),
-    ("nbs", "fit_s", "<=", 600.0, "NBS fit at most 10 minutes"),
-    ("refine", "fit_s", "<=", 180.0, "refiner fit at most 3 minutes"),
-    ("patchcore", "b8_speedup_vs_baseline", ">=", 2.0, "PatchCore at least 2x faster per image than the baseline code (batch 8)"),
-    ("patchcore", "b1_speedup_vs_baseline", ">=", 2.0, "PatchCore at least 2x faster per image than the baseline code (batch 1)"),
+GOALS = [  # (row, column, comparison, limit, text); per-image costs in CPU time (robust on a busy host)
+    ("nbs", "cpu_ms_b8_vs_patchcore", "<=", 1.5, "NBS within 1.5x of PatchCore's ms/image (batch 8, CPU time)"),
+    ("nbs", "cpu_ms_b1_vs_patchcore", "<=", 1.5, "NBS within 1.5x of PatchCore's ms/image (batch 1, CPU time)"),
+    ("refine", "cpu_ms_b8_vs_patchcore", "<=", 1.5, "refiner within 1.5x of PatchCore's ms/image (batch 8, CPU time)"),
+    ("refine", "cpu_ms_b1_vs_patchcore", "<=", 1.5, "refiner within 1.5x of PatchCore's ms/image (batch 1, CPU time)"),
+    ("patchcore", "fit_s", "<", 15.0, "PatchCore fit under 15 s (wall; meaningful on a quiet host only)"),
+    ("nbs", "fit_s", "<=", 600.0, "NBS fit at most 10 minutes (wall, the paper's schedule, quiet host)"),
+    ("refine", "fit_s", "<=", 180.0, "refiner fit at most 3 minutes (wall, default schedule, quiet host)"),
+    ("patchcore", "cpu_ms_b8_speedup_vs_baseline", ">=", 2.0, "PatchCore at least 2x faster per image than the baseline code (batch 8, CPU time)"),
+    ("patchcore", "cpu_ms_b1_speedup_vs_baseline", ">=", 2.0, "PatchCore at least 2x faster per image than the baseline code (batch 1, CPU time)"),
 ]
 
 
@@ -65,6 +65,29 @@ def timing_samples(data: str, count: int) -> list:
     return samples[::step][:count]
 
 
+TIMED = ("ms_b1", "ms_b8", "cpu_ms_b1", "cpu_ms_b8")
+
+
+def time_predict(model, images, batch_sizes: list[int], repeats: int) -> dict:
+    """ms/image of `predict_arrays` per batch size: wall clock (ms_bN) and the process's CPU time
+    (cpu_ms_bN; with one thread, the work itself, whatever else the machine runs), the fastest of
+    `repeats` passes after a warm-up batch."""
+    from rlad.workflows import detection as api
+
+    row = {"n_images": int(len(images))}
+    for batch in batch_sizes:
+        api.predict_arrays(model, images[:batch], batch)  # warm-up: allocations, primitive caches
+        wall, cpu = [], []
+        for _ in range(repeats):
+            started, started_cpu = time.perf_counter(), time.process_time()
+            api.predict_arrays(model, images, batch)
+            wall.append(time.perf_counter() - started)
+            cpu.append(time.process_time() - started_cpu)
+        row[f"ms_b{batch}"] = round(min(wall) * 1000 / len(images), 2)
+        row[f"cpu_ms_b{batch}"] = round(min(cpu) * 1000 / len(images), 2)
+    return row
+
+
 def job_speed(spec: dict) -> dict:
     from rlad.data.transforms import load_samples
     from rlad.workflows import detection as api
@@ -77,22 +100,42 @@ def job_speed(spec: dict) -> dict:
     fit_s = json.loads(run.metrics_path.read_text())["fit"]["fit_seconds"]
     model = api.load_run(run.path).model
     images, _ = load_samples(timing_samples(spec["data"], spec["n_images"]), cfg.image_size, desc="loading")
-    row = {"fit_s": fit_s, "fit_wall_s": round(fit_wall, 1), "n_images": int(len(images))}
-    for batch in spec["batch_sizes"]:
-        api.predict_arrays(model, images[:batch], batch)  # warm-up: allocations, primitive caches
-        started = time.perf_counter()
-        api.predict_arrays(model, images, batch)
-        row[f"ms_b{batch}"] = round((time.perf_counter() - started) * 1000 / len(images), 2)
-    row["peak_rss_mb"] = peak_rss_mb()
+    row = {"fit_s": fit_s, "fit_wall_s": round(fit_wall, 1),
+           **time_predict(model, images, spec["batch_sizes"], spec.get("repeats", 1)), "peak_rss_mb": peak_rss_mb()}
     if not spec.get("keep"):
         shutil.rmtree(spec["run"], ignore_errors=True)
     return row
 
 
-JOBS = {"speed": job_speed}
+def job_time(spec: dict) -> dict:
+    """Inference timing alone, of a run fitted earlier (--retime)."""
+    from rlad.data.transforms import load_samples
+    from rlad.workflows import detection as api
+
+    loaded = api.load_run(spec["run"])
+    images, _ = load_samples(timing_samples(spec["data"], spec["n_images"]), loaded.cfg.image_size, desc="loading")
+    return {**time_predict(loaded.model, images, spec["batch_sizes"], spec.get("repeats", 1)), "peak_rss_mb": peak_rss_mb()}
+
+
+JOBS = {"speed": job_speed, "time": job_time}
 
 
 # --- tables -----------------------------------------------------------------------------------------
+
+
+def merged_rows(rows: list[dict]) -> list[dict]:
+    """The fit rows with the timings of a later --retime of the same run in place of their own."""
+    timings = {(r["code"], r["method"]): r for r in _common.ok_rows(rows) if r.get("kind") == "timing"}
+    out = []
+    for row in _common.ok_rows(rows):
+        if row.get("kind") == "timing":
+            continue
+        later = timings.get((row["code"], row["method"]))
+        if later:
+            row = {**row, **{k: later[k] for k in (*TIMED, "n_images") if k in later}, "retimed": True,
+                   "load_1min": f"{row.get('load_1min')} (timing: {later.get('load_1min')})"}
+        out.append(row)
+    return out
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:
@@ -102,17 +145,16 @@ def with_ratios(rows: list[dict]) -> list[dict]:
     for row in rows:
         row = dict(row)
         reference = by_key.get((row["code"], "patchcore"))
-        for column in ("fit_s", "ms_b1", "ms_b8", "peak_rss_mb"):
+        for column in ("fit_s", *TIMED, "peak_rss_mb"):
             if reference and row.get(column) and reference.get(column):
                 name = "fit_vs_patchcore" if column == "fit_s" else f"{column.replace('_mb', '')}_vs_patchcore"
                 row[name] = round(row[column] / reference[column], 2)
         before = by_key.get(("baseline", row["method"]))
         if row["code"] == "this" and before:
-            for batch in ("b1", "b8"):
-                if row.get(f"ms_{batch}") and before.get(f"ms_{batch}"):
-                    row[f"{batch}_speedup_vs_baseline"] = round(before[f"ms_{batch}"] / row[f"ms_{batch}"], 2)
-            if row.get("fit_s") and before.get("fit_s"):
-                row["fit_speedup_vs_baseline"] = round(before["fit_s"] / row["fit_s"], 2)
+            for column in (*TIMED, "fit_s"):
+                if row.get(column) and before.get(column):
+                    name = "fit_speedup_vs_baseline" if column == "fit_s" else f"{column}_speedup_vs_baseline"
+                    row[name] = round(before[column] / row[column], 2)
         out.append(row)
     return out
 
@@ -124,6 +166,10 @@ def goal_lines(rows: list[dict]) -> list[str]:
         value = this.get(method, {}).get(column)
         if value is None:
             lines.append(f"- {text}: not measured in this run")
+            continue
+        settings = this[method].get("settings", "")
+        if column == "fit_s" and "model.steps" in settings:
+            lines.append(f"- {text}: not measured (this row was fitted with {settings}; fit_s {value})")
             continue
         met = value <= limit if op == "<=" else value < limit if op == "<" else value >= limit
         lines.append(f"- {text}: {value} ({'met' if met else 'MISSED'}; goal {op} {limit})")
@@ -150,10 +196,11 @@ def header_text(meta: dict) -> str:
 def render(results: _common.Results) -> str:
     from rlad.tables import markdown_table
 
-    columns = ["method", "code", "settings", "fit_s", "ms_b1", "ms_b8", "peak_rss_mb", "fit_vs_patchcore", "ms_b1_vs_patchcore",
-               "ms_b8_vs_patchcore", "peak_rss_vs_patchcore", "b1_speedup_vs_baseline", "b8_speedup_vs_baseline",
-               "fit_speedup_vs_baseline", "load_1min"]
-    rows = with_ratios(_common.ok_rows(results.rows))
+    columns = ["method", "code", "settings", "fit_s", "ms_b1", "ms_b8", "cpu_ms_b1", "cpu_ms_b8", "peak_rss_mb", "fit_vs_patchcore",
+               "cpu_ms_b1_vs_patchcore", "cpu_ms_b8_vs_patchcore", "ms_b1_vs_patchcore", "ms_b8_vs_patchcore", "peak_rss_vs_patchcore",
+               "cpu_ms_b1_speedup_vs_baseline", "cpu_ms_b8_speedup_vs_baseline", "ms_b1_speedup_vs_baseline",
+               "ms_b8_speedup_vs_baseline", "fit_speedup_vs_baseline", "retimed", "load_1min"]
+    rows = with_ratios(merged_rows(results.rows))
     present = [c for c in columns if any(c in r for r in rows)]
     peer = [{"method": f"{m} (anomalib peer, MPDD)", "fit_s": v["fit_s"], "ms_per_image": v["ms_per_image"]} for m, v in PEER.items()]
     return "\n".join([
@@ -187,6 +234,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-append", action="store_true", help="print instead of appending to docs/benchmarks.md")
     parser.add_argument("--resume", metavar="FILE", help="continue an earlier run's results file: measure only the rows it "
                         "lacks (same settings), appending to it")
+    parser.add_argument("--retime", action="store_true", help="with --resume and --work: time the runs fitted earlier "
+                        "again (inference only); their figures replace the fit rows' in the tables")
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes per batch size, the fastest kept (default 2)")
     parser.add_argument("--from-results", metavar="FILE", help="render an earlier run's results file again (no measuring)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -229,22 +279,34 @@ def measure(args, methods: list[str], weights: str, baseline: Path | None, resul
         name = "supervised" if code == "baseline" and method == "refine" and not (src / "rlad" / "models" / "nbs" / "refiner.py").is_file() else method
         spec = {"kind": "speed", "method": name, "data": args.data, "run": str(work / f"{code}_{method}"), "seed": args.seed,
                 "overrides": overrides_for(method, quick + args.overrides), "n_images": n_images, "batch_sizes": [1, 8],
-                "keep": bool(args.work)}
+                "keep": bool(args.work), "repeats": args.repeats}
         shutil.rmtree(spec["run"], ignore_errors=True)
         env = {"RLAD_BACKBONE_WEIGHTS": weights, "PYTHONPATH": str(src)}
         return {"method": method, "code": code, "settings": "; ".join(spec["overrides"]) or "defaults",
                 **_common.spawn(__file__, spec, args.threads, tag=f"speed {code}", env=env)}
 
-    done = {(r["code"], r["method"]) for r in _common.ok_rows(results.rows)}
+    def timing(code: str, src: Path, method: str) -> dict:
+        spec = {"kind": "time", "run": str(work / f"{code}_{method}"), "data": args.data, "n_images": n_images,
+                "batch_sizes": [1, 8], "repeats": args.repeats}
+        env = {"RLAD_BACKBONE_WEIGHTS": weights, "PYTHONPATH": str(src)}
+        return {"kind": "timing", "method": method, "code": code,
+                **_common.spawn(__file__, spec, args.threads, tag=f"time {code}", env=env)}
+
+    fitted = {(r["code"], r["method"]) for r in _common.ok_rows(results.rows) if r.get("kind") != "timing"}
     for method in methods:
-        codes = [(code, src) for code, src in codes_all if (code, method) not in done]  # --resume: only what is missing
+        if args.retime:  # the runs fitted earlier, timed again
+            job = timing
+            codes = [(code, src) for code, src in codes_all if (code, method) in fitted and (work / f"{code}_{method}").is_dir()]
+        else:
+            job = one
+            codes = [(code, src) for code, src in codes_all if (code, method) not in fitted]  # --resume: only what is missing
         if not codes:
             continue
         if args.pairs:  # this code and the baseline's row of one method at once: both under the same load
             with ThreadPoolExecutor(len(codes)) as pool:
-                rows = list(pool.map(lambda code_src: one(*code_src, method), codes))
+                rows = list(pool.map(lambda code_src: job(*code_src, method), codes))
         else:
-            rows = [one(code, src, method) for code, src in codes]
+            rows = [job(code, src, method) for code, src in codes]
         for row in rows:
             results.add(row)
     if holder is not None:
@@ -274,6 +336,9 @@ def main(argv=None) -> int:
         baseline = Path(args.baseline_src).resolve() if args.baseline_src else None
         if baseline is not None and not (baseline / "rlad" / "__init__.py").is_file():
             print(f"[speed] --baseline-src {baseline}: no rlad package there", file=sys.stderr)
+            return 2
+        if args.retime and not (args.resume and args.work):
+            print("[speed] --retime needs --resume FILE and --work DIR (the runs to time)", file=sys.stderr)
             return 2
         if args.resume:
             results = _common.Results("speed", path=args.resume)
