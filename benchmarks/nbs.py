@@ -8,7 +8,8 @@ seed scored on exactly the same test images, several seeds.
     .venv/bin/python benchmarks/nbs.py --quick                        # MPDD, one seed, 400 NBS steps (smoke run)
     .venv/bin/python benchmarks/nbs.py --from-results benchmarks/results/nbs-DATE.jsonl
     .venv/bin/python benchmarks/nbs.py --resume benchmarks/results/nbs-DATE.jsonl ...   # the same options: runs
-                                                                    # the rows that file lacks (or that failed)
+        # the rows that file lacks (or that failed); with the same --work, nbs/refine runs that were killed
+        # midway continue from their last checkpoint
 
 Protocol (every row, baselines included): 256 px; `protocol.labeled_per_type=5` defective images per
 type drawn with the run seed from test/ (outside the development split) are training data for the
@@ -296,7 +297,8 @@ def measure(args, results: _common.Results, variants: list[str]) -> None:
                     continue
                 method, variant_overrides = VARIANTS[variant]
                 run = work / f"{dataset}__{variant.replace(' ', '_').replace('(', '').replace(')', '')}__{seed}"
-                shutil.rmtree(run, ignore_errors=True)
+                if not args.resume:  # resuming with the same --work: a run killed midway goes on from its checkpoint
+                    shutil.rmtree(run, ignore_errors=True)
                 specs.append({"kind": "quality", "dataset": dataset, "variant": variant, "method": method, "seed": seed,
                               "data": str(SHARED_DATA / dataset), "run": str(run), "keep": args.keep_runs,
                               "overrides": row_overrides(method, variant_overrides, for_dataset(overrides, dataset), seed),
