@@ -8,7 +8,8 @@ seed scored on exactly the same test images, several seeds.
     .venv/bin/python benchmarks/nbs.py --quick                        # MPDD, one seed, 400 NBS steps (smoke run)
     .venv/bin/python benchmarks/nbs.py --from-results benchmarks/results/nbs-DATE.jsonl
     .venv/bin/python benchmarks/nbs.py --resume benchmarks/results/nbs-DATE.jsonl ...   # the same options: runs
-                                                                    # the rows that file lacks (or that failed)
+        # the rows that file lacks (or that failed); with the same --work, nbs/refine runs that were killed
+        # midway continue from their last checkpoint
 
 Protocol (every row, baselines included): 256 px; `protocol.labeled_per_type=5` defective images per
 type drawn with the run seed from test/ (outside the development split) are training data for the
@@ -186,6 +187,19 @@ def verdicts(results: list[dict]) -> list[str]:
     return lines
 
 
+def missing_rows(meta: dict, rows: list[dict]) -> list[str]:
+    """The planned rows (datasets x variants x seeds of the run's metadata) with no row at all."""
+    present = {(r["dataset"], r["variant"], r["seed"]) for r in rows}
+    seeds = meta.get("seeds", [])
+    missing = []
+    for dataset in meta.get("datasets", DATASETS):
+        for variant in meta.get("variants", []):
+            for seed in seeds[:1] if variant == "nbs paper input (profile only)" else seeds:
+                if (dataset, variant, seed) not in present:
+                    missing.append(f"{dataset} / {variant} / seed {seed}")
+    return missing
+
+
 def render(results: _common.Results) -> str:
     meta, rows = results.meta, _rows(results)
     overrides = meta.get("overrides", [])
@@ -211,6 +225,10 @@ def render(results: _common.Results) -> str:
                  "policy's entropy (max ln 9 = 2.197) and stop share, mean over the first and the last tenth of the cycles:",
                  "", markdown_table(sampler, floatfmt="{:.3f}")]
     body += ["", "Against the goals (means over seeds):", "", *verdicts(rows), _common.failures_text(rows)]
+    missing = missing_rows(meta, rows)
+    if missing:
+        body += ["", f"**Not measured** ({len(missing)} of the run's rows: it stopped before them; `--resume "
+                 f"{results.relative_path}` with the same options measures them): {'; '.join(missing)}."]
     wall = [r for r in results.rows if r.get("kind") == "wall"]
     if wall:
         body.append(f"Total benchmark wall time: {sum(w['minutes'] for w in wall):.1f} min ({sum(w['runs'] for w in wall)} runs"
@@ -281,7 +299,7 @@ def measure(args, results: _common.Results, variants: list[str]) -> None:
                                                                   "command": _common.command_line()}])
     else:
         results.note(overrides=overrides, jobs=args.jobs, threads=args.threads, eval_split=args.eval_split,
-                     variants=variants, seeds=seeds)
+                     variants=variants, seeds=seeds, datasets=datasets)
     work, holder = _common.work_dir(args.work, "rlad_nbs_")
     specs = []
     missing = [d for d in datasets if not (SHARED_DATA / d / "train").is_dir()]
@@ -296,7 +314,8 @@ def measure(args, results: _common.Results, variants: list[str]) -> None:
                     continue
                 method, variant_overrides = VARIANTS[variant]
                 run = work / f"{dataset}__{variant.replace(' ', '_').replace('(', '').replace(')', '')}__{seed}"
-                shutil.rmtree(run, ignore_errors=True)
+                if not args.resume:  # resuming with the same --work: a run killed midway goes on from its checkpoint
+                    shutil.rmtree(run, ignore_errors=True)
                 specs.append({"kind": "quality", "dataset": dataset, "variant": variant, "method": method, "seed": seed,
                               "data": str(SHARED_DATA / dataset), "run": str(run), "keep": args.keep_runs,
                               "overrides": row_overrides(method, variant_overrides, for_dataset(overrides, dataset), seed),

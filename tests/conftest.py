@@ -22,6 +22,9 @@ categories under one root); options: `n_train`, `n_test_good`, `defect_types`, `
 as (height, width).
 
 `tiny_patchcore_run` (session): a PatchCore run on that data (random backbone, 64 px), data beside it.
+`metrics_recomputed(run, data) -> dict`: a run's test-split n_test, image and pixel AUROC computed
+independently (scikit-learn on the run's own maps of the images `rlad test` scores), to compare the
+reported metrics with.
 `imagenet_mobilenet`: torchvision's MobileNetV2 file from ../shared/weights (skips when absent).
 `LetterPolicy` (fixture `letter_policy`: the class): the smallest policy that answers multiple-choice
 prompts. It reads the lettered options from the prompt text and samples a letter from a categorical
@@ -332,3 +335,33 @@ def registered_letter_policy(monkeypatch):
     monkeypatch.setattr(rlad.workflows.grounding, "policy_class", policy_class)
     monkeypatch.setattr(rlad.cli.grounding, "POLICY_NAMES", (*registry.POLICY_NAMES, "letters"))
     return LetterPolicy
+
+
+@pytest.fixture
+def metrics_recomputed():
+    """A run's test metrics computed without `rlad test`: its maps of the test split (labelled and
+    development images left out as the run recorded them), scored by scikit-learn."""
+
+    def compute(run_path, data) -> dict:
+        import warnings
+
+        from sklearn.metrics import roc_auc_score
+
+        from rlad.data.folder import discover
+        from rlad.data.split import evaluation_samples
+        from rlad.data.transforms import load_samples
+        from rlad.workflows import detection
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random-weight backbones
+            loaded = detection.load_run(run_path)
+            samples = evaluation_samples(loaded.split, discover(data)).samples
+            images, masks = load_samples(samples, loaded.cfg.image_size, desc="reference")
+            pred = detection.predict_arrays(loaded.model, images, loaded.cfg.batch_size)
+        return {
+            "n_test": len(samples),
+            "image_auroc": float(roc_auc_score([s.label for s in samples], pred.scores)),
+            "pixel_auroc": float(roc_auc_score(masks.ravel() > 0, pred.maps.ravel())),
+        }
+
+    return compute

@@ -8,8 +8,10 @@ import json
 import pytest
 
 from rlad.cli.main import main
-from rlad.data.pairs.records import write_pairs
+from rlad.data.pairs.records import load_pairs, write_pairs
 from rlad.engine import RunDir
+from rlad.metrics.grounding import grounding_metrics
+from rlad.workflows.grounding import load_policy, predict_boxes
 
 SMALL = ["--set", "policy.max_new_tokens=12", "--set", "threads=1"]
 STEPS = ["--set", "grpo.steps=2", "--set", "grpo.group_size=2", "--set", "grpo.prompts_per_step=2"]
@@ -45,9 +47,12 @@ def test_fit_grpo_test_ground_end_to_end(tiny_vlm, pairs, square_pairs, tmp_path
     saved = RunDir(tmp_path / "trl").load_config()
     assert saved["engine"] == "trl" and saved["trl"]["loss_type"] == "dr_grpo"
 
+    records = load_pairs(pairs)
     for run in ("own", "trl"):
         metrics = run_json(["test-grounding", str(tmp_path / run), "--pairs", str(pairs), "--json"], capsys)
-        assert metrics["n"] == 4 and 0.0 <= metrics["miou"] <= 1.0
+        boxes, _ = predict_boxes(load_policy(tmp_path / run), records)  # the saved policy's greedy answers
+        assert metrics["n"] == 4
+        assert metrics["miou"] == pytest.approx(grounding_metrics(boxes, [r.box for r in records])["miou"])
     record = square_pairs[0]
     result = run_json(["ground", str(tmp_path / "own"), "--reference", record.reference, "--query", record.query,
                        "--json"], capsys)

@@ -143,7 +143,9 @@ def test_episode_runner_fills_the_batch_and_records_log_probs():
         logits = policy(torch.stack(trans.states))
     replayed = torch.log_softmax(logits, -1).gather(1, torch.tensor(trans.actions).view(-1, 1)).squeeze(1)
     assert torch.allclose(replayed, torch.tensor(trans.log_probs), atol=1e-5)
-    assert all(-1.0 <= c <= 0.0 for c in trans.cover) and all(0.0 <= s <= 1.0 for s in trans.struct)
+    # R_cover = -sigmoid(mean visit count >= 0), R_struct = sigmoid(mean Sobel magnitude >= 0)
+    assert all(-1.0 < c <= -0.5 for c in trans.cover) and all(0.5 <= s < 1.0 for s in trans.struct)
+    assert min(trans.cover) < -0.5  # later patches of the batch land on visited pixels
     assert STOP == 0
     state = trans.states[0]
     assert state.shape == (6, 32, 32)
@@ -448,10 +450,13 @@ def test_a_killed_cli_fit_resumes_when_rerun(tiny_mvtec, tmp_path):
         ("refine", []),
     ],
 )
-def test_ablations_and_the_supervised_control_run(method, extra, tiny_mvtec, tmp_path):
+def test_ablations_and_the_supervised_control_run(method, extra, tiny_mvtec, tmp_path, metrics_recomputed):
     run = _fit(method, tiny_mvtec, tmp_path / "run", extra)
     metrics = api.test(run.path, tiny_mvtec)
-    assert metrics["method"] == method and 0.0 <= metrics["pixel_auroc"] <= 1.0
+    assert metrics["method"] == method and metrics["n_excluded_labeled"] == 2
+    reference = metrics_recomputed(run.path, tiny_mvtec)  # the labelled images left out, the run's own maps
+    assert metrics["n_test"] == reference["n_test"] == 5
+    assert metrics["pixel_auroc"] == pytest.approx(reference["pixel_auroc"], abs=1e-6)
     if method == "nbs" and "model.sampler=uniform" in extra:
         history = json.loads((run.path / "nbs_history.json").read_text())
         assert not any("entropy" in row for row in history)  # no policy, no sampler update
