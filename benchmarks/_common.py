@@ -73,11 +73,17 @@ class Results:
             return
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.path = RESULTS_DIR / f"{name}-{stamp}.jsonl"
         self.meta = {"commit": git_commit(), "command": command_line(), "machine": machine_line(),
                      "started": _dt.datetime.now().isoformat(timespec="seconds")}
         self.rows = []
-        self.path.write_text(json.dumps({"meta": self.meta}) + "\n")
+        for suffix in range(1, 1000):  # two runs started in the same second must not share a file
+            self.path = RESULTS_DIR / f"{name}-{stamp}{'' if suffix == 1 else f'-{suffix}'}.jsonl"
+            try:
+                with open(self.path, "x") as handle:
+                    handle.write(json.dumps({"meta": self.meta}) + "\n")
+                break
+            except FileExistsError:
+                continue
 
     def note(self, **meta) -> None:
         """Add to the run's metadata (the file's first line), e.g. the options a renderer needs."""
