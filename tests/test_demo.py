@@ -17,6 +17,7 @@ def test_quick_demo_runs_every_stage_and_ends_with_the_table_and_the_report(tmp_
     assert [row["policy"] for row in summary["grounding"]] == ["warm start", "+ GRPO"]
     report = (out / "report.html").read_text()
     assert "Difference grounding" in report and "data:image/png;base64," in report
+    assert "untrained backbones" in report  # --random-weights: the page says its figures are not the methods'
     assert "runs/nbs_gravel/report.html" in report  # links to each run's own report
     assert (out / "runs" / "nbs_gravel" / "report.html").is_file()
     # What a person sees last: the results table, then where to open the report.
