@@ -127,6 +127,9 @@ def render(results: Results) -> str:
                       f"CPU**; load average {total['load_before']:.1f} before, {total['load_1min']:.1f} after. The demo "
                       f"ended with this table and the path of its report ({total.get('report')}):",
                   "", "```", total["table"], "```"]
+    if not rows or rows[-1]["step"] != "total":
+        lines += ["", "**The demo did not finish in this run** (stopped before its end); the rows above are the steps it "
+                      "completed."]
     return "\n".join(lines) + "\n" + failures_text(rows)
 
 
