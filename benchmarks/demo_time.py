@@ -110,10 +110,12 @@ def render(results: Results) -> str:
     totals = [r for r in ok_rows(rows) if r["step"] == "total"]
     lines = [
         f"Profile `{meta.get('profile')}`; goal: at most {GOAL_S:.0f} s on 2 cores from an installed venv "
-        f"(this machine: {meta.get('cores')} cores, shared with other developers' jobs). seconds = wall time of the "
-        "step as the demo printed it; cpu_s = CPU time the demo process used in it (both cores busy with the demo "
-        "alone would give seconds close to cpu_s / 2 .. cpu_s); load_1min = the machine's 1-minute load average at the "
-        "step's end (above ~2 other work was competing for the 2 cores, and the wall times are inflated).",
+        f"(this machine: {meta.get('cores')} cores, shared with other developers' jobs); demo threads: "
+        f"{meta.get('threads', 'torch default')}. seconds = wall time of the step as the demo printed it; cpu_s = CPU "
+        "time the demo process used in it; load_1min = the machine's 1-minute load average at the step's end (above ~2 "
+        "other work was competing for the 2 cores, and the wall times are inflated). With 1 thread, cpu_s is about "
+        "the wall time the step would take alone on one core, so the total cpu_s bounds a quiet 2-core run from above; "
+        "with 2 threads on a busy host cpu_s also counts the spinning of a thread whose partner was descheduled.",
         "",
     ]
     if steps:
@@ -125,6 +127,9 @@ def render(results: Results) -> str:
                       f"CPU**; load average {total['load_before']:.1f} before, {total['load_1min']:.1f} after. The demo "
                       f"ended with this table and the path of its report ({total.get('report')}):",
                   "", "```", total["table"], "```"]
+    if not rows or rows[-1]["step"] != "total":
+        lines += ["", "**The demo did not finish in this run** (stopped before its end); the rows above are the steps it "
+                      "completed."]
     return "\n".join(lines) + "\n" + failures_text(rows)
 
 
@@ -134,6 +139,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the demo's smoke profile with random weights")
     parser.add_argument("--no-append", action="store_true", help="do not write a section to docs/benchmarks.md")
     parser.add_argument("--from-results", metavar="JSONL", help="render the section of an earlier run's results file")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch/OpenMP threads of the demo (default: torch's own, one per core). On a busy host, "
+                             "1 makes cpu_s the demo's real work: with 2 threads, a thread waiting for its "
+                             "descheduled partner spins and its CPU seconds count too")
     args = parser.parse_args()
 
     if args.no_append:  # a smoke test of this script leaves no results file in the repository either
@@ -142,13 +151,15 @@ def main() -> int:
         results = Results("demo_time", args.from_results)
     else:
         env = {**os.environ, "RLAD_PROGRESS": "0"}
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
         shared = ROOT.parent / "shared" / "weights"
         if shared.is_dir():
             env.setdefault("RLAD_BACKBONE_WEIGHTS", str(shared))
         extra = ["--full"] if args.full else ["--quick", "--random-weights"] if args.quick else []
         results = Results("demo_time")
         results.note(profile="full" if args.full else "smoke" if args.quick else "demo", cores=os.cpu_count(),
-                     goal_s=GOAL_S)
+                     goal_s=GOAL_S, threads=args.threads or "torch default")
         measure(results, extra, env)
     body = render(results)
     print(body)

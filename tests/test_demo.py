@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import json
 
-from rlad.demo import main, print_summary, run_demo
+from rlad.demo import main
 
 
-def test_quick_demo_runs_every_stage(tmp_path, capsys):
-    summary = run_demo(tmp_path / "demo", seed=0, profile="smoke", methods=("pixelstats", "nbs"), random_weights=True)
+def test_quick_demo_runs_every_stage_and_ends_with_the_table_and_the_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["--out", str(out), "--quick", "--methods", "pixelstats,nbs", "--random-weights"]) == 0
+    stdout = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
     pixel = {(row["method"], row["category"]) for row in summary["pixel"]}
     assert pixel == {("pixelstats", c) for c in ("brick", "grass", "gravel")} | {("nbs", "gravel")}
     assert [row["policy"] for row in summary["grounding"]] == ["warm start", "+ GRPO"]
-    report = (tmp_path / "demo" / "report.html").read_text()
+    report = (out / "report.html").read_text()
     assert "Difference grounding" in report and "data:image/png;base64," in report
+    assert "untrained backbones" in report  # --random-weights: the page says its figures are not the methods'
     assert "runs/nbs_gravel/report.html" in report  # links to each run's own report
-    assert (tmp_path / "demo" / "runs" / "nbs_gravel" / "report.html").is_file()
-    saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert len(saved["pixel"]) == len(summary["pixel"])
-    print_summary(summary)
-    assert "pixel_auroc" in capsys.readouterr().out
+    assert (out / "runs" / "nbs_gravel" / "report.html").is_file()
+    # What a person sees last: the results table, then where to open the report.
+    assert "pixel_auroc" in stdout and "acc_at_0_3" in stdout
+    assert stdout.rstrip().splitlines()[-2].endswith(f"Open the report: {(out / 'report.html').resolve()}")
 
 
 def test_the_demo_without_weights_offline_stops_at_once_with_the_one_line_error(tmp_path, capsys):

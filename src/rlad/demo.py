@@ -91,17 +91,19 @@ class _Steps:
         return time.perf_counter() - self.first
 
 
-def check_weights(random_weights: bool) -> None:
+def check_weights(random_weights: bool) -> str:
     """Resolve the ImageNet weights once, before anything long (a download happens here, and an
-    offline machine without the file stops at once with the one-line error)."""
+    offline machine without the file stops at once with the one-line error); returns what the
+    backbones are, for the log and the report."""
     if random_weights:
-        print("   backbones: RANDOM weights (--random-weights): the figures show the pipeline, not the methods",
-              file=sys.stderr)
-        return
-    from rlad.models.weights import IMAGENET, resolve
+        text = "RANDOM weights (--random-weights): the figures show the pipeline, not the methods"
+    else:
+        from rlad.models.weights import IMAGENET, resolve
 
-    resolved = resolve("mobilenet_v2", IMAGENET)
-    print(f"   backbones: ImageNet MobileNetV2 from {resolved.path} ({resolved.source})", file=sys.stderr)
+        resolved = resolve("mobilenet_v2", IMAGENET)
+        text = f"ImageNet MobileNetV2 from {resolved.path} ({resolved.source})"
+    print(f"   backbones: {text}", file=sys.stderr)
+    return text
 
 
 def run_pixel_models(data_root: Path, out: Path, seed: int, budget: Budget, methods: tuple[str, ...],
@@ -170,7 +172,8 @@ PIXEL_COLUMNS = ["method", "category", "image_auroc", "pixel_auroc", "aupro", "p
 GROUNDING_COLUMNS = ["policy", "acc_at_0_3", "miou", "f1", "whole_image_rate", "far_box_rate"]
 
 
-def write_demo_report(out: Path, pixel_rows: list[dict], grounding_rows: list[dict], data_root: Path) -> Path:
+def write_demo_report(out: Path, pixel_rows: list[dict], grounding_rows: list[dict], data_root: Path,
+                      backbones: str = "") -> Path:
     from html import escape
 
     from rlad.tables import html_table
@@ -204,7 +207,11 @@ def write_demo_report(out: Path, pixel_rows: list[dict], grounding_rows: list[di
         )
         sections.append((f"rlad predict with NBS on {GROUNDING_EVAL_CATEGORY}: image | heat map, boxes with scores",
                          f"<div>{figures}</div>"))
-    return write_report(out / "report.html", "rlad demo", sections)
+    intro = (f"<p>Data: {escape(str(data_root))} (the embedded demo dataset: CC0 textures with synthetic defects). "
+             f"Backbones: {escape(backbones)}.</p>")
+    if backbones.startswith("RANDOM"):
+        intro = "<p class='warn'>These runs use untrained backbones: the figures show the pipeline, not the methods.</p>" + intro
+    return write_report(out / "report.html", "rlad demo", sections, intro=intro)
 
 
 def run_demo(out: Path, seed: int = 0, profile: str = "demo", methods: tuple[str, ...] | None = None,
@@ -223,14 +230,14 @@ def run_demo(out: Path, seed: int = 0, profile: str = "demo", methods: tuple[str
         folder = discover(category, verify=True)
         counts = ", ".join(f"{r['split']}/{r['type']}: {r['images']}" for r in folder.counts())
         print(f"   {folder.category}: {counts}", file=sys.stderr)
-    check_weights(random_weights)
+    backbones = check_weights(random_weights)
 
     pixel_rows = run_pixel_models(data_root, out, seed, budget, methods, random_weights, step)
     grounding_rows = run_grounding(data_root, out, seed, budget, random_weights, step) if grounding else []
     summary = {"data": str(data_root), "profile": profile, "pixel": pixel_rows, "grounding": grounding_rows}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     step("report")
-    summary["report"] = str(write_demo_report(out, pixel_rows, grounding_rows, data_root))
+    summary["report"] = str(write_demo_report(out, pixel_rows, grounding_rows, data_root, backbones))
     step.close()
     summary["seconds"] = round(step.total(), 1)
     return summary
