@@ -13,13 +13,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from rlad.errors import ConfigError
 from rlad.serve.uploads import decoded_upload, load_upload
 
 MAX_SIDE = 2048  # maps, masks and overlays at most this size (larger images are shrunk while decoding, as predict)
-OVERLAY_SIDE = 768
 
 
 def png_base64(pixels: np.ndarray) -> str:
@@ -62,56 +60,32 @@ class PixelInspector:
 
     def decide(self, image: np.ndarray, height: int, width: int, overlay: bool = False) -> dict:
         """score, label, boxes (original pixels) and the mask as a PNG, by `rlad predict`'s rule."""
-        from rlad.data.transforms import resize_image, resize_map_to
-        from rlad.workflows.predict import _decide_mask, _regions, _to_original
+        from rlad.workflows.predict import decide, overlay_panel
 
         started = time.perf_counter()
-        loaded, thresholds = self.loaded, self.thresholds
-        model_input = resize_image(image, loaded.cfg.image_size).transpose(2, 0, 1)[None]
-        with torch.inference_mode():
-            pred = loaded.model.predict(torch.from_numpy(np.ascontiguousarray(model_input)))
-        modelled = time.perf_counter()
-        out_h, out_w = image.shape[:2]
-        scores = loaded.post.normalise_maps(resize_map_to(pred.maps[0], (out_h, out_w)))
-        score = float(loaded.post.normalise_scores(pred.scores)[0])
-        anomalous = score >= thresholds.image
-        mask, rule = _decide_mask(scores, anomalous, thresholds.pixel)
-        regions = _regions(scores, mask)
+        decision = decide(self.loaded, image, self.thresholds, height, width)
+        decided = time.perf_counter()
         result = {
-            "score": score,
-            "raw_score": float(pred.scores[0]),
-            "label": "anomalous" if anomalous else "normal",
-            "anomalous": bool(anomalous),
-            "image_threshold": thresholds.image,
-            "pixel_threshold": thresholds.pixel,
-            "boxes": [{"box": _to_original(box, (out_h, out_w), height, width), "score": round(peak, 6)}
-                      for box, peak in regions],
-            "mask_rule": rule,
+            "score": decision.score,
+            "raw_score": decision.raw_score,
+            "label": "anomalous" if decision.anomalous else "normal",
+            "anomalous": decision.anomalous,
+            "image_threshold": self.thresholds.image,
+            "pixel_threshold": self.thresholds.pixel,
+            "boxes": decision.boxes,
+            "mask_rule": decision.mask_rule,
             "height": height,
             "width": width,
-            "output_scale": round(out_w / width, 6),
-            "mask_png": png_base64((mask * 255).astype(np.uint8)),
+            "output_scale": round(image.shape[1] / width, 6),
+            "mask_png": png_base64((decision.mask * 255).astype(np.uint8)),
         }
         if overlay:
-            result["overlay_png"] = png_base64(self._panel(image, scores, mask, regions, score, anomalous))
-        result["timing_ms"] = {"model": round((modelled - started) * 1000, 2),
-                               "post": round((time.perf_counter() - modelled) * 1000, 2)}
+            label = "ANOMALOUS" if decision.anomalous else "normal"
+            title = f"score {decision.score:.3f}  {label}  (threshold {self.thresholds.image:.2f})"
+            result["overlay_png"] = png_base64(overlay_panel(image, decision, title))
+        result["timing_ms"] = {"model": round((decided - started) * 1000, 2),
+                               "post": round((time.perf_counter() - decided) * 1000, 2)}
         return result
-
-    def _panel(self, image, scores, mask, regions, score, anomalous) -> np.ndarray:
-        """The labelled panel of `rlad predict`'s overlay files, at most OVERLAY_SIDE a side."""
-        from rlad.data.transforms import resize_image, resize_map_to
-        from rlad.viz import labelled_panel
-
-        height, width = scores.shape
-        scale = min(1.0, OVERLAY_SIDE / max(height, width))
-        if scale < 1.0:
-            hw = (max(1, round(height * scale)), max(1, round(width * scale)))
-            image, scores = resize_image(image, hw), resize_map_to(scores, hw)
-            mask = resize_map_to(mask.astype(np.float32), hw) >= 0.5
-            regions = [([round(v * scale) for v in box], peak) for box, peak in regions]
-        title = f"score {score:.3f}  {'ANOMALOUS' if anomalous else 'normal'}  (threshold {self.thresholds.image:.2f})"
-        return labelled_panel(image, scores, regions, title, anomalous, mask=mask)
 
 
 class GroundingInspector:

@@ -180,6 +180,56 @@ def size_warning(height: int, width: int, train_size: dict | None) -> str | None
             f"image squeezed to a square, so scores for a different scale or aspect ratio are less reliable")
 
 
+@dataclass
+class Decision:
+    """What a run says about one image, by the one rule of this module (predict and `rlad serve`)."""
+
+    raw_map: np.ndarray  # the model's map at the decoded image's size
+    scores: np.ndarray  # the same on the run's 0-1 scale
+    score: float
+    raw_score: float
+    anomalous: bool
+    mask: np.ndarray
+    mask_rule: str
+    regions: list  # ([x0, y0, x1, y1] on the decoded image, peak score), highest peak first
+    boxes: list  # [{"box": in the original image's pixels, "score": peak}]
+
+
+def decide(loaded, image: np.ndarray, thresholds: Thresholds, height: int, width: int) -> Decision:
+    """Score one decoded image (H, W, 3 in [0, 1], possibly shrunk from `height` x `width`)."""
+    from rlad.data.transforms import resize_image, resize_map_to
+
+    out_h, out_w = image.shape[:2]
+    model_input = resize_image(image, loaded.cfg.image_size).transpose(2, 0, 1)[None]
+    with torch.inference_mode():
+        pred = loaded.model.predict(torch.from_numpy(np.ascontiguousarray(model_input)))
+    raw_map = resize_map_to(pred.maps[0], (out_h, out_w))
+    scores = loaded.post.normalise_maps(raw_map)
+    score = float(loaded.post.normalise_scores(pred.scores)[0])
+    anomalous = score >= thresholds.image
+    mask, mask_rule = _decide_mask(scores, anomalous, thresholds.pixel)
+    regions = _regions(scores, mask)
+    boxes = [{"box": _to_original(box, (out_h, out_w), height, width), "score": round(peak, 6)} for box, peak in regions]
+    return Decision(raw_map, scores, score, float(pred.scores[0]), bool(anomalous), mask, mask_rule, regions, boxes)
+
+
+def overlay_panel(image: np.ndarray, decision: Decision, title: str) -> np.ndarray:
+    """The labelled panel a person reads (image beside its heat map, boxes, score, label), at most
+    OVERLAY_SIDE a side."""
+    from rlad.data.transforms import resize_image, resize_map_to
+    from rlad.viz import labelled_panel
+
+    scores, mask, regions = decision.scores, decision.mask, decision.regions
+    height, width = scores.shape
+    scale = min(1.0, OVERLAY_SIDE / max(height, width))
+    if scale < 1.0:
+        hw = (max(1, round(height * scale)), max(1, round(width * scale)))
+        image, scores = resize_image(image, hw), resize_map_to(scores, hw)
+        mask = resize_map_to(mask.astype(np.float32), hw) >= 0.5
+        regions = [([round(v * scale) for v in box], peak) for box, peak in regions]
+    return labelled_panel(image, scores, regions, title, decision.anomalous, mask=mask)
+
+
 class _Writer:
     """Writes one image's files, and removes them again if the image fails halfway."""
 
@@ -198,43 +248,25 @@ class _Writer:
 
 def _predict_one(loaded, path: Path, stem: str, out: Path, thresholds: Thresholds, raw: bool) -> dict:
     from rlad.data.images import header_size, load_image
-    from rlad.data.transforms import resize_image, resize_map_to
-    from rlad.viz import labelled_panel, save_png, to_uint16
+    from rlad.viz import save_png, to_uint16
 
     height, width = header_size(path)
     if min(height, width) < MIN_SIDE:
         raise DataError(f"{path}: {height}x{width} is too small to score (at least {MIN_SIDE} pixels a side)")
     image = load_image(path, max_side=MAX_OUTPUT_SIDE)  # maps and overlays are made at this size
     out_h, out_w = image.shape[:2]
-    size = loaded.cfg.image_size
-    model_input = resize_image(image, size).transpose(2, 0, 1)[None]
-    with torch.inference_mode():
-        pred = loaded.model.predict(torch.from_numpy(np.ascontiguousarray(model_input)))
-    raw_map = resize_map_to(pred.maps[0], (out_h, out_w))
-    scores = loaded.post.normalise_maps(raw_map)
-    score = float(loaded.post.normalise_scores(pred.scores)[0])
-    anomalous = score >= thresholds.image
-    mask, mask_rule = _decide_mask(scores, anomalous, thresholds.pixel)
-    regions = _regions(scores, mask)
+    decision = decide(loaded, image, thresholds, height, width)
     notes = [n for n in (size_warning(height, width, loaded.train_size),) if n]
 
     writer = _Writer(out, stem)
     try:
-        save_png(writer.path("_map.png"), to_uint16(scores))
-        save_png(writer.path("_mask.png"), (mask * 255).astype(np.uint8))
+        save_png(writer.path("_map.png"), to_uint16(decision.scores))
+        save_png(writer.path("_mask.png"), (decision.mask * 255).astype(np.uint8))
         if raw:
-            np.save(writer.path("_map.npy"), raw_map.astype(np.float32))
-        shown = image
-        panel_scale = min(1.0, OVERLAY_SIDE / max(out_h, out_w))
-        if panel_scale < 1.0:
-            panel_hw = (max(1, round(out_h * panel_scale)), max(1, round(out_w * panel_scale)))
-            shown, panel_scores = resize_image(shown, panel_hw), resize_map_to(scores, panel_hw)
-            panel_mask = resize_map_to(mask.astype(np.float32), panel_hw) >= 0.5
-            panel_boxes = [([round(v * panel_scale) for v in box], peak) for box, peak in regions]
-        else:
-            panel_scores, panel_mask, panel_boxes = scores, mask, regions
-        title = f"score {score:.3f}  {'ANOMALOUS' if anomalous else 'normal'}  (threshold {thresholds.image:.2f})  {path.name}"
-        save_png(writer.path("_overlay.png"), labelled_panel(shown, panel_scores, panel_boxes, title, anomalous, mask=panel_mask))
+            np.save(writer.path("_map.npy"), decision.raw_map.astype(np.float32))
+        label = "ANOMALOUS" if decision.anomalous else "normal"
+        title = f"score {decision.score:.3f}  {label}  (threshold {thresholds.image:.2f})  {path.name}"
+        save_png(writer.path("_overlay.png"), overlay_panel(image, decision, title))
     except BaseException:
         writer.discard()
         raise
@@ -242,14 +274,13 @@ def _predict_one(loaded, path: Path, stem: str, out: Path, thresholds: Threshold
         "path": str(path),
         "height": height,
         "width": width,
-        "score": score,
-        "raw_score": float(pred.scores[0]),
-        "anomalous": bool(anomalous),
+        "score": decision.score,
+        "raw_score": decision.raw_score,
+        "anomalous": decision.anomalous,
         "image_threshold": thresholds.image,
         "pixel_threshold": thresholds.pixel,
-        "boxes": [{"box": _to_original(box, (out_h, out_w), height, width), "score": round(peak, 6)}
-                  for box, peak in regions],
-        "mask_rule": mask_rule,
+        "boxes": decision.boxes,
+        "mask_rule": decision.mask_rule,
         "map": f"{stem}_map.png",
         "mask": f"{stem}_mask.png",
         "overlay": f"{stem}_overlay.png",
