@@ -36,7 +36,9 @@ wherever the shuffle put it. `registered_letter_policy` also registers it as pol
 from __future__ import annotations
 
 import copy
+import os
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -365,3 +367,17 @@ def metrics_recomputed():
         }
 
     return compute
+
+
+# Headless Chromium, for the tests that look at rendered pages (report.html, the serve page).
+@pytest.fixture
+def headless_chromium() -> list[str]:
+    """The command that starts the system Chromium headless (append a profile, flags and a URL); skips
+    the test when there is none, unless RLAD_REQUIRE_CHROMIUM (set by .ci/run) asks for a failure."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        if os.environ.get("RLAD_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium not found, and RLAD_REQUIRE_CHROMIUM is set (apt-get install chromium)")
+        pytest.skip("chromium not installed (Debian: apt-get install chromium); .ci/run installs it")
+    return [found, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]

@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import shutil
 import subprocess
 import time
 
@@ -17,18 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-         "--remote-debugging-port=0", "--remote-allow-origins=*", "--window-size=1000,900"]
+
+DEVTOOLS_FLAGS = ["--remote-debugging-port=0", "--remote-allow-origins=*", "--window-size=1000,900"]
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        if os.environ.get("RLAD_REQUIRE_CHROMIUM"):
-            pytest.fail("chromium not found, and RLAD_REQUIRE_CHROMIUM is set (apt-get install chromium)")
-        pytest.skip("chromium not installed (Debian: apt-get install chromium); .ci/run installs it")
-    return found
 
 
 class DevTools:
@@ -66,10 +56,10 @@ class DevTools:
 
 
 @pytest.fixture
-def browser(tmp_path):
+def browser(tmp_path, headless_chromium):
     profile = tmp_path / "chromium-profile"
     profile.mkdir()
-    process = subprocess.Popen([_chromium(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+    process = subprocess.Popen([*headless_chromium, *DEVTOOLS_FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     active = profile / "DevToolsActivePort"
     deadline = time.monotonic() + 60

@@ -5,7 +5,6 @@ so there the rendering test cannot skip."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -23,8 +22,6 @@ from rlad.cli.main import main
 PICTURES = 2 + 1 + 3 + 4
 SECTIONS = ["Metrics", "ROC and precision-recall curves", "Per defect type", "Image scores of normal and defective images",
             "Worst false positives", "Worst false negatives"]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
 
 
 def _test(capsys, *argv) -> tuple[int, str, str]:
@@ -70,25 +67,18 @@ def test_test_writes_the_report_into_the_run_by_default_and_not_with_no_report(t
     assert code == 0 and (run / "report.html").is_file() and f"report: {run / 'report.html'}" in out
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        if os.environ.get("RLAD_REQUIRE_CHROMIUM"):
-            pytest.fail("chromium not found, and RLAD_REQUIRE_CHROMIUM is set (apt-get install chromium)")
-        pytest.skip("chromium not installed (Debian: apt-get install chromium); .ci/run installs it")
-    return found
 
 
-def _run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _run_chromium(chromium: list[str], tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
     profile.mkdir()
-    command = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    command = [*chromium, f"--user-data-dir={profile}", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
-def test_the_report_renders_in_headless_chromium(report, tmp_path):
+def test_the_report_renders_in_headless_chromium(report, tmp_path, headless_chromium):
     url = report.resolve().as_uri()
-    dom = _run_chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", url)
+    dom = _run_chromium(headless_chromium, tmp_path, "--virtual-time-budget=10000", "--dump-dom", url)
     body = re.search(r"<body([^>]*)>", dom.stdout)
     assert body, dom.stderr[-2000:]
     counts = {key: int(value) for key, value in re.findall(r'data-(images|decoded|narrowest)="(\d+)"', body.group(1))}
@@ -98,7 +88,7 @@ def test_the_report_renders_in_headless_chromium(report, tmp_path):
     assert len(re.findall(r"<h2>", dom.stdout)) == len(SECTIONS)
 
     shot = tmp_path / "report.png"
-    result = _run_chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", "--virtual-time-budget=10000", url)
+    result = _run_chromium(headless_chromium, tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", "--virtual-time-budget=10000", url)
     assert shot.is_file(), result.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
     assert pixels.shape == (2400, 1200, 3)
