@@ -39,6 +39,10 @@ import copy
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -381,3 +385,24 @@ def headless_chromium() -> list[str]:
         pytest.skip("chromium not installed (Debian: apt-get install chromium); .ci/run installs it")
     return [found, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+
+@pytest.fixture
+def killed_cli_fit():
+    """`kill(argv, run)`: start `rlad <argv>` in its own process, SIGKILL it as soon as its first checkpoint
+    is on disk (asserting it was still training), and return (command, env) to rerun it with."""
+
+    def kill(argv: list[str], run) -> tuple[list[str], dict]:
+        command = [sys.executable, "-m", "rlad", *argv]
+        env = dict(os.environ, RLAD_PROGRESS="0", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not list((run / "checkpoints").glob("*.pt")) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert not (run / "model.pt").exists()
+        return command, env
+
+    return kill

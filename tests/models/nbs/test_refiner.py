@@ -5,11 +5,7 @@ name `supervised` for runs made before the rename."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 import warnings
 
 import numpy as np
@@ -76,21 +72,13 @@ def test_fit_test_predict_and_a_resume_that_equals_an_uninterrupted_run(tiny_mvt
         assert np.allclose(whole.model.predict(images).maps, cut.model.predict(images).maps, atol=1e-6)
 
 
-def test_a_killed_cli_fit_resumes_when_rerun(tiny_mvtec, tmp_path):
+def test_a_killed_cli_fit_resumes_when_rerun(tiny_mvtec, tmp_path, killed_cli_fit):
     run = tmp_path / "run"
     # Enough rounds that the process is still training when the first checkpoint appears.
-    command = [sys.executable, "-m", "rlad", "fit", "refine", "--data", str(tiny_mvtec), "--out", str(run)]
+    argv = ["fit", "refine", "--data", str(tiny_mvtec), "--out", str(run)]
     for item in TINY:
-        command += ["--set", "model.steps=1000" if item.startswith("model.steps=") else item]
-    env = dict(os.environ, RLAD_PROGRESS="0", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list((run / "checkpoints").glob("*.pt")) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    assert process.poll() is None, process.stderr.read().decode()[-2000:]
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (run / "model.pt").exists()
+        argv += ["--set", "model.steps=1000" if item.startswith("model.steps=") else item]
+    command, env = killed_cli_fit(argv, run)
 
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
