@@ -126,6 +126,40 @@ def test_extractor_shapes_and_values_match_the_plain_network():
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
+def test_cpu_extractor_runs_its_frozen_copy_with_the_eager_features():
+    extractor = FeatureExtractor([1, 4], _random_net(seed=3), micro_batch=2)
+    images = torch.rand(3, 3, 64, 48)
+    eager = extractor._forward_one(images)
+    first = extractor(images)
+    assert extractor._frozen.state == "built"
+    again = extractor(images)
+    for f, a, e in zip(first, again, eager):
+        assert torch.equal(f, a)  # one path for every call: the same images give the same features
+        assert torch.allclose(f, e, atol=1e-5, rtol=1e-5)
+    other = torch.rand(1, 3, 80, 80)  # a traced copy must not be tied to the first call's shape
+    for f, e in zip(extractor(other), extractor._forward_one(other)):
+        assert f.shape == e.shape and torch.allclose(f, e, atol=1e-5, rtol=1e-5)
+    import copy
+    import pickle
+
+    for clone in (copy.deepcopy(extractor), pickle.loads(pickle.dumps(extractor))):
+        assert clone._frozen.state == "unused"
+        assert all(torch.equal(c, f) for c, f in zip(clone(images), first))
+
+
+def test_extractor_stays_eager_when_tracing_fails(monkeypatch):
+    extractor = FeatureExtractor([2], _random_net(seed=4))
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("tracing is not available here")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    images = torch.rand(2, 3, 32, 32)
+    got = extractor(images)
+    assert extractor._frozen.state == "failed"
+    assert torch.equal(got[0], extractor._forward_one(images)[0])
+
+
 def test_fuse_conv_bn_keeps_eval_outputs():
     net = _random_net(seed=5)
     # Non-trivial BN statistics so that folding them is actually exercised.

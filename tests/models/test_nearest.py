@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rlad.models import nearest
 from rlad.models.nearest import BankSearch, cpu_has_bf16_units
 
 
@@ -35,7 +36,10 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("screen", ["fp32", "bf16"])
 @pytest.mark.parametrize("chunk_mb", [64.0, 0.001])
-def test_both_routes_find_the_brute_force_neighbours(case, screen, chunk_mb):
+def test_both_routes_find_the_brute_force_neighbours(case, screen, chunk_mb, monkeypatch):
+    if chunk_mb < 1:  # small blocks everywhere: several query blocks and bank parts in the screen too
+        monkeypatch.setattr(nearest, "SCREEN_ROWS", 64)
+        monkeypatch.setattr(nearest, "SCREEN_PART_BYTES", 2**10)
     queries, bank = CASES[case](torch.Generator().manual_seed(len(case)))
     want_d, want_i, gap = _brute_force(queries, bank)
     search = BankSearch(bank, screen, chunk_mb=chunk_mb, width=16)
