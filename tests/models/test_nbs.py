@@ -20,15 +20,17 @@ from rlad.models.nbs.autoencoder import (
     SnapshotStack,
     crop_patches,
     error_maps,
+    interleave,
+    phase_weight,
+    stacked_block_errors,
     stacked_error_maps,
-    subpixel_weight,
     tile,
     untile,
 )
 from rlad.models.nbs.context import ContextConfig, ContextEncoder
 from rlad.models.nbs.predictor import Predictor, train_epochs, weighted_bce
 from rlad.models.nbs.fused_prior import fused_prior
-from rlad.models.nbs.profiles import SnapshotBank
+from rlad.models.nbs.profiles import SnapshotBank, profile_features
 from rlad.models.nbs.sampler import (
     STOP,
     EpisodeRunner,
@@ -261,25 +263,52 @@ def test_snapshot_bank_replays_the_stored_weights():
     assert torch.allclose(rebuilt.profile(images), torch.stack(expected, 1), atol=1e-6)
 
 
-def test_subpixel_convolution_equals_the_transposed_one():
+def test_phase_convolution_equals_the_transposed_one():
     torch.manual_seed(1)
-    weight, x = torch.randn(5, 3, 4, 4), torch.randn(2, 5, 6, 7)
-    transposed = torch.nn.functional.conv_transpose2d(x, weight, stride=2, padding=1)
-    subpixel = torch.nn.functional.pixel_shuffle(torch.nn.functional.conv2d(x, subpixel_weight(weight), padding=1), 2)
-    assert torch.allclose(transposed, subpixel, atol=1e-5)
+    weight, bias, x = torch.randn(5, 3, 4, 4), torch.randn(3), torch.randn(2, 5, 6, 7)
+    transposed = torch.nn.functional.conv_transpose2d(x, weight, bias, stride=2, padding=1)
+    phased = torch.nn.functional.conv2d(x, phase_weight(weight), bias.repeat_interleave(4), padding=1)
+    assert torch.allclose(interleave(phased), transposed, atol=1e-5)
+
+
+def _moved_snapshots(patch, width, bottleneck, count=3):
+    """Autoencoders away from their initialisation, so every weight matters."""
+    torch.manual_seed(patch)
+    snapshots = [PatchAutoencoder(patch, width, bottleneck) for _ in range(count)]
+    for ae in snapshots:
+        with torch.no_grad():
+            for p in ae.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    return snapshots
 
 
 @pytest.mark.parametrize("patch, width, bottleneck", [(16, 8, 16), (32, 16, 200), (64, 8, 20)])
 def test_stacked_snapshots_equal_one_pass_per_snapshot(patch, width, bottleneck):
-    torch.manual_seed(patch)
-    snapshots = [PatchAutoencoder(patch, width, bottleneck) for _ in range(3)]
-    for ae in snapshots:  # away from the initialisation, so every weight matters
-        with torch.no_grad():
-            for p in ae.parameters():
-                p.add_(0.05 * torch.randn_like(p))
+    snapshots = _moved_snapshots(patch, width, bottleneck)
     images = torch.rand(2, 3, 2 * patch, 3 * patch)
     expected = torch.stack([error_maps(ae, images) for ae in snapshots], dim=1)
     assert torch.allclose(stacked_error_maps(SnapshotStack(snapshots), images), expected, atol=1e-5)
+    # The block errors: the same maps averaged over 2 x 2 pixel blocks, also where tiles are padded.
+    blocks = torch.nn.functional.avg_pool2d(expected, 2)
+    assert torch.allclose(stacked_block_errors(SnapshotStack(snapshots), images), blocks, atol=1e-5)
+    ragged = images[..., : 2 * patch - 6, : 3 * patch - 2]
+    expected = torch.nn.functional.avg_pool2d(torch.stack([error_maps(ae, ragged) for ae in snapshots], dim=1), 2)
+    assert torch.allclose(stacked_block_errors(SnapshotStack(snapshots), ragged), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="even image size"):
+        stacked_block_errors(SnapshotStack(snapshots), images[..., :-1, :])
+
+
+@pytest.mark.parametrize("size, grid", [(64, 32), (64, 16), (64, 24), (48, 32)])
+def test_snapshot_bank_features_equal_the_profile_on_the_grid(size, grid):
+    """`features` (block errors where the sizes allow) = `profile_features` of the full-resolution
+    profile, for grids the block errors reach exactly (32, 16) and ones they do not (24; 48 px)."""
+    snapshots = _moved_snapshots(16, 8, 16)
+    bank = SnapshotBank(template=PatchAutoencoder(16, 8, 16))
+    for ae in snapshots:
+        bank.add(ae)
+    images = torch.rand(2, 3, size, size)
+    expected = profile_features(torch.stack([error_maps(ae, images) for ae in snapshots], dim=1), grid)
+    assert torch.allclose(bank.features(images, grid), expected, atol=1e-4)
 
 
 def test_snapshot_bank_falls_back_where_it_cannot_stack():
