@@ -9,9 +9,7 @@ batches.
 The parts are timed one after another on the same batches (batch 1 and 8 by default, `--batches`;
 `--threads` torch threads, default 1) of the first `--images` test images, already decoded, in CPU
 time of the process (robust to other work on a busy host) and wall time; their sum is close to the
-whole predict, which is what `rlad test` reports as ms_per_image less the image loading. A run of
-code without `NBSModel.loss_profile` is timed through the bank directly (an older checkout on the
-path). Raw rows go to benchmarks/results/nbs_inference_parts-DATE.jsonl, the table to
+whole predict, which is what `rlad test` reports as ms_per_image less the image loading. Raw rows go to benchmarks/results/nbs_inference_parts-DATE.jsonl, the table to
 docs/benchmarks.md.
 """
 
@@ -32,7 +30,8 @@ SUM = "sum of the parts"
 PROFILE = "loss profile (snapshot bank)"
 PRIOR = "PatchCore prior (nearest neighbours)"
 CONTEXT = "context assembly"
-REST = "rest of the context (features to the grid)"
+REST = "rest of the context (prior standardised)"
+HEAD = "predictor head (projection per part, resize to the grid, maps, smoothing)"
 
 
 def measure(args, results: _common.Results, parser: argparse.ArgumentParser) -> None:
@@ -54,7 +53,6 @@ def measure(args, results: _common.Results, parser: argparse.ArgumentParser) -> 
         parser.error(f"{args.run}: not an nbs or refine run")
     images, _ = load_samples(samples, model.config.image_size, desc="loading")
     encoder = model.encoder
-    loss_profile = getattr(model, "loss_profile", None) or (lambda batch: legacy_loss_profile(model, batch))
     has_profile = getattr(model, "bank", None) is not None
     results.note(run=_common.portable(str(Path(args.run).resolve())), method=model.name, data=args.data.name,
                  images=len(images), threads=args.threads, batches=args.batches,
@@ -77,12 +75,12 @@ def measure(args, results: _common.Results, parser: argparse.ArgumentParser) -> 
                 size = tuple(batch.shape[-2:])
                 parts = []
                 if has_profile:
-                    parts.append(timed(PROFILE, lambda: loss_profile(batch)))
+                    parts.append(timed(PROFILE, lambda: model.loss_profile(batch)))
                 levels = timed("backbone", lambda: encoder._levels(batch))
                 timed(PRIOR, lambda: encoder._prior_maps(levels, size))
-                # The context channels again, prior included; the prior's share is taken off below.
-                parts.append(timed(CONTEXT, lambda: encoder._assemble(levels, size)))
-                timed("predictor head (maps, smoothing)", lambda: model.head(torch.cat(parts, 1), size))
+                # The context parts again, prior included; the prior's share is taken off below.
+                parts += timed(CONTEXT, lambda: encoder._parts(levels, size))
+                timed(HEAD, lambda: model.head.from_parts(parts, size))
                 timed(WHOLE, lambda: model.predict(batch))
         for seconds in (cpu, wall):
             seconds[CONTEXT] -= seconds[PRIOR]
@@ -93,13 +91,6 @@ def measure(args, results: _common.Results, parser: argparse.ArgumentParser) -> 
                          "cpu_ms_per_image": round(1000 * cpu[name] / len(images), 2),
                          "ms_per_image": round(1000 * wall[name] / len(images), 2)})
     results.note(load_1min_after=round(os.getloadavg()[0], 1))
-
-
-def legacy_loss_profile(model, batch):
-    """The profile as code without `NBSModel.loss_profile` computes it (to time an older checkout)."""
-    from rlad.models.nbs.profiles import resize
-
-    return model.profile_input(model.bank.profile(resize(batch, model.config.profile_size)))
 
 
 def render(results: _common.Results) -> str:

@@ -27,7 +27,8 @@ from rlad.models.nbs.autoencoder import (
     tile,
     untile,
 )
-from rlad.models.nbs.context import ContextConfig, ContextEncoder
+from rlad.models.nbs.context import ContextConfig, ContextEncoder, to_grid
+from rlad.models.nbs.head import InferenceHead, new_predictor
 from rlad.models.nbs.predictor import Predictor, train_epochs, weighted_bce
 from rlad.models.nbs.fused_prior import fused_prior
 from rlad.models.nbs.profiles import SnapshotBank, profile_features
@@ -346,9 +347,40 @@ def test_context_channels_match_their_count():
             encoder.fit(normal, seed=0)
         out = encoder(images)
         assert out.shape == (2, encoder.channels, 16, 16), kind
+        assert torch.allclose(torch.cat([to_grid(p, 16) for p in encoder.parts(images)], 1), out, atol=1e-6), kind
         if kind == "patchcore":  # the prior is standardised on normal images
             normals = encoder(FitData.to_tensor(normal))[:, -1]
             assert abs(float(normals.mean())) < 1.0
+
+
+@pytest.mark.parametrize("project, prior_boost", [(8, 1.0), (8, 0.0), (0, 1.0)])
+def test_inference_head_from_parts_equals_the_head_on_the_joined_grid(project, prior_boost):
+    """The projection run per part before the resize (`from_parts`) gives the maps of the predictor on
+    the concatenated grid input, with and without a projection layer and the prior boost."""
+    torch.manual_seed(3)
+    normal = (np.random.default_rng(0).random((4, 3, 64, 64)) * 255).astype(np.uint8)
+    encoder = ContextEncoder(ContextConfig(kind="patchcore", backbone=BackboneConfig(weights="random", stages=[1, 2, 4]),
+                                           prior_stages=[1, 2]), grid=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        encoder.fit(normal, seed=0)
+    cfg = NBSConfig(predictor_grid=16, predictor_project=project, prior_boost=prior_boost, predictor_widths=[8, 4],
+                    predictor_dilations=[1, 2])
+    predictor = new_predictor(cfg, encoder, 3).eval()
+    with torch.no_grad():  # a trained-looking predictor: every weight and BatchNorm statistic matters
+        for name, value in list(predictor.named_parameters()) + list(predictor.named_buffers()):
+            if value.dtype.is_floating_point:
+                value.copy_(value.abs() + 0.5 if "running_var" in name else torch.randn_like(value) * 0.3)
+    head = InferenceHead(cfg, predictor)
+    images = torch.rand(2, 3, 64, 64)
+    parts = [torch.randn(2, 3, 16, 16), *encoder.parts(images)]
+    assert {tuple(p.shape[-2:]) for p in parts} != {(16, 16)}  # parts at several resolutions
+    expected = head(torch.cat([to_grid(p, 16) for p in parts], 1), (64, 64))
+    got = head.from_parts(parts, (64, 64))
+    assert np.allclose(got.maps, expected.maps, atol=1e-5) and np.allclose(got.scores, expected.scores, atol=1e-5)
+    if project:  # a part missing is refused, not mis-sliced
+        with pytest.raises(ValueError, match="input channels"):
+            head.from_parts(parts[1:], (64, 64))
 
 
 @pytest.mark.parametrize(

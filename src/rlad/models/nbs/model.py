@@ -130,8 +130,7 @@ class NBSModel(AnomalyModel):
         if self.head is None or self.bank is None or self.encoder is None:
             raise RuntimeError("NBSModel.predict before fit/load_state_dict")
         images = images.float()
-        feats = torch.cat([self.loss_profile(images), self.encoder(images)], dim=1)
-        return self.head(feats, tuple(images.shape[-2:]))
+        return self.head.from_parts([self.loss_profile(images), *self.encoder.parts(images)], tuple(images.shape[-2:]))
 
     # --- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
