@@ -256,10 +256,13 @@ class SnapshotStack:
         # and columns taken in pairs (2p, 2p + 1) and each pair reversed, so that (p, q, a, b) reads
         # padded pixel (2p + 1 - a, 2q + 1 - b) = pixel (2t + a, 2u + b). Positions outside the patch
         # (one row and column per parity) are dropped when the parities are summed below.
-        out = self._last_layer(patches).permute(0, 2, 3, 1).reshape(n, half + 1, half + 1, s, c * 4)
+        out = self._last_layer(patches).permute(0, 2, 3, 1).reshape(n, half + 1, half + 1, s, c, 4)
         padded = F.pad(patches, (1, 1, 1, 1)).view(n, c, half + 1, 2, half + 1, 2).flip(3, 5)
-        target = padded.permute(0, 2, 4, 1, 3, 5).reshape(n, half + 1, half + 1, 1, c * 4)
-        per_parity = (out - target).abs_().view(n, half + 1, half + 1, s, c, 4).sum(4)  # (N, k+1, k+1, S, parity)
+        target = padded.permute(0, 2, 4, 1, 3, 5).reshape(n, half + 1, half + 1, 1, c, 4)
+        errors = out.sub_(target).abs_()
+        per_parity = errors[..., 0, :].clone()  # (N, k+1, k+1, S, parity); channel by channel is faster than sum()
+        for channel in range(1, c):
+            per_parity += errors[..., channel, :]
         total = per_parity[:, :half, :half, :, 0] + per_parity[:, :half, 1:, :, 1]
         total += per_parity[:, 1:, :half, :, 2]
         total += per_parity[:, 1:, 1:, :, 3]
