@@ -1,16 +1,21 @@
 """Where an NBS or refiner run's inference time goes: loss profile (snapshot bank; NBS only), backbone,
-PatchCore prior (nearest-neighbour search), the rest of the context (features resized to the grid)
-and the predictor head (maps, smoothing), in ms per image, next to the whole `predict` on the same
-batches.
+PatchCore prior (nearest-neighbour search), the rest of the context and the predictor head (the
+projection per context part, the resize to the grid, maps, smoothing), in ms per image, next to the
+whole `predict` on the same batches; optionally next to a PatchCore run's whole predict.
 
     .venv/bin/python benchmarks/nbs_inference_parts.py RUN --data ../shared/data/magnetic_tile
+    .venv/bin/python benchmarks/nbs_inference_parts.py RUN --data DIR --patchcore PATCHCORE_RUN   # plus the ratio
+    PYTHONPATH=OLD/src .venv/bin/python benchmarks/nbs_inference_parts.py RUN --data DIR --patchcore PATCHCORE_RUN --no-parts
     .venv/bin/python benchmarks/nbs_inference_parts.py --from-results benchmarks/results/nbs_inference_parts-DATE.jsonl
 
 The parts are timed one after another on the same batches (batch 1 and 8 by default, `--batches`;
 `--threads` torch threads, default 1) of the first `--images` test images, already decoded, in CPU
 time of the process (robust to other work on a busy host) and wall time; their sum is close to the
-whole predict, which is what `rlad test` reports as ms_per_image less the image loading. Raw rows go to benchmarks/results/nbs_inference_parts-DATE.jsonl, the table to
-docs/benchmarks.md.
+whole predict, which is what `rlad test` reports as ms_per_image less the image loading. With
+`--patchcore`, the run's whole predict and the PatchCore run's are timed alternating in this one
+process (the same load for both; the fastest of `--rounds` rounds kept) and their ratio reported;
+`--no-parts` times only those, for code without the parts' API (the baseline of a change). Raw rows
+go to benchmarks/results/nbs_inference_parts-DATE.jsonl, the table to docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ PRIOR = "PatchCore prior (nearest neighbours)"
 CONTEXT = "context assembly"
 REST = "rest of the context (prior standardised)"
 HEAD = "predictor head (projection per part, resize to the grid, maps, smoothing)"
+PATCHCORE = "PatchCore run's whole predict (alternating with the next row)"
+WHOLE_ALTERNATING = "this run's whole predict (alternating with PatchCore)"
+RATIO = "ratio: this run / PatchCore (the fastest rounds; not ms)"
 
 
 def measure(args, results: _common.Results, parser: argparse.ArgumentParser) -> None:
@@ -54,10 +62,13 @@ def measure(args, results: _common.Results, parser: argparse.ArgumentParser) -> 
     images, _ = load_samples(samples, model.config.image_size, desc="loading")
     encoder = model.encoder
     has_profile = getattr(model, "bank", None) is not None
-    results.note(run=_common.portable(str(Path(args.run).resolve())), method=model.name, data=args.data.name,
+    import rlad
+
+    results.note(code=_common.portable(str(Path(rlad.__file__).resolve().parents[1])),  # which src ran (a baseline's?)
+                 run=_common.portable(str(Path(args.run).resolve())), method=model.name, data=args.data.name,
                  images=len(images), threads=args.threads, batches=args.batches,
                  load_1min_before=round(os.getloadavg()[0], 1))
-    for batch_size in args.batches:
+    for batch_size in args.batches if args.parts else []:
         cpu: dict[str, float] = {}
         wall: dict[str, float] = {}
 
@@ -90,7 +101,43 @@ def measure(args, results: _common.Results, parser: argparse.ArgumentParser) -> 
             results.add({"batch": batch_size, "part": name,
                          "cpu_ms_per_image": round(1000 * cpu[name] / len(images), 2),
                          "ms_per_image": round(1000 * wall[name] / len(images), 2)})
+    if args.patchcore:
+        try:
+            patchcore = load_run(args.patchcore).model
+        except (ConfigError, DataError) as exc:
+            parser.error(str(exc))
+        results.note(patchcore_run=_common.portable(str(Path(args.patchcore).resolve())))
+        side_by_side(model, patchcore, images, args, results)
     results.note(load_1min_after=round(os.getloadavg()[0], 1))
+
+
+def side_by_side(model, patchcore, images, args, results: _common.Results) -> None:
+    """Whole predict of the run and of a PatchCore run on the same decoded images, alternating in
+    `--rounds` rounds in this one process (both see the same load), the fastest round of each kept;
+    their ratio is the figure robust to a busy host."""
+    import torch
+
+    from rlad.models.base import FitData
+
+    for batch_size in args.batches:
+        batches = [FitData.to_tensor(images[i : i + batch_size]).float() for i in range(0, len(images), batch_size)]
+        best = {}
+        with torch.no_grad():
+            for name, predictor in (("patchcore", patchcore), ("run", model)):
+                predictor.predict(batches[0])  # warm-up
+            for _ in range(args.rounds):
+                for name, predictor in (("patchcore", patchcore), ("run", model)):
+                    started, started_cpu = time.perf_counter(), time.process_time()
+                    for batch in batches:
+                        predictor.predict(batch)
+                    wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
+                    old = best.get(name, (float("inf"), float("inf")))
+                    best[name] = (min(old[0], cpu), min(old[1], wall))
+        for name, label in (("patchcore", PATCHCORE), ("run", WHOLE_ALTERNATING)):
+            results.add({"batch": batch_size, "part": label, "cpu_ms_per_image": round(1000 * best[name][0] / len(images), 2),
+                         "ms_per_image": round(1000 * best[name][1] / len(images), 2)})
+        results.add({"batch": batch_size, "part": RATIO, "cpu_ms_per_image": round(best["run"][0] / best["patchcore"][0], 3),
+                     "ms_per_image": round(best["run"][1] / best["patchcore"][1], 3)})
 
 
 def render(results: _common.Results) -> str:
@@ -105,18 +152,22 @@ def render(results: _common.Results) -> str:
         for batch in batches:
             for row in rows:
                 if row["part"] == part and row.get("batch", 8) == batch:
-                    line[f"cpu_ms_b{batch}"] = row.get("cpu_ms_per_image")
-                    line[f"ms_b{batch}"] = row["ms_per_image"]
+                    ratio = part == RATIO  # shown to two decimals, not as milliseconds
+                    line[f"cpu_ms_b{batch}"] = f"{row['cpu_ms_per_image']:.2f}" if ratio else row.get("cpu_ms_per_image")
+                    line[f"ms_b{batch}"] = f"{row['ms_per_image']:.2f}" if ratio else row["ms_per_image"]
         table.append(line)
     columns = ["part"] + [f"cpu_ms_b{b}" for b in batches] + [f"ms_b{b}" for b in batches]
+    against = (f" PatchCore: {meta['patchcore_run']}, timed in the same process alternating with the run's whole predict, "
+               "the fastest of the rounds kept." if meta.get("patchcore_run") else "")
     load = f"load average {meta['load_1min_before']} before"
     if "load_1min_after" in meta:
         load += f", {meta['load_1min_after']} after"
     return (
-        f"Run: {meta['run']} ({meta['method']}); first {meta['images']} test images of {meta['data']}, decoded beforehand; "
+        (f"Code: rlad from {meta['code']}. " if meta.get("code") else "")
+        + f"Run: {meta['run']} ({meta['method']}); first {meta['images']} test images of {meta['data']}, decoded beforehand; "
         f"batch {' and '.join(str(b) for b in batches)}, {meta['threads']} torch threads; ms per image, cpu_ms = CPU time "
         f"of the process (robust to other work on the host), ms = wall time; {load} (2 cores shared with other work: "
-        "absolute times are noisy, the shares are the figures).\n\n"
+        "absolute times are noisy, the shares are the figures)." + against + "\n\n"
         + markdown_table(table, columns, floatfmt="{:.1f}")
         + _common.failures_text(results.rows)
     )
@@ -129,6 +180,11 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--batches", default="1,8", help="batch sizes to time, comma-separated (default 1,8)")
+    parser.add_argument("--patchcore", metavar="RUN", help="a PatchCore run on the same data: its whole predict timed "
+                        "next to this run's, alternating in one process (the ratio robust to a busy host)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds with --patchcore (default 3)")
+    parser.add_argument("--no-parts", dest="parts", action="store_false",
+                        help="only the whole predicts with --patchcore (code without the parts' API: an older checkout)")
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--from-results", metavar="FILE", help="render an earlier run's results file again (no measuring)")
     args = parser.parse_args(argv)
@@ -143,6 +199,10 @@ def main(argv=None) -> int:
             parser.error(f"--batches {args.batches!r}: give batch sizes like 1,8")
         if min(args.batches) < 1 or args.images < max(args.batches):
             parser.error(f"--images must be at least the largest batch ({max(args.batches)}), batches at least 1")
+        if args.rounds < 1:
+            parser.error("--rounds must be at least 1")
+        if not args.parts and not args.patchcore:
+            parser.error("--no-parts leaves nothing to time without --patchcore")
         results = _common.Results("nbs_inference_parts")
         measure(args, results, parser)
     text = render(results)
