@@ -20,15 +20,18 @@ from rlad.models.nbs.autoencoder import (
     SnapshotStack,
     crop_patches,
     error_maps,
+    interleave,
+    phase_weight,
+    stacked_block_errors,
     stacked_error_maps,
-    subpixel_weight,
     tile,
     untile,
 )
-from rlad.models.nbs.context import ContextConfig, ContextEncoder
+from rlad.models.nbs.context import ContextConfig, ContextEncoder, to_grid
+from rlad.models.nbs.head import InferenceHead, new_predictor
 from rlad.models.nbs.predictor import Predictor, train_epochs, weighted_bce
 from rlad.models.nbs.fused_prior import fused_prior
-from rlad.models.nbs.profiles import SnapshotBank
+from rlad.models.nbs.profiles import SnapshotBank, profile_features
 from rlad.models.nbs.sampler import (
     STOP,
     EpisodeRunner,
@@ -261,25 +264,52 @@ def test_snapshot_bank_replays_the_stored_weights():
     assert torch.allclose(rebuilt.profile(images), torch.stack(expected, 1), atol=1e-6)
 
 
-def test_subpixel_convolution_equals_the_transposed_one():
+def test_phase_convolution_equals_the_transposed_one():
     torch.manual_seed(1)
-    weight, x = torch.randn(5, 3, 4, 4), torch.randn(2, 5, 6, 7)
-    transposed = torch.nn.functional.conv_transpose2d(x, weight, stride=2, padding=1)
-    subpixel = torch.nn.functional.pixel_shuffle(torch.nn.functional.conv2d(x, subpixel_weight(weight), padding=1), 2)
-    assert torch.allclose(transposed, subpixel, atol=1e-5)
+    weight, bias, x = torch.randn(5, 3, 4, 4), torch.randn(3), torch.randn(2, 5, 6, 7)
+    transposed = torch.nn.functional.conv_transpose2d(x, weight, bias, stride=2, padding=1)
+    phased = torch.nn.functional.conv2d(x, phase_weight(weight), bias.repeat_interleave(4), padding=1)
+    assert torch.allclose(interleave(phased), transposed, atol=1e-5)
+
+
+def _moved_snapshots(patch, width, bottleneck, count=3):
+    """Autoencoders away from their initialisation, so every weight matters."""
+    torch.manual_seed(patch)
+    snapshots = [PatchAutoencoder(patch, width, bottleneck) for _ in range(count)]
+    for ae in snapshots:
+        with torch.no_grad():
+            for p in ae.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    return snapshots
 
 
 @pytest.mark.parametrize("patch, width, bottleneck", [(16, 8, 16), (32, 16, 200), (64, 8, 20)])
 def test_stacked_snapshots_equal_one_pass_per_snapshot(patch, width, bottleneck):
-    torch.manual_seed(patch)
-    snapshots = [PatchAutoencoder(patch, width, bottleneck) for _ in range(3)]
-    for ae in snapshots:  # away from the initialisation, so every weight matters
-        with torch.no_grad():
-            for p in ae.parameters():
-                p.add_(0.05 * torch.randn_like(p))
+    snapshots = _moved_snapshots(patch, width, bottleneck)
     images = torch.rand(2, 3, 2 * patch, 3 * patch)
     expected = torch.stack([error_maps(ae, images) for ae in snapshots], dim=1)
     assert torch.allclose(stacked_error_maps(SnapshotStack(snapshots), images), expected, atol=1e-5)
+    # The block errors: the same maps averaged over 2 x 2 pixel blocks, also where tiles are padded.
+    blocks = torch.nn.functional.avg_pool2d(expected, 2)
+    assert torch.allclose(stacked_block_errors(SnapshotStack(snapshots), images), blocks, atol=1e-5)
+    ragged = images[..., : 2 * patch - 6, : 3 * patch - 2]
+    expected = torch.nn.functional.avg_pool2d(torch.stack([error_maps(ae, ragged) for ae in snapshots], dim=1), 2)
+    assert torch.allclose(stacked_block_errors(SnapshotStack(snapshots), ragged), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="even image size"):
+        stacked_block_errors(SnapshotStack(snapshots), images[..., :-1, :])
+
+
+@pytest.mark.parametrize("size, grid", [(64, 32), (64, 16), (64, 24), (48, 32)])
+def test_snapshot_bank_features_equal_the_profile_on_the_grid(size, grid):
+    """`features` (block errors where the sizes allow) = `profile_features` of the full-resolution
+    profile, for grids the block errors reach exactly (32, 16) and ones they do not (24; 48 px)."""
+    snapshots = _moved_snapshots(16, 8, 16)
+    bank = SnapshotBank(template=PatchAutoencoder(16, 8, 16))
+    for ae in snapshots:
+        bank.add(ae)
+    images = torch.rand(2, 3, size, size)
+    expected = profile_features(torch.stack([error_maps(ae, images) for ae in snapshots], dim=1), grid)
+    assert torch.allclose(bank.features(images, grid), expected, atol=1e-4)
 
 
 def test_snapshot_bank_falls_back_where_it_cannot_stack():
@@ -317,9 +347,40 @@ def test_context_channels_match_their_count():
             encoder.fit(normal, seed=0)
         out = encoder(images)
         assert out.shape == (2, encoder.channels, 16, 16), kind
+        assert torch.allclose(torch.cat([to_grid(p, 16) for p in encoder.parts(images)], 1), out, atol=1e-6), kind
         if kind == "patchcore":  # the prior is standardised on normal images
             normals = encoder(FitData.to_tensor(normal))[:, -1]
             assert abs(float(normals.mean())) < 1.0
+
+
+@pytest.mark.parametrize("project, prior_boost", [(8, 1.0), (8, 0.0), (0, 1.0)])
+def test_inference_head_from_parts_equals_the_head_on_the_joined_grid(project, prior_boost):
+    """The projection run per part before the resize (`from_parts`) gives the maps of the predictor on
+    the concatenated grid input, with and without a projection layer and the prior boost."""
+    torch.manual_seed(3)
+    normal = (np.random.default_rng(0).random((4, 3, 64, 64)) * 255).astype(np.uint8)
+    encoder = ContextEncoder(ContextConfig(kind="patchcore", backbone=BackboneConfig(weights="random", stages=[1, 2, 4]),
+                                           prior_stages=[1, 2]), grid=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        encoder.fit(normal, seed=0)
+    cfg = NBSConfig(predictor_grid=16, predictor_project=project, prior_boost=prior_boost, predictor_widths=[8, 4],
+                    predictor_dilations=[1, 2])
+    predictor = new_predictor(cfg, encoder, 3).eval()
+    with torch.no_grad():  # a trained-looking predictor: every weight and BatchNorm statistic matters
+        for name, value in list(predictor.named_parameters()) + list(predictor.named_buffers()):
+            if value.dtype.is_floating_point:
+                value.copy_(value.abs() + 0.5 if "running_var" in name else torch.randn_like(value) * 0.3)
+    head = InferenceHead(cfg, predictor)
+    images = torch.rand(2, 3, 64, 64)
+    parts = [torch.randn(2, 3, 16, 16), *encoder.parts(images)]
+    assert {tuple(p.shape[-2:]) for p in parts} != {(16, 16)}  # parts at several resolutions
+    expected = head(torch.cat([to_grid(p, 16) for p in parts], 1), (64, 64))
+    got = head.from_parts(parts, (64, 64))
+    assert np.allclose(got.maps, expected.maps, atol=1e-5) and np.allclose(got.scores, expected.scores, atol=1e-5)
+    if project:  # a part missing is refused, not mis-sliced
+        with pytest.raises(ValueError, match="input channels"):
+            head.from_parts(parts[1:], (64, 64))
 
 
 @pytest.mark.parametrize(

@@ -135,33 +135,51 @@ def crop_patches(images: torch.Tensor, index: torch.Tensor, top: torch.Tensor, l
 
 
 # Which taps of a stride-2, padding-1, 4-tap transposed convolution feed an output of each parity,
-# seen as a 3-tap correlation over the input padded by 1: y[2t] = x[t-1] w[3] + x[t] w[1] and
-# y[2t+1] = x[t] w[2] + x[t+1] w[0] (None: no tap).
-_PHASE_TAPS = ((3, 1, None), (None, 2, 0))
+# seen as a 2-tap correlation over the input padded by 1: y[2t] = x[t-1] w[3] + x[t] w[1] reads the
+# padded input at t, t+1 and y[2t+1] = x[t] w[2] + x[t+1] w[0] reads it at t+1, t+2.
+_PHASE_TAPS = ((3, 1), (2, 0))
+CHANNELS_LAST = torch.channels_last
 
 
-def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
+def phase_weight(weight: torch.Tensor) -> torch.Tensor:
     """ConvTranspose2d(kernel 4, stride 2, padding 1) weight (Cin, Cout, 4, 4) -> the weight
-    (Cout * 4, Cin, 3, 3) of the equivalent 3 x 3 convolution (padding 1) followed by
-    `pixel_shuffle(2)`: output channel c * 4 + 2a + b holds the outputs of row parity a, column parity
-    b. torch's CPU transposed convolution is several times slower than its convolution."""
+    (Cout * 4, Cin, 2, 2) of a 2 x 2 convolution over the input padded by 1 (`interleave` turns its
+    output into the transposed convolution's): output channel c * 4 + 2a + b at (t + a, u + b) holds
+    the output pixel (2t + a, 2u + b) of channel c. Each output takes its 4 real taps and nothing
+    else; torch's CPU transposed convolution is several times slower than a convolution."""
     c_in, c_out = weight.shape[:2]
-    out = weight.new_zeros(c_out, 2, 2, c_in, 3, 3)
+    out = weight.new_empty(c_out, 2, 2, c_in, 2, 2)
     for a, rows in enumerate(_PHASE_TAPS):
         for b, cols in enumerate(_PHASE_TAPS):
             for dy, ky in enumerate(rows):
                 for dx, kx in enumerate(cols):
-                    if ky is not None and kx is not None:
-                        out[:, a, b, :, dy, dx] = weight[:, :, ky, kx].t()
-    return out.reshape(c_out * 4, c_in, 3, 3)
+                    out[:, a, b, :, dy, dx] = weight[:, :, ky, kx].t()
+    return out.reshape(c_out * 4, c_in, 2, 2)
+
+
+def interleave(out: torch.Tensor) -> torch.Tensor:
+    """Output (N, C * 4, h + 1, w + 1) of a `phase_weight` convolution -> the transposed
+    convolution's output (N, C, 2h, 2w), channels-last."""
+    n, channels, height, width = out.shape[0], out.shape[1] // 4, out.shape[-2] - 1, out.shape[-1] - 1
+    parities = out.view(n, channels, 2, 2, height + 1, width + 1)
+    full = out.new_empty(n, 2 * height, 2 * width, channels).permute(0, 3, 1, 2)
+    for a in range(2):
+        for b in range(2):
+            full[:, :, a::2, b::2] = parities[:, :, a, b, a : a + height, b : b + width]
+    return full
 
 
 class SnapshotStack:
     """Several snapshots of one PatchAutoencoder run as one network: the first convolution with all
     snapshots' filters at once (they share the input), the deeper ones and the transposed ones
-    (as sub-pixel convolutions, `subpixel_weight`) grouped by snapshot, the dense layers as batched
-    matrix products. The same maths as running `forward` once per snapshot (tests/models/test_nbs.py
-    compares them), several times faster on CPU.
+    grouped by snapshot, the dense layers as batched matrix products, channels-last throughout
+    (torch's CPU kernels for these small maps are up to 2x faster so). The same maths as running
+    `forward` once per snapshot (tests/models/test_nbs.py compares them), several times faster on CPU.
+
+    The last transposed convolution runs as a 2 x 2 convolution per output parity (`phase_weight`),
+    whose output holds each 2 x 2 block of the reconstruction at one position: `block_errors` gives
+    the error maps averaged over those blocks (what the loss profile needs on its grid) without
+    assembling the reconstruction.
 
     Only the architecture without normalisation is stacked; `supports` says whether a model is.
     """
@@ -174,19 +192,26 @@ class SnapshotStack:
         with torch.no_grad():
             convs = [[layer for layer in m.encoder if isinstance(layer, nn.Conv2d)] for m in models]
             self.encoder = [
-                (torch.cat([c[level].weight for c in convs]), torch.cat([c[level].bias for c in convs]))
+                (torch.cat([c[level].weight for c in convs]).contiguous(memory_format=CHANNELS_LAST),
+                 torch.cat([c[level].bias for c in convs]))
                 for level in range(len(convs[0]))
             ]
-            self.squeeze = (torch.stack([m.squeeze[0].weight.flatten(1).t() for m in models]),  # (S, C*64, B)
-                            torch.stack([m.squeeze[0].bias for m in models]).unsqueeze(1))
-            self.expand = (torch.stack([m.expand[0].weight.flatten(1) for m in models]),  # (S, B, C*64)
-                           torch.stack([m.expand[0].bias for m in models]))
+            area = models[0].expand[0].kernel_size[0] ** 2
+            # The dense layers with the weights as the left factor (the code and the skip transposed):
+            # the faster layout on CPU, by 1.5x at one image where these products read far more
+            # weights than activations.
+            self.squeeze = (torch.stack([m.squeeze[0].weight.flatten(1) for m in models]),  # (S, B, C*64)
+                            torch.stack([m.squeeze[0].bias for m in models]).unsqueeze(2))
+            self.expand = (torch.stack([m.expand[0].weight.flatten(1).t() for m in models]).contiguous(),  # (S, C*64, B)
+                           torch.stack([m.expand[0].bias.repeat_interleave(area) for m in models]).unsqueeze(2))
             decoders = [[layer for layer in m.decoder if isinstance(layer, nn.ConvTranspose2d)] for m in models]
             self.decoder = [
-                (torch.cat([subpixel_weight(d[level].weight) for d in decoders]),
-                 torch.cat([d[level].bias.repeat_interleave(4) for d in decoders]))
-                for level in range(len(decoders[0]))
+                (torch.cat([d[level].weight for d in decoders]).contiguous(memory_format=CHANNELS_LAST),
+                 torch.cat([d[level].bias for d in decoders]))
+                for level in range(len(decoders[0]) - 1)
             ]
+            self.last = (torch.cat([phase_weight(d[-1].weight) for d in decoders]).contiguous(memory_format=CHANNELS_LAST),
+                         torch.cat([d[-1].bias.repeat_interleave(4) for d in decoders]))
         self.slope = 0.2
 
     @staticmethod
@@ -194,23 +219,54 @@ class SnapshotStack:
         return isinstance(model, PatchAutoencoder) and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
     @torch.no_grad()
-    def __call__(self, patches: torch.Tensor) -> torch.Tensor:
-        """(N, C, p, p) -> reconstructions (N, S, C, p, p). Channels stay snapshot-major throughout."""
+    def _last_layer(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, C, p, p) -> the last transposed convolution's `phase_weight` output
+        (N, S * C * 4, p/2 + 1, p/2 + 1). Channels stay snapshot-major throughout."""
         s, n = self.count, patches.shape[0]
-        x = patches
+        x = patches.contiguous(memory_format=CHANNELS_LAST)
         for level, (weight, bias) in enumerate(self.encoder):
-            x = F.leaky_relu(F.conv2d(x, weight, bias, stride=2, padding=1, groups=1 if level == 0 else s), self.slope)
-        side = x.shape[-1]
-        skip = x.view(n, s, -1, side, side)
-        code = torch.baddbmm(self.squeeze[1], skip.transpose(0, 1).reshape(s, n, -1), self.squeeze[0])
-        grown = torch.bmm(F.leaky_relu(code, self.slope), self.expand[0]).view(s, n, -1, side, side)
-        grown = F.leaky_relu(grown + self.expand[1].view(s, 1, -1, 1, 1), self.slope).transpose(0, 1)
-        x = torch.cat([grown, skip], dim=2).reshape(n, -1, side, side)
-        for level, (weight, bias) in enumerate(self.decoder):
-            x = F.pixel_shuffle(F.conv2d(x, weight, bias, padding=1, groups=s), 2)
-            if level < len(self.decoder) - 1:
-                x = F.leaky_relu(x, self.slope)
-        return x.view(n, s, -1, x.shape[-2], x.shape[-1])
+            x = F.leaky_relu_(F.conv2d(x, weight, bias, stride=2, padding=1, groups=1 if level == 0 else s), self.slope)
+        channels, side = x.shape[1] // s, x.shape[-1]
+        skip = x.view(n, s, channels, side, side)
+        code = torch.baddbmm(self.squeeze[1], self.squeeze[0], skip.permute(1, 2, 3, 4, 0).reshape(s, -1, n))  # (S, B, N)
+        grown = F.leaky_relu_(torch.baddbmm(self.expand[1], self.expand[0], F.leaky_relu_(code, self.slope)), self.slope)
+        # The decoder's input, channels-last: per snapshot the grown code's channels, then the skip's.
+        joined = x.new_empty(n, side, side, s, 2 * channels)
+        joined[..., :channels] = grown.view(s, channels, side, side, n).permute(4, 2, 3, 0, 1)
+        joined[..., channels:] = skip.permute(0, 3, 4, 1, 2)
+        x = joined.view(n, side, side, -1).permute(0, 3, 1, 2)
+        for weight, bias in self.decoder:
+            x = F.leaky_relu_(F.conv_transpose2d(x, weight, bias, stride=2, padding=1, groups=s), self.slope)
+        return F.conv2d(x, self.last[0], self.last[1], padding=1, groups=s)
+
+    @torch.no_grad()
+    def __call__(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, C, p, p) -> reconstructions (N, S, C, p, p)."""
+        n, s = patches.shape[0], self.count
+        return interleave(self._last_layer(patches)).contiguous().view(n, s, -1, self.patch, self.patch)
+
+    @torch.no_grad()
+    def block_errors(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, C, p, p) -> |patch - reconstruction| averaged over channels and 2 x 2 pixel blocks,
+        (N, S, p/2, p/2)."""
+        n, s, c = patches.shape[0], self.count, patches.shape[1]
+        half = self.patch // 2
+        # The last layer's output, channels-last, holds pixel (2t + a, 2u + b) at position
+        # (p, q) = (t + a, u + b), parity (a, b). The patch in the same layout: padded by 1, its rows
+        # and columns taken in pairs (2p, 2p + 1) and each pair reversed, so that (p, q, a, b) reads
+        # padded pixel (2p + 1 - a, 2q + 1 - b) = pixel (2t + a, 2u + b). Positions outside the patch
+        # (one row and column per parity) are dropped when the parities are summed below.
+        out = self._last_layer(patches).permute(0, 2, 3, 1).reshape(n, half + 1, half + 1, s, c, 4)
+        padded = F.pad(patches, (1, 1, 1, 1)).view(n, c, half + 1, 2, half + 1, 2).flip(3, 5)
+        target = padded.permute(0, 2, 4, 1, 3, 5).reshape(n, half + 1, half + 1, 1, c, 4)
+        errors = out.sub_(target).abs_()
+        per_parity = errors[..., 0, :].clone()  # (N, k+1, k+1, S, parity); channel by channel is faster than sum()
+        for channel in range(1, c):
+            per_parity += errors[..., channel, :]
+        total = per_parity[:, :half, :half, :, 0] + per_parity[:, :half, 1:, :, 1]
+        total += per_parity[:, 1:, :half, :, 2]
+        total += per_parity[:, 1:, 1:, :, 3]
+        return total.permute(0, 3, 1, 2).div_(4 * c)
 
 
 @torch.no_grad()
@@ -219,3 +275,14 @@ def stacked_error_maps(stack: SnapshotStack, images: torch.Tensor) -> torch.Tens
     tiles, layout = tile(images, stack.patch)
     errors = (stack(tiles) - tiles.unsqueeze(1)).abs().mean(2)  # (tiles, S, p, p)
     return untile(errors, layout)
+
+
+@torch.no_grad()
+def stacked_block_errors(stack: SnapshotStack, images: torch.Tensor) -> torch.Tensor:
+    """`stacked_error_maps` averaged over 2 x 2 pixel blocks, (B, 3, H, W) -> (B, S, H/2, W/2), for
+    even H and W: what area-resizing the error maps by a factor of 2 gives, at a fraction of the cost."""
+    height, width = images.shape[-2:]
+    if height % 2 or width % 2:
+        raise ValueError(f"stacked_block_errors: needs an even image size, got {height} x {width}")
+    tiles, (batch, rows, cols, _, _, offset) = tile(images, stack.patch)
+    return untile(stack.block_errors(tiles), (batch, rows, cols, height // 2, width // 2, offset))

@@ -46,6 +46,14 @@ class ContextConfig:
     prior_max_patches: int = 100_000
 
 
+def to_grid(maps: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, grid, grid), bilinear (maps already on the grid stay as they are: the
+    bilinear resize to the same size is the identity)."""
+    if tuple(maps.shape[-2:]) == (grid, grid):
+        return maps
+    return F.interpolate(maps, size=(grid, grid), mode="bilinear", align_corners=False)
+
+
 class ContextEncoder:
     """fit(normal images) once; then images (B, 3, S, S) in [0, 1] -> (B, channels, grid, grid)."""
 
@@ -137,15 +145,27 @@ class ContextEncoder:
         maps = torch.from_numpy(prior.maps)[:, None]
         return F.interpolate(maps, size=(self.grid, self.grid), mode="area")
 
-    def _assemble(self, levels: dict[int, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        """The context channels from backbone levels: features on the grid, then the standardised prior."""
-        parts = [
-            F.interpolate(levels[s], size=(self.grid, self.grid), mode="bilinear", align_corners=False)
-            for s in sorted(self.config.backbone.stages)
-        ]
+    def _parts(self, levels: dict[int, torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
+        """The context channels from backbone levels, in order: each stage's features at its own
+        resolution, then the standardised prior on the grid."""
+        parts = [levels[s] for s in sorted(self.config.backbone.stages)]
         if self.config.kind == "patchcore":
             parts.append((self._prior_maps(levels, size) - self.prior_mean) / self.prior_std)
-        return torch.cat(parts, dim=1)
+        return parts
+
+    def _assemble(self, levels: dict[int, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """The context channels from backbone levels: features on the grid, then the standardised prior."""
+        return torch.cat([to_grid(part, self.grid) for part in self._parts(levels, size)], dim=1)
+
+    @torch.no_grad()
+    def parts(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """`self(images)` before its channels are brought to the grid and joined: a list of
+        (B, c_i, h_i, w_i) whose `to_grid` images, concatenated, are `self(images)`. The resize to
+        the grid is linear, so a head that projects each part first (`InferenceHead.from_parts`)
+        resizes a few projected channels instead of every feature channel."""
+        if self.config.kind in ("none", "image"):
+            return [self(images)]
+        return self._parts(self._levels(images), tuple(images.shape[-2:]))
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

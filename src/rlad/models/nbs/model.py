@@ -44,6 +44,11 @@ class NBSModel(AnomalyModel):
         """Raw errors (B, window, h, w) at profile size -> log errors on the predictor grid."""
         return profile_features(errors, self.config.predictor_grid)
 
+    def loss_profile(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, S, S) in [0, 1] -> their loss profile under the snapshot bank as predictor
+        input (B, window, grid, grid): `profile_input` of the replayed errors, computed the cheap way."""
+        return self.bank.features(resize(images, self.config.profile_size), self.config.predictor_grid)
+
     # --- fit --------------------------------------------------------------------------------------
     def fit(self, data: FitData, run=None) -> None:
         cfg = self.config
@@ -125,9 +130,7 @@ class NBSModel(AnomalyModel):
         if self.head is None or self.bank is None or self.encoder is None:
             raise RuntimeError("NBSModel.predict before fit/load_state_dict")
         images = images.float()
-        small = resize(images, self.config.profile_size)
-        feats = torch.cat([self.profile_input(self.bank.profile(small)), self.encoder(images)], dim=1)
-        return self.head(feats, tuple(images.shape[-2:]))
+        return self.head.from_parts([self.loss_profile(images), *self.encoder.parts(images)], tuple(images.shape[-2:]))
 
     # --- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

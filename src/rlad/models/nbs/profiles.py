@@ -14,7 +14,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from rlad.models.nbs.autoencoder import PatchAutoencoder, SnapshotStack, error_maps, stacked_error_maps
+from rlad.models.nbs.autoencoder import PatchAutoencoder, SnapshotStack, error_maps, stacked_block_errors, stacked_error_maps
 
 LOG_EPS = 1e-3  # errors live on [0, 1]; the log spreads the small ones where normal pixels sit
 
@@ -69,13 +69,31 @@ class SnapshotBank:
             self._modules = modules
         return self._modules
 
+    def _stacked(self) -> SnapshotStack | None:
+        """All snapshots as one network, where the architecture allows (`SnapshotStack`)."""
+        modules = self._built()
+        if self._stack is None and modules and SnapshotStack.supports(modules[0]):
+            self._stack = SnapshotStack(modules)
+        return self._stack
+
     @torch.no_grad()
     def profile(self, images: torch.Tensor, offsets: tuple[int, ...] = (0,)) -> torch.Tensor:
         """(B, 3, h, w) at the profile resolution -> raw errors (B, len(self), h, w): all snapshots
         in one stacked pass where the architecture allows (`SnapshotStack`), else one by one."""
-        modules = self._built()
-        if offsets == (0,) and modules and SnapshotStack.supports(modules[0]):
-            if self._stack is None:
-                self._stack = SnapshotStack(modules)
-            return stacked_error_maps(self._stack, images)
-        return torch.stack([error_maps(m, images, offsets) for m in modules], dim=1)
+        stack = self._stacked() if offsets == (0,) else None
+        if stack is not None:
+            return stacked_error_maps(stack, images)
+        return torch.stack([error_maps(m, images, offsets) for m in self._built()], dim=1)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, grid: int) -> torch.Tensor:
+        """(B, 3, h, w) at the profile resolution -> the predictor's profile input (B, len(self), grid,
+        grid): `profile_features(self.profile(images), grid)`. Where h and w are multiples of 2 * grid
+        (the defaults: 128 px profiles, a 64 grid) the area resize starts from the error maps averaged
+        over 2 x 2 pixel blocks, which the stacked pass gives without building the full-resolution
+        reconstructions (the same averages, summed in another order)."""
+        height, width = images.shape[-2:]
+        stack = self._stacked()
+        if stack is not None and height % (2 * grid) == 0 and width % (2 * grid) == 0:
+            return profile_features(stacked_block_errors(stack, images), grid)
+        return profile_features(self.profile(images), grid)

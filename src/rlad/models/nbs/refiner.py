@@ -106,7 +106,7 @@ class PriorRefiner(AnomalyModel):
         if self.head is None or self.encoder is None:
             raise RuntimeError("PriorRefiner.predict before fit/load_state_dict")
         images = images.float()
-        return self.head(self.encoder(images), tuple(images.shape[-2:]))
+        return self.head.from_parts(self.encoder.parts(images), tuple(images.shape[-2:]))
 
     def state_dict(self) -> dict:
         return {"predictor": self.predictor.state_dict(), "context": self.encoder.state_dict(), "history": self.history}
