@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -60,19 +61,28 @@ def good_payloads(data: Path, count: int) -> list[tuple[str, bytes, str]]:
     return [(s.path.name, s.path.read_bytes(), types.get(s.path.suffix.lower(), "image/png")) for s in picked]
 
 
-def bad_requests(good: tuple[str, bytes, str]) -> list[tuple[str, dict]]:
+def multipart(field: str, filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
+    """One file upload as a multipart/form-data body, encoded once, and its Content-Type header."""
+    boundary = "rlad-bench-" + uuid.uuid4().hex
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n").encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def bad_requests(good: tuple[str, bytes, str]) -> list[tuple[str, bytes, str]]:
+    """The six malformed uploads of tests/serve/test_api.py, made from one good image: (kind, body, type)."""
     from PIL import Image
 
     name, data, kind = good
     huge = io.BytesIO()
     Image.new("L", (9000, 6000)).save(huge, format="PNG")  # 54 Mpx, a few kB: over the default pixel limit
     return [
-        ("not an image", {"files": {"image": ("a.png", b"hello, world " * 40, "image/png")}}),
-        ("truncated", {"files": {"image": (name, data[: len(data) // 2], kind)}}),
-        ("zero bytes", {"files": {"image": (name, b"", kind)}}),
-        ("wrong field", {"files": {"picture": (name, data, kind)}}),
-        ("wrong content type", {"files": {"image": (name, data, "text/plain")}}),
-        ("too many pixels", {"files": {"image": ("huge.png", huge.getvalue(), "image/png")}}),
+        ("not an image", *multipart("image", "a.png", b"hello, world " * 40, "image/png")),
+        ("truncated", *multipart("image", name, data[: len(data) // 2], kind)),
+        ("zero bytes", *multipart("image", name, b"", kind)),
+        ("wrong field", *multipart("picture", name, data, kind)),
+        ("wrong content type", *multipart("image", name, data, "text/plain")),
+        ("too many pixels", *multipart("image", "huge.png", huge.getvalue(), "image/png")),
     ]
 
 
@@ -85,14 +95,14 @@ def in_process_rps(model: Path, payloads, seconds: float, threads: int) -> dict:
     torch.set_num_threads(threads)
     inspector, cfg = PixelInspector(model, threads), ServeConfig()
     inspector.handle({"image": (payloads[0][1], payloads[0][2])}, cfg)  # warm-up
-    done, started = 0, time.perf_counter()
+    done, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         name, data, kind = payloads[done % len(payloads)]
         inspector.handle({"image": (data, kind)}, cfg)
         done += 1
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     return {"inprocess_requests": done, "inprocess_rps": round(done / elapsed, 3),
-            "inprocess_ms": round(elapsed * 1000 / done, 2)}
+            "inprocess_ms": round(elapsed * 1000 / done, 2), "inprocess_cpu_ms": round(cpu * 1000 / done, 1)}
 
 
 def start_server(model: Path, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
@@ -107,30 +117,55 @@ def start_server(model: Path, workers: int, threads: int) -> tuple[subprocess.Po
     return process, line.rsplit(" at ", 1)[1].strip()
 
 
-def load(url: str, payloads, clients: int, seconds: float, malformed: float, seed: int = 0) -> list[dict]:
-    import httpx
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+
+def client_process(url: str, good: list, bad: list, clients: int, seconds: float, malformed: float, seed: int,
+                   nice: int, pipe) -> None:
+    """The load generator, in its own process (lowered priority by `nice`): `clients` threads, one
+    kept-alive HTTP connection each, posting the pre-encoded bodies; sends back the records and its CPU time."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    os.nice(nice)
+    address = urlsplit(url)
     records: list[dict] = []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
 
+    def post(connection, body: bytes, content_type: str) -> tuple[int, bool]:
+        connection.request("POST", "/v1/predict", body=body,
+                           headers={"Content-Type": content_type, "Content-Length": str(len(body))})
+        response = connection.getresponse()
+        answer = response.read()
+        return response.status, response.will_close or not answer
+
     def client(index: int) -> None:
         rng = np.random.default_rng([seed, index])
         mine = []
-        with httpx.Client(timeout=120) as http:
-            while time.monotonic() < deadline:
-                good = payloads[int(rng.integers(len(payloads)))]
-                bad = rng.random() < malformed
-                if bad:
-                    kind, request = bad_requests(good)[int(rng.integers(6))]
-                else:
-                    kind, request = "good", {"files": {"image": (good[0], good[1], good[2])}}
-                started = time.perf_counter()
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+        while time.monotonic() < deadline:
+            if rng.random() < malformed:
+                kind, body, content_type = bad[int(rng.integers(len(bad)))]
+            else:
+                kind, (body, content_type) = "good", good[int(rng.integers(len(good)))]
+            started = time.perf_counter()
+            try:
                 try:
-                    status = http.post(f"{url}v1/predict", **request).status_code
-                except httpx.HTTPError as exc:
-                    status = f"client error: {type(exc).__name__}"
-                mine.append({"kind": kind, "status": status, "ms": (time.perf_counter() - started) * 1000})
+                    status, closed = post(connection, body, content_type)
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                    connection.close()  # the server closed the kept-alive connection: one new one, as a browser would
+                    status, closed = post(connection, body, content_type)
+                if closed:
+                    connection.close()
+            except (OSError, http.client.HTTPException) as exc:
+                status = f"client error: {type(exc).__name__}"
+                connection.close()
+            mine.append({"kind": kind, "status": status, "ms": (time.perf_counter() - started) * 1000})
+        connection.close()
         with lock:
             records.extend(mine)
 
@@ -139,7 +174,33 @@ def load(url: str, payloads, clients: int, seconds: float, malformed: float, see
         thread.start()
     for thread in threads:
         thread.join()
-    return records
+    times = os.times()
+    pipe.send({"records": records, "client_cpu_s": times.user + times.system})
+    pipe.close()
+
+
+def load(url: str, server_pid: int, payloads, clients: int, seconds: float, malformed: float, nice: int,
+         seed: int = 0) -> tuple[list[dict], dict]:
+    """Run the clients' process against the server; its records and both processes' CPU seconds."""
+    import multiprocessing
+
+    good = [multipart("image", name, data, kind) for name, data, kind in payloads]
+    bad = bad_requests(payloads[0])
+    context = multiprocessing.get_context("spawn")  # a clean interpreter: no torch or ORT threads in the clients
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=client_process,
+                              args=(url, good, bad, clients, seconds, malformed, seed, nice, sender))
+    server_before = process_cpu_s(server_pid)
+    process.start()
+    answer = receiver.recv()
+    process.join()
+    server_cpu = process_cpu_s(server_pid) - server_before
+    cores = os.cpu_count() or 1
+    return answer["records"], {
+        "server_cpu_s": round(server_cpu, 1), "client_cpu_s": round(answer["client_cpu_s"], 1),
+        "server_cpu_share": round(server_cpu / (seconds * cores), 3),
+        "client_cpu_share": round(answer["client_cpu_s"] / (seconds * cores), 3),
+    }
 
 
 def summarise(records: list[dict], seconds: float) -> dict:
@@ -205,6 +266,8 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--malformed", type=float, default=0.1)
     parser.add_argument("--payloads", type=int, default=16)
+    parser.add_argument("--client-nice", type=int, default=10,
+                        help="niceness added to the clients' process (0: same priority as the server)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", help="scratch folder (kept; default: a temporary one)")
@@ -235,10 +298,10 @@ def main() -> None:
     process, url = start_server(model, args.workers, args.threads)
     try:
         load_before = os.getloadavg()[0]
-        records = load(url, payloads, args.clients, args.seconds, args.malformed)
+        records, cpu = load(url, process.pid, payloads, args.clients, args.seconds, args.malformed, args.client_nice)
         alive = httpx.get(f"{url}healthz", timeout=30).status_code == 200 and process.poll() is None
         row = {"clients": args.clients, "seconds": args.seconds, "malformed_share": args.malformed, **baseline,
-               **summarise(records, args.seconds), "alive_after": alive,
+               **summarise(records, args.seconds), **cpu, "alive_after": alive,
                "load_1min": f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"}
         results.add(row)
     finally:
