@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rlad.errors import ConfigError
-from rlad.serve.uploads import decoded_upload, load_upload
+from rlad.serve.uploads import check_upload, load_upload, upload_file
 
 MAX_SIDE = 2048  # maps, masks and overlays at most this size (larger images are shrunk while decoding, as predict)
 
@@ -49,11 +49,10 @@ class PixelInspector:
     def handle(self, files: dict, cfg, overlay: bool = False) -> dict:
         data, content_type = files["image"]
         started = time.perf_counter()
-        with decoded_upload(data, content_type, "image", cfg.allowed_types, cfg.max_pixels) as upload:
-            image = load_upload(upload, "image", MAX_SIDE)
-            height, width = upload.height, upload.width
+        upload = check_upload(data, content_type, "image", cfg.allowed_types, cfg.max_pixels)
+        image = load_upload(upload, MAX_SIDE)
         decoded = time.perf_counter()
-        result = self.decide(image, height, width, overlay)
+        result = self.decide(image, upload.height, upload.width, overlay)
         result["timing_ms"] = {"decode": round((decoded - started) * 1000, 2), **result["timing_ms"]}
         result["timing_ms"]["total"] = round((time.perf_counter() - started) * 1000, 2)
         return result
@@ -108,11 +107,12 @@ class GroundingInspector:
 
         started = time.perf_counter()
         (ref_data, ref_type), (query_data, query_type) = files["reference"], files["query"]
-        with decoded_upload(ref_data, ref_type, "reference", cfg.allowed_types, cfg.max_pixels) as reference, \
-                decoded_upload(query_data, query_type, "query", cfg.allowed_types, cfg.max_pixels) as query:
-            load_upload(reference, "reference", MAX_SIDE)  # refuse a truncated file before the policy sees it
-            load_upload(query, "query", MAX_SIDE)
-            record = PairRecord(id="query", reference=str(reference.path), query=str(query.path), box=(0, 0, 0, 0),
+        reference = check_upload(ref_data, ref_type, "reference", cfg.allowed_types, cfg.max_pixels)
+        query = check_upload(query_data, query_type, "query", cfg.allowed_types, cfg.max_pixels)
+        load_upload(reference, MAX_SIDE)  # refuse a truncated file before the policy sees it
+        load_upload(query, MAX_SIDE)
+        with upload_file(reference) as reference_path, upload_file(query) as query_path:
+            record = PairRecord(id="query", reference=str(reference_path), query=str(query_path), box=(0, 0, 0, 0),
                                 query_size=(query.height, query.width),
                                 reference_size=(reference.height, reference.width),
                                 category="", defect_type="unknown")
