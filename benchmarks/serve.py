@@ -241,11 +241,14 @@ def render(results: Results) -> str:
     table, cpu = [], []
     for row in rows:
         ratio = row["good_rps"] / max(row["inprocess_rps"], 1e-9)
+        bracket = row["good_rps"] / max((row["inprocess_rps"] + row["inprocess_after_rps"]) / 2, 1e-9)
+        server_cpu_ms = row["server_cpu_s"] * 1000 / max(row["good_ok"], 1)
         table.append({
             "clients' nice": f"+{row['client_nice']}",
-            "requests/s (all)": row["rps"], "good requests/s": row["good_rps"],
+            "requests/s (all)": f"{row['rps']:.2f}", "good requests/s": f"{row['good_rps']:.2f}",
             "in-process/s before; after": f"{row['inprocess_rps']:.2f}; {row['inprocess_after_rps']:.2f}",
-            "good / in-process (before)": f"{ratio:.2f} ({'>=' if ratio >= 0.8 else '<'} 0.8)",
+            "good / in-process before": f"{ratio:.2f} ({'>=' if ratio >= 0.8 else '<'} 0.8)",
+            "good / in-process mean of before, after": f"{bracket:.2f}",
             "p50 ms": round(row["p50_ms"]), "p99 ms": round(row["p99_ms"]),
             "p99/p50": f"{row['p99_over_p50']} ({'<' if (row['p99_over_p50'] or 99) < 4 else '>='} 4)",
             "5xx": row["5xx"], "by status": ", ".join(f"{k}: {v}" for k, v in row["status_counts"].items()),
@@ -254,9 +257,10 @@ def render(results: Results) -> str:
         cpu.append({
             "clients' nice": f"+{row['client_nice']}",
             "server CPU share": f"{row['server_cpu_share']:.0%}", "clients' CPU share": f"{row['client_cpu_share']:.0%}",
-            "server CPU ms / good request": round(row["server_cpu_s"] * 1000 / max(row["good_ok"], 1), 1),
-            "clients' CPU ms / request": round(row["client_cpu_s"] * 1000 / max(row["requests"], 1), 1),
-            "in-process CPU ms / request": row["inprocess_cpu_ms"],
+            "server CPU ms / good request": f"{server_cpu_ms:.1f}",
+            "in-process CPU ms / request": f"{row['inprocess_cpu_ms']:.1f}",
+            "in-process / server CPU per request": f"{row['inprocess_cpu_ms'] / max(server_cpu_ms, 1e-9):.2f}",
+            "clients' CPU ms / request": f"{row['client_cpu_s'] * 1000 / max(row['requests'], 1):.1f}",
         })
     first = rows[0] if rows else {}
     body = (f"`rlad serve` on {meta.get('model')} ({meta.get('engine')}; {meta.get('workers')} worker x "
@@ -270,7 +274,9 @@ def render(results: Results) -> str:
             f"PNG) called back to back on the same images for {meta.get('baseline_seconds', 20):g} s right before "
             "each row's load (the goal's reference) and again right after it (how much the host drifted). "
             "Latencies are of the good requests. CPU shares are of all the host's cores over the load window "
-            "(server: the whole `rlad serve` process; clients: their process). "
+            "(server: the whole `rlad serve` process, malformed requests included; clients: their process); "
+            "in-process / server CPU per request is the server's overhead in CPU alone (1.00: none), which the "
+            "host's other load changes less than it changes requests/s. "
             f"Malformed requests answered 4xx: {sum(r['malformed_4xx'] for r in rows)} of "
             f"{sum(r['malformed'] for r in rows)}; good requests not answered 200: "
             f"{sum(r['good_not_200'] for r in rows)}; the server answered /healthz after each row: "
