@@ -1,20 +1,25 @@
 """`rlad serve` under load on loopback (issue 17): requests/s, p50 and p99 latency and errors by status,
 with a share of malformed uploads, against the same work called in-process.
 
-    .venv/bin/python benchmarks/serve.py                          # 8 clients, 60 s, 10% malformed
+    .venv/bin/python benchmarks/serve.py --train-images 100       # 8 clients, 60 s, 10% malformed, clients at nice +10 and +0
     .venv/bin/python benchmarks/serve.py --quick --no-append      # smoke run (tiny model, 5 s); not a result
     .venv/bin/python benchmarks/serve.py --from-results benchmarks/results/serve-DATE.jsonl
 
 The model is PatchCore fitted on the first `--train-images` training images of magnetic tile (ImageNet
 weights from $RLAD_BACKBONE_WEIGHTS, default ../shared/weights) and exported with `rlad export` (or
-`--run`, any run folder or .onnx file). First the in-process figure: the server's own per-request
-work (`PixelInspector.handle`: decode, model, decision, mask PNG) called back to back on the same
-test images for `--baseline-seconds`. Then `rlad serve` runs as its own process and `--clients`
-threads (one HTTP connection each) post for `--seconds`; each request is, with probability
-`--malformed`, one of the bad uploads of tests/serve/test_api.py (not an image, truncated, zero bytes,
-wrong field, wrong content type, too many pixels). Goals: zero 5xx, p99 under 4x p50 (good requests),
-good-request throughput at least 80% of the in-process figure. The clients share the machine with the
-server; the 1-minute load average is recorded.
+`--run`, any run folder or .onnx file). `rlad serve` runs as its own process; one row per
+`--client-nice` value. Each row: the in-process figure (the server's own per-request work,
+`PixelInspector.handle`: decode, model, decision, mask PNG, called back to back on the same test
+images for `--baseline-seconds`), then `--clients` client threads post for `--seconds`, then the
+in-process figure again (how much the host drifted meanwhile). The clients run in a process of their
+own, niceness raised by the row's value (a real deployment's clients are not on the server's cores;
++0 shows what sharing them costs), with one kept-alive `http.client` connection per thread and every
+request body multipart-encoded once before the run; each request is, with probability `--malformed`,
+one of six bad uploads of tests/serve/test_api.py (not an image, truncated, zero bytes, wrong field,
+wrong content type, too many pixels). CPU seconds of the server and client processes are read from
+/proc over the load window. Goals: zero 5xx, p99 under 4x p50 (good requests), good-request
+throughput at least 80% of the in-process figure taken right before. The 1-minute load average is
+recorded.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -34,7 +40,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from benchmarks._common import ROOT, SHARED_DATA, SHARED_WEIGHTS, Results, append_section, work_dir  # noqa: E402
+from benchmarks._common import (ROOT, SHARED_DATA, SHARED_WEIGHTS, Results, append_section, failed_row,  # noqa: E402
+                               failures_text, ok_rows, work_dir)
 from benchmarks.export import subset_folder  # noqa: E402
 
 
@@ -60,39 +67,54 @@ def good_payloads(data: Path, count: int) -> list[tuple[str, bytes, str]]:
     return [(s.path.name, s.path.read_bytes(), types.get(s.path.suffix.lower(), "image/png")) for s in picked]
 
 
-def bad_requests(good: tuple[str, bytes, str]) -> list[tuple[str, dict]]:
+def multipart(field: str, filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
+    """One file upload as a multipart/form-data body, encoded once, and its Content-Type header."""
+    boundary = "rlad-bench-" + uuid.uuid4().hex
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n").encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def bad_requests(good: tuple[str, bytes, str]) -> list[tuple[str, bytes, str]]:
+    """The six malformed uploads of tests/serve/test_api.py, made from one good image: (kind, body, type)."""
     from PIL import Image
 
     name, data, kind = good
     huge = io.BytesIO()
     Image.new("L", (9000, 6000)).save(huge, format="PNG")  # 54 Mpx, a few kB: over the default pixel limit
     return [
-        ("not an image", {"files": {"image": ("a.png", b"hello, world " * 40, "image/png")}}),
-        ("truncated", {"files": {"image": (name, data[: len(data) // 2], kind)}}),
-        ("zero bytes", {"files": {"image": (name, b"", kind)}}),
-        ("wrong field", {"files": {"picture": (name, data, kind)}}),
-        ("wrong content type", {"files": {"image": (name, data, "text/plain")}}),
-        ("too many pixels", {"files": {"image": ("huge.png", huge.getvalue(), "image/png")}}),
+        ("not an image", *multipart("image", "a.png", b"hello, world " * 40, "image/png")),
+        ("truncated", *multipart("image", name, data[: len(data) // 2], kind)),
+        ("zero bytes", *multipart("image", name, b"", kind)),
+        ("wrong field", *multipart("picture", name, data, kind)),
+        ("wrong content type", *multipart("image", name, data, "text/plain")),
+        ("too many pixels", *multipart("image", "huge.png", huge.getvalue(), "image/png")),
     ]
 
 
-def in_process_rps(model: Path, payloads, seconds: float, threads: int) -> dict:
+def open_in_process(model: Path, threads: int):
     import torch
 
-    from rlad.serve.config import ServeConfig
     from rlad.serve.inspect import PixelInspector
 
     torch.set_num_threads(threads)
-    inspector, cfg = PixelInspector(model, threads), ServeConfig()
+    return PixelInspector(model, threads)
+
+
+def in_process_rps(inspector, payloads, seconds: float) -> dict:
+    """The server's per-request work called back to back in this process: requests/s and CPU ms each."""
+    from rlad.serve.config import ServeConfig
+
+    cfg = ServeConfig()
     inspector.handle({"image": (payloads[0][1], payloads[0][2])}, cfg)  # warm-up
-    done, started = 0, time.perf_counter()
+    done, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         name, data, kind = payloads[done % len(payloads)]
         inspector.handle({"image": (data, kind)}, cfg)
         done += 1
-    elapsed = time.perf_counter() - started
-    return {"inprocess_requests": done, "inprocess_rps": round(done / elapsed, 3),
-            "inprocess_ms": round(elapsed * 1000 / done, 2)}
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"requests": done, "rps": round(done / elapsed, 3), "ms": round(elapsed * 1000 / done, 2),
+            "cpu_ms": round(cpu * 1000 / done, 1)}
 
 
 def start_server(model: Path, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
@@ -107,30 +129,55 @@ def start_server(model: Path, workers: int, threads: int) -> tuple[subprocess.Po
     return process, line.rsplit(" at ", 1)[1].strip()
 
 
-def load(url: str, payloads, clients: int, seconds: float, malformed: float, seed: int = 0) -> list[dict]:
-    import httpx
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+
+def client_process(url: str, good: list, bad: list, clients: int, seconds: float, malformed: float, seed: int,
+                   nice: int, pipe) -> None:
+    """The load generator, in its own process (lowered priority by `nice`): `clients` threads, one
+    kept-alive HTTP connection each, posting the pre-encoded bodies; sends back the records and its CPU time."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    os.nice(nice)
+    address = urlsplit(url)
     records: list[dict] = []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
 
+    def post(connection, body: bytes, content_type: str) -> tuple[int, bool]:
+        connection.request("POST", "/v1/predict", body=body,
+                           headers={"Content-Type": content_type, "Content-Length": str(len(body))})
+        response = connection.getresponse()
+        answer = response.read()
+        return response.status, response.will_close or not answer
+
     def client(index: int) -> None:
         rng = np.random.default_rng([seed, index])
         mine = []
-        with httpx.Client(timeout=120) as http:
-            while time.monotonic() < deadline:
-                good = payloads[int(rng.integers(len(payloads)))]
-                bad = rng.random() < malformed
-                if bad:
-                    kind, request = bad_requests(good)[int(rng.integers(6))]
-                else:
-                    kind, request = "good", {"files": {"image": (good[0], good[1], good[2])}}
-                started = time.perf_counter()
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
+        while time.monotonic() < deadline:
+            if rng.random() < malformed:
+                kind, body, content_type = bad[int(rng.integers(len(bad)))]
+            else:
+                kind, (body, content_type) = "good", good[int(rng.integers(len(good)))]
+            started = time.perf_counter()
+            try:
                 try:
-                    status = http.post(f"{url}v1/predict", **request).status_code
-                except httpx.HTTPError as exc:
-                    status = f"client error: {type(exc).__name__}"
-                mine.append({"kind": kind, "status": status, "ms": (time.perf_counter() - started) * 1000})
+                    status, closed = post(connection, body, content_type)
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                    connection.close()  # the server closed the kept-alive connection: one new one, as a browser would
+                    status, closed = post(connection, body, content_type)
+                if closed:
+                    connection.close()
+            except (OSError, http.client.HTTPException) as exc:
+                status = f"client error: {type(exc).__name__}"
+                connection.close()
+            mine.append({"kind": kind, "status": status, "ms": (time.perf_counter() - started) * 1000})
+        connection.close()
         with lock:
             records.extend(mine)
 
@@ -139,7 +186,33 @@ def load(url: str, payloads, clients: int, seconds: float, malformed: float, see
         thread.start()
     for thread in threads:
         thread.join()
-    return records
+    times = os.times()
+    pipe.send({"records": records, "client_cpu_s": times.user + times.system})
+    pipe.close()
+
+
+def load(url: str, server_pid: int, payloads, clients: int, seconds: float, malformed: float, nice: int,
+         seed: int = 0) -> tuple[list[dict], dict]:
+    """Run the clients' process against the server; its records and both processes' CPU seconds."""
+    import multiprocessing
+
+    good = [multipart("image", name, data, kind) for name, data, kind in payloads]
+    bad = bad_requests(payloads[0])
+    context = multiprocessing.get_context("spawn")  # a clean interpreter: no torch or ORT threads in the clients
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=client_process,
+                              args=(url, good, bad, clients, seconds, malformed, seed, nice, sender))
+    server_before = process_cpu_s(server_pid)
+    process.start()
+    answer = receiver.recv()
+    process.join()
+    server_cpu = process_cpu_s(server_pid) - server_before
+    cores = os.cpu_count() or 1
+    return answer["records"], {
+        "server_cpu_s": round(server_cpu, 1), "client_cpu_s": round(answer["client_cpu_s"], 1),
+        "server_cpu_share": round(server_cpu / (seconds * cores), 3),
+        "client_cpu_share": round(answer["client_cpu_s"] / (seconds * cores), 3),
+    }
 
 
 def summarise(records: list[dict], seconds: float) -> dict:
@@ -164,30 +237,52 @@ def summarise(records: list[dict], seconds: float) -> dict:
 def render(results: Results) -> str:
     from rlad.tables import markdown_table
 
-    meta, rows = results.meta, results.rows
-    table = []
+    meta, rows = results.meta, ok_rows(results.rows)
+    table, cpu = [], []
     for row in rows:
         ratio = row["good_rps"] / max(row["inprocess_rps"], 1e-9)
+        bracket = row["good_rps"] / max((row["inprocess_rps"] + row["inprocess_after_rps"]) / 2, 1e-9)
+        server_cpu_ms = row["server_cpu_s"] * 1000 / max(row["good_ok"], 1)
         table.append({
-            "clients": row["clients"], "seconds": row["seconds"], "malformed share": row["malformed_share"],
-            "requests/s (all)": row["rps"], "good requests/s": row["good_rps"], "in-process/s": row["inprocess_rps"],
-            "good / in-process": f"{ratio:.2f} ({'>=' if ratio >= 0.8 else '<'} 0.8)",
-            "p50 ms": row["p50_ms"], "p99 ms": row["p99_ms"],
+            "clients' nice": f"+{row['client_nice']}",
+            "requests/s (all)": f"{row['rps']:.2f}", "good requests/s": f"{row['good_rps']:.2f}",
+            "in-process/s before; after": f"{row['inprocess_rps']:.2f}; {row['inprocess_after_rps']:.2f}",
+            "good / in-process before": f"{ratio:.2f} ({'>=' if ratio >= 0.8 else '<'} 0.8)",
+            "good / in-process mean of before, after": f"{bracket:.2f}",
+            "p50 ms": round(row["p50_ms"]), "p99 ms": round(row["p99_ms"]),
             "p99/p50": f"{row['p99_over_p50']} ({'<' if (row['p99_over_p50'] or 99) < 4 else '>='} 4)",
             "5xx": row["5xx"], "by status": ", ".join(f"{k}: {v}" for k, v in row["status_counts"].items()),
-            "load (1 min)": row["load_1min"],
+            "load (1 min) during": row["load_1min"],
         })
+        cpu.append({
+            "clients' nice": f"+{row['client_nice']}",
+            "server CPU share": f"{row['server_cpu_share']:.0%}", "clients' CPU share": f"{row['client_cpu_share']:.0%}",
+            "server CPU ms / good request": f"{server_cpu_ms:.1f}",
+            "in-process CPU ms / request": f"{row['inprocess_cpu_ms']:.1f}",
+            "in-process / server CPU per request": f"{row['inprocess_cpu_ms'] / max(server_cpu_ms, 1e-9):.2f}",
+            "clients' CPU ms / request": f"{row['client_cpu_s'] * 1000 / max(row['requests'], 1):.1f}",
+        })
+    first = rows[0] if rows else {}
     body = (f"`rlad serve` on {meta.get('model')} ({meta.get('engine')}; {meta.get('workers')} worker x "
-            f"{meta.get('threads')} threads) on loopback, {meta.get('clients')} client threads in the benchmark's "
-            f"process posting real {meta.get('data')} test images ({meta.get('payloads')} of them), "
-            f"{meta.get('malformed'):.0%} of the requests replaced by a malformed upload (six kinds). In-process: "
-            "the server's per-request work (`PixelInspector.handle`: decode, model, decision, mask PNG) called back "
-            "to back on the same images before the server starts. Latencies are of the good requests. "
-            f"Malformed requests answered 4xx: {rows[0]['malformed_4xx'] if rows else 0} of "
-            f"{rows[0]['malformed'] if rows else 0}; good requests not answered 200: "
-            f"{rows[0]['good_not_200'] if rows else 0}; the server answered /healthz afterwards: "
-            f"{rows[0].get('alive_after') if rows else ''}.\n\n")
-    body += markdown_table(table) + "\n"
+            f"{meta.get('threads')} threads) on loopback for {first.get('seconds', 0):g} s per row. The clients: "
+            f"{meta.get('clients')} threads, one kept-alive HTTP connection each (`http.client`), in their own process "
+            "with its niceness raised as the row says (+0: the same priority as the server), posting real multipart "
+            f"uploads of {meta.get('payloads')} {meta.get('data')} test images, the bodies encoded once before the "
+            f"run; {meta.get('malformed'):.0%} of the requests are one of six malformed uploads (not an image, "
+            "truncated, zero bytes, wrong field, wrong content type, too many pixels), also encoded once. "
+            "In-process: the server's per-request work (`PixelInspector.handle`: decode, model, decision, mask "
+            f"PNG) called back to back on the same images for {meta.get('baseline_seconds', 20):g} s right before "
+            "each row's load (the goal's reference) and again right after it (how much the host drifted). "
+            "Latencies are of the good requests. CPU shares are of all the host's cores over the load window "
+            "(server: the whole `rlad serve` process, malformed requests included; clients: their process); "
+            "in-process / server CPU per request is the server's overhead in CPU alone (1.00: none), which the "
+            "host's other load changes less than it changes requests/s. "
+            f"Malformed requests answered 4xx: {sum(r['malformed_4xx'] for r in rows)} of "
+            f"{sum(r['malformed'] for r in rows)}; good requests not answered 200: "
+            f"{sum(r['good_not_200'] for r in rows)}; the server answered /healthz after each row: "
+            f"{all(r.get('alive_after') for r in rows)}.\n\n")
+    body += markdown_table(table) + "\n\n" + markdown_table(cpu) + "\n"
+    body += failures_text(results.rows)
     if meta.get("busy_note"):
         body += f"\n{meta['busy_note']}\n"
     return body
@@ -205,6 +300,8 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--malformed", type=float, default=0.1)
     parser.add_argument("--payloads", type=int, default=16)
+    parser.add_argument("--client-nice", type=int, nargs="+", default=[10, 0],
+                        help="one row per value: niceness added to the clients' process (0: the server's priority)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", help="scratch folder (kept; default: a temporary one)")
@@ -228,19 +325,28 @@ def main() -> None:
     results.note(model=model.name, engine="onnxruntime" if model.suffix == ".onnx" else "pytorch",
                  data=Path(args.data).name, payloads=len(payloads), clients=args.clients, malformed=args.malformed,
                  workers=args.workers, threads=args.threads, quick=args.quick, load_at_start=round(start_load, 1),
+                 baseline_seconds=args.baseline_seconds,
                  busy_note=(f"The host was busy (1-minute load {start_load:.1f} on {os.cpu_count()} cores at the "
-                            "start): absolute rates are low and noisy; the in-process figure was taken on the same "
-                            "busy host just before.") if start_load > 1.5 else "")
-    baseline = in_process_rps(model, payloads, args.baseline_seconds, args.threads)
+                            "start): absolute rates are low and noisy; each in-process figure was taken on the same "
+                            "busy host right before and after its row's load.") if start_load > 1.5 else "")
+    inspector = open_in_process(model, args.threads)
     process, url = start_server(model, args.workers, args.threads)
     try:
-        load_before = os.getloadavg()[0]
-        records = load(url, payloads, args.clients, args.seconds, args.malformed)
-        alive = httpx.get(f"{url}healthz", timeout=30).status_code == 200 and process.poll() is None
-        row = {"clients": args.clients, "seconds": args.seconds, "malformed_share": args.malformed, **baseline,
-               **summarise(records, args.seconds), "alive_after": alive,
-               "load_1min": f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"}
-        results.add(row)
+        for nice in args.client_nice:
+            before = in_process_rps(inspector, payloads, args.baseline_seconds)
+            load_before = os.getloadavg()[0]
+            try:
+                records, cpu = load(url, process.pid, payloads, args.clients, args.seconds, args.malformed, nice)
+            except Exception as exc:  # noqa: BLE001 - a failed row is recorded, never dropped
+                results.add(failed_row({"client_nice": nice}, f"{type(exc).__name__}: {exc}"))
+                continue
+            load_after = os.getloadavg()[0]
+            alive = httpx.get(f"{url}healthz", timeout=30).status_code == 200 and process.poll() is None
+            after = in_process_rps(inspector, payloads, args.baseline_seconds)
+            results.add({"client_nice": nice, "clients": args.clients, "seconds": args.seconds,
+                         "malformed_share": args.malformed, **{f"inprocess_{k}": v for k, v in before.items()},
+                         "inprocess_after_rps": after["rps"], **summarise(records, args.seconds), **cpu,
+                         "alive_after": alive, "load_1min": f"{load_before:.1f}-{load_after:.1f}"})
     finally:
         process.terminate()
         process.wait(timeout=30)

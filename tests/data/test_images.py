@@ -74,6 +74,22 @@ def test_load_image_bad_files_raise_data_error_naming_them(tmp_path):
         load_image(half)
 
 
+def test_load_image_from_bytes_in_memory_decodes_as_from_the_file(tmp_path):
+    """The server hands uploads to the decoder as bytes: same pixels, same shrinking, same errors."""
+    rng = np.random.default_rng(2)
+    for name, array, options in [("grey.jpg", rng.integers(0, 256, (90, 70), dtype=np.uint8), {"quality": 90}),
+                                 ("rgba.png", rng.integers(0, 256, (40, 50, 4), dtype=np.uint8), {})]:
+        path = _save(array, tmp_path / name, **options)
+        for max_side in (None, 32):
+            from_bytes = load_image("upload", max_side=max_side, data=path.read_bytes())
+            np.testing.assert_array_equal(from_bytes, load_image(path, max_side=max_side))
+    half = (tmp_path / "grey.jpg").read_bytes()
+    with pytest.raises(DataError, match=r"^upload: corrupt or truncated image"):
+        load_image("upload", data=half[: len(half) // 2])
+    with pytest.raises(DataError, match=r"^upload: not an image"):
+        load_image("upload", data=b"hello")
+
+
 def test_truncated_images_never_load_silently():
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 

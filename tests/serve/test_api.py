@@ -111,3 +111,19 @@ def test_bad_settings_and_runs_are_one_line_errors_before_anything_is_served(tin
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+
+
+def test_a_body_without_content_length_is_refused_before_it_is_read(server, sample):
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    _, png = sample
+    address = urlsplit(server)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    connection.request("POST", "/v1/predict", body=iter([png]), encode_chunked=True,
+                       headers={"Content-Type": "multipart/form-data; boundary=x", "Transfer-Encoding": "chunked"})
+    response = connection.getresponse()
+    assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]
+    connection.close()
+    assert _post(f"{server}v1/predict", files={"image": ("a.png", png, "image/png")}).status_code == 200

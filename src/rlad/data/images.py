@@ -6,6 +6,7 @@ that names the file. `IMAGE_EXTENSIONS` (in any case) are what rlad treats as im
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Iterable
 
@@ -22,18 +23,19 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _open_decoded(path: Path) -> Image.Image:
-    """Open and fully decode one file, turning every PIL/OS failure into a DataError naming it."""
+def _open_decoded(path: Path, data: bytes | None = None) -> Image.Image:
+    """Open and fully decode one file (or its `data`, already in memory), turning every PIL/OS failure
+    into a DataError naming it."""
     # A truncated file must fail loudly, never be padded with grey by PIL.
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise DataError(
             f"{path}: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by other code), so truncated "
             "images would load silently; set it back to False"
         )
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
             image.load()
             return image
     except MemoryError:
@@ -82,16 +84,18 @@ def _shrunk(image: Image.Image, max_side: int) -> Image.Image:
         return image
 
 
-def load_image(path: Path | str, max_side: int | None = None) -> np.ndarray:
+def load_image(path: Path | str, max_side: int | None = None, data: bytes | None = None) -> np.ndarray:
     """Decode any supported image as float32 RGB (H, W, 3) in [0, 1].
 
     Grey is repeated over three channels; 16-bit images are scaled by 65535; palette images are
     expanded; an alpha channel is composited on black (transparent pixels carry no content). EXIF
     orientation is ignored on purpose: masks are drawn on the stored pixel grid. With `max_side`, a
     larger image comes back shrunk by a whole factor (`_shrunk`; `header_size` gives the original).
+    `data`: the file's bytes when they are already in memory (an upload); `path` then only names them
+    in errors.
     """
     path = Path(path)
-    image = _open_decoded(path)
+    image = _open_decoded(path, data)
     if max_side and max(image.size) > max_side:
         image = _shrunk(image, max_side)
     pixels, full_scale = _pixel_array(image, path)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rlad.errors import ConfigError
-from rlad.serve.uploads import decoded_upload, load_upload
+from rlad.serve.uploads import check_upload, load_upload, upload_file
 
 MAX_SIDE = 2048  # maps, masks and overlays at most this size (larger images are shrunk while decoding, as predict)
 
@@ -28,15 +28,34 @@ def png_base64(pixels: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def non_spinning_session(path: str | Path, threads: int = 0):
+    """An exported model's ONNX Runtime session whose intra-op threads sleep when idle. By default they
+    busy-wait after every operator and every request, taking the cores the event loop and the
+    decoding need; on the busy 2-core benchmark host that cost a third of the throughput, in-process
+    and served alike (docs/deploy.md). Opened a second time because `workflows.export.onnx_session`,
+    which `rlad predict` shares, has no such option."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 class PixelInspector:
     kind = "pixel"
     fields = ("image",)
 
     def __init__(self, run_path: str | Path, threads: int = 0):
+        from rlad.workflows.exported import is_export
         from rlad.workflows.predict import load_predictor
         from rlad.workflows.predict import thresholds_for
 
         self.loaded = load_predictor(run_path, threads)
+        if is_export(run_path):
+            self.loaded.model.session = non_spinning_session(run_path, threads)
         self.loaded.warn_if_untrained_backbone()
         self.thresholds = thresholds_for(self.loaded.post)
         self.run_path = str(run_path)
@@ -49,11 +68,10 @@ class PixelInspector:
     def handle(self, files: dict, cfg, overlay: bool = False) -> dict:
         data, content_type = files["image"]
         started = time.perf_counter()
-        with decoded_upload(data, content_type, "image", cfg.allowed_types, cfg.max_pixels) as upload:
-            image = load_upload(upload, "image", MAX_SIDE)
-            height, width = upload.height, upload.width
+        upload = check_upload(data, content_type, "image", cfg.allowed_types, cfg.max_pixels)
+        image = load_upload(upload, MAX_SIDE)
         decoded = time.perf_counter()
-        result = self.decide(image, height, width, overlay)
+        result = self.decide(image, upload.height, upload.width, overlay)
         result["timing_ms"] = {"decode": round((decoded - started) * 1000, 2), **result["timing_ms"]}
         result["timing_ms"]["total"] = round((time.perf_counter() - started) * 1000, 2)
         return result
@@ -108,11 +126,12 @@ class GroundingInspector:
 
         started = time.perf_counter()
         (ref_data, ref_type), (query_data, query_type) = files["reference"], files["query"]
-        with decoded_upload(ref_data, ref_type, "reference", cfg.allowed_types, cfg.max_pixels) as reference, \
-                decoded_upload(query_data, query_type, "query", cfg.allowed_types, cfg.max_pixels) as query:
-            load_upload(reference, "reference", MAX_SIDE)  # refuse a truncated file before the policy sees it
-            load_upload(query, "query", MAX_SIDE)
-            record = PairRecord(id="query", reference=str(reference.path), query=str(query.path), box=(0, 0, 0, 0),
+        reference = check_upload(ref_data, ref_type, "reference", cfg.allowed_types, cfg.max_pixels)
+        query = check_upload(query_data, query_type, "query", cfg.allowed_types, cfg.max_pixels)
+        load_upload(reference, MAX_SIDE)  # refuse a truncated file before the policy sees it
+        load_upload(query, MAX_SIDE)
+        with upload_file(reference) as reference_path, upload_file(query) as query_path:
+            record = PairRecord(id="query", reference=str(reference_path), query=str(query_path), box=(0, 0, 0, 0),
                                 query_size=(query.height, query.width),
                                 reference_size=(reference.height, reference.width),
                                 category="", defect_type="unknown")

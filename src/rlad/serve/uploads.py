@@ -1,14 +1,17 @@
 """Uploaded image bytes -> a decoded image, or a 4xx `UploadError` that says what is wrong.
 
-The bytes go through the same decoder as `rlad predict` (`rlad.data.images`, via a private
-temporary file), so an upload is accepted exactly when the same file would be scored from disk; on
-top of that the declared content type, the detected format and the pixel count are checked before
-the pixels are decoded.
+The bytes go through the same decoder as `rlad predict` (`rlad.data.images.load_image`, handed the
+bytes in memory), so an upload is accepted exactly when the same file would be scored from disk; on
+top of that the declared content type, the detected format and the pixel count are checked from the
+header before the pixels are decoded. A pixel run's uploads never touch the disk (a temporary folder
+and file cost milliseconds per request on a journalled file system); a grounding run's policy reads
+files, so its uploads are written to a private temporary folder (`upload_file`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ from rlad.errors import DataError
 # PIL's format names -> the content type an upload of that format declares.
 FORMAT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg", "BMP": "image/bmp", "TIFF": "image/tiff"}
 MIN_SIDE = 32  # as `rlad predict`: smaller images have nothing for the model to see
+UPLOAD_NAME = "upload"  # the name the decoder's messages give the bytes (dropped from the 4xx message)
 
 
 class UploadError(Exception):
@@ -34,18 +38,15 @@ class UploadError(Exception):
 
 @dataclass
 class Upload:
-    path: Path
-    """The bytes on disk (valid inside `decoded_upload` only)."""
+    data: bytes
+    field: str
     height: int
     width: int
 
 
-@contextlib.contextmanager
-def decoded_upload(data: bytes, content_type: str | None, field: str, allowed: list[str], max_pixels: int) -> Iterator[Upload]:
-    """Check one uploaded file; yields it on disk with its size (the caller decodes what it needs)."""
+def check_upload(data: bytes, content_type: str | None, field: str, allowed: list[str], max_pixels: int) -> Upload:
+    """One uploaded file checked from its declared type and its header; no pixel decoded yet."""
     from PIL import Image
-
-    from rlad.data.images import header_size
 
     declared = (content_type or "").split(";")[0].strip().lower()
     if declared not in allowed:
@@ -53,42 +54,41 @@ def decoded_upload(data: bytes, content_type: str | None, field: str, allowed: l
                                f"{', '.join(allowed)}")
     if not data:
         raise UploadError(400, f"field {field!r}: the file is empty (0 bytes)")
-    with tempfile.TemporaryDirectory(prefix="rlad-upload-") as folder:
-        path = Path(folder) / "upload"
-        path.write_bytes(data)
-        try:
-            with Image.open(path) as image:
-                detected = FORMAT_TYPES.get(image.format or "")
-        except Image.DecompressionBombError:
-            raise UploadError(413, f"field {field!r}: the image has too many pixels to decode safely") from None
-        except Exception:  # noqa: BLE001 - any unidentifiable file is the same user problem
-            raise UploadError(400, f"field {field!r}: not an image (no known image format in the bytes)") from None
-        if detected not in allowed:
-            raise UploadError(415, f"field {field!r}: the bytes are {image.format or 'an unknown format'}, "
-                                   f"which is not accepted ({', '.join(allowed)})")
-        try:
-            height, width = header_size(path)
-        except DataError as exc:
-            raise UploadError(400, f"field {field!r}: {_short(exc, path)}") from None
-        if height * width > max_pixels:
-            raise UploadError(413, f"field {field!r}: {width}x{height} is {height * width} pixels, more than the "
-                                   f"server's limit of {max_pixels}")
-        if min(height, width) < MIN_SIDE:
-            raise UploadError(400, f"field {field!r}: {width}x{height} is too small to score (at least {MIN_SIDE} "
-                                   "pixels a side)")
-        yield Upload(path, height, width)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            found = image.format
+            width, height = image.size
+    except Image.DecompressionBombError:
+        raise UploadError(413, f"field {field!r}: the image has too many pixels to decode safely") from None
+    except Exception:  # noqa: BLE001 - any unidentifiable file is the same user problem
+        raise UploadError(400, f"field {field!r}: not an image (no known image format in the bytes)") from None
+    if FORMAT_TYPES.get(found or "") not in allowed:
+        raise UploadError(415, f"field {field!r}: the bytes are {found or 'an unknown format'}, "
+                               f"which is not accepted ({', '.join(allowed)})")
+    if height * width > max_pixels:
+        raise UploadError(413, f"field {field!r}: {width}x{height} is {height * width} pixels, more than the "
+                               f"server's limit of {max_pixels}")
+    if min(height, width) < MIN_SIDE:
+        raise UploadError(400, f"field {field!r}: {width}x{height} is too small to score (at least {MIN_SIDE} "
+                               "pixels a side)")
+    return Upload(data, field, height, width)
 
 
-def load_upload(upload: Upload, field: str, max_side: int) -> np.ndarray:
+def load_upload(upload: Upload, max_side: int) -> np.ndarray:
     """The pixels as `rlad predict` decodes them (float32 RGB in [0, 1], shrunk above `max_side`)."""
     from rlad.data.images import load_image
 
     try:
-        return load_image(upload.path, max_side=max_side)
+        return load_image(UPLOAD_NAME, max_side=max_side, data=upload.data)
     except DataError as exc:
-        raise UploadError(400, f"field {field!r}: {_short(exc, upload.path)}") from None
+        message = str(exc).replace(f"{UPLOAD_NAME}: ", "", 1)
+        raise UploadError(400, f"field {upload.field!r}: {message}") from None
 
 
-def _short(exc: Exception, path: Path) -> str:
-    """The decoder's message without the temporary file's name."""
-    return str(exc).replace(f"{path}: ", "").replace(str(path), "the upload")
+@contextlib.contextmanager
+def upload_file(upload: Upload) -> Iterator[Path]:
+    """The upload's bytes in a private temporary file, removed afterwards (for code that reads files)."""
+    with tempfile.TemporaryDirectory(prefix="rlad-upload-") as folder:
+        path = Path(folder) / "upload"
+        path.write_bytes(upload.data)
+        yield path
