@@ -28,34 +28,21 @@ def png_base64(pixels: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def non_spinning_session(path: str | Path, threads: int = 0):
-    """An exported model's ONNX Runtime session whose intra-op threads sleep when idle. By default they
-    busy-wait after every operator and every request, taking the cores the event loop and the
-    decoding need; on the busy 2-core benchmark host that cost a third of the throughput, in-process
-    and served alike (docs/deploy.md). Opened a second time because `workflows.export.onnx_session`,
-    which `rlad predict` shares, has no such option."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 class PixelInspector:
     kind = "pixel"
     fields = ("image",)
 
     def __init__(self, run_path: str | Path, threads: int = 0):
+        from rlad.workflows.export import onnx_session
         from rlad.workflows.exported import is_export
         from rlad.workflows.predict import load_predictor
         from rlad.workflows.predict import thresholds_for
 
         self.loaded = load_predictor(run_path, threads)
         if is_export(run_path):
-            self.loaded.model.session = non_spinning_session(run_path, threads)
+            # Reopened with idle threads sleeping: busy-waiting took the cores the event loop and the
+            # decoding need, a third of the throughput on the busy 2-core benchmark host (docs/deploy.md).
+            self.loaded.model.session = onnx_session(run_path, threads, spinning=False)
         self.loaded.warn_if_untrained_backbone()
         self.thresholds = thresholds_for(self.loaded.post)
         self.run_path = str(run_path)

@@ -196,8 +196,10 @@ class _quiet_exporter:
             logger.setLevel(level)
 
 
-def onnx_session(path: str | Path, threads: int = 0):
-    """An ONNX Runtime CPU session (`threads` 0: its default)."""
+def onnx_session(path: str | Path, threads: int = 0, spinning: bool = True):
+    """An ONNX Runtime CPU session (`threads` 0: its default). `spinning=False`: its intra-op threads
+    sleep when idle instead of busy-waiting after every operator and call (what a server sharing its
+    cores with an event loop and image decoding wants; docs/deploy.md)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -206,6 +208,8 @@ def onnx_session(path: str | Path, threads: int = 0):
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = int(threads)
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
