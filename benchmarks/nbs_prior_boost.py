@@ -1,11 +1,13 @@
 """The NBS / supervised-control inference settings, read off the *development* split, never the test
 split: how much of the unsupervised PatchCore prior to add back to the predictor (`model.prior_boost`),
-the Gaussian smoothing of the maps (`model.blur_sigma`) and the image-score pooling (`model.score_pool`).
+the Gaussian smoothing of the maps (`model.blur_sigma`), the image-score pooling (`model.score_pool`)
+and the arithmetic of NBS's loss profile (`model.profile_precision`, fp32 or bf16).
 
     # runs fitted with a development split, e.g.
     rlad fit nbs --data ../shared/data/magnetic_tile --out runs/mt_dev --set protocol.dev_fraction=0.3
     .venv/bin/python benchmarks/nbs_prior_boost.py --data ../shared/data/magnetic_tile runs/mt_dev [RUN ...]
     .venv/bin/python benchmarks/nbs_prior_boost.py --data ... --boosts 1 --blurs 0,2,4,6 --score-pools 1,3 RUN ...
+    .venv/bin/python benchmarks/nbs_prior_boost.py --data ... --boosts 1 --profile-precisions fp32,bf16 NBS_RUN ...
     .venv/bin/python benchmarks/nbs_prior_boost.py --from-results benchmarks/results/nbs_prior_boost-DATE.jsonl
 
 For each run and combination of the listed values (a list left out keeps the run's own value): the
@@ -33,6 +35,7 @@ from benchmarks._common import append_section  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
 BOOSTS = (0.0, 0.5, 1.0, 2.0, 4.0)
+SETTING_KEYS = ("boost", "blur", "score_pool", "profile")
 
 
 def scores_by_type(maps, scores, samples, masks) -> dict:
@@ -86,10 +89,11 @@ def prior_alone(encoder, images: np.ndarray) -> torch.Tensor:
 def render(results: _common.Results) -> str:
     rows = _common.ok_rows(results.rows)
     means = []
-    settings = list(dict.fromkeys((r["boost"], r["blur"], r["score_pool"]) for r in rows if r["boost"] != "prior alone"))
-    for boost, blur, pool in settings:
-        chosen = [r for r in rows if (r["boost"], r["blur"], r["score_pool"]) == (boost, blur, pool)]
-        means.append({"boost": boost, "blur": blur, "score_pool": pool,
+    keys = [k for k in SETTING_KEYS if any(k in r for r in rows)]  # files from before a key existed lack it
+    settings = list(dict.fromkeys(tuple(r.get(k) for k in keys) for r in rows if r["boost"] != "prior alone"))
+    for setting in settings:
+        chosen = [r for r in rows if tuple(r.get(k) for k in keys) == setting and r["boost"] != "prior alone"]
+        means.append({**dict(zip(keys, setting)),
                       **{k: statistics.fmean(r[k] for r in chosen) for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_f1_max")}})
     runs = results.meta.get("runs", [])
     return "\n".join([
@@ -108,9 +112,11 @@ def main(argv=None) -> int:
     parser.add_argument("--boosts", default=",".join(str(b) for b in BOOSTS))
     parser.add_argument("--blurs", default=None, help="model.blur_sigma values (default: each run's own)")
     parser.add_argument("--score-pools", default=None, help="model.score_pool values (default: each run's own)")
+    parser.add_argument("--profile-precisions", default=None,
+                        help="model.profile_precision values, fp32 and/or bf16 (default: each run's own; NBS runs only)")
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
-    title = "NBS: inference settings (prior boost, blur, score pool) on the development split (issue 3)"
+    title = "NBS: inference settings (prior boost, blur, score pool, profile precision) on the development split (issues 3, 19)"
     if args.from_results:
         results = _common.Results("nbs_prior_boost", path=args.from_results)
         text = render(results)
@@ -131,10 +137,12 @@ def main(argv=None) -> int:
         except ValueError:
             parser.error(f"not a comma-separated list of numbers: {text!r}")
 
-    grid = list(itertools.product(values(args.boosts, float), values(args.blurs, float), values(args.score_pools, int)))
+    grid = list(itertools.product(values(args.boosts, float), values(args.blurs, float), values(args.score_pools, int),
+                                  values(args.profile_precisions, str)))
 
-    def setting(model, boost, blur, pool) -> dict:
-        for key, value in (("prior_boost", boost), ("blur_sigma", blur), ("score_pool", pool)):
+    def setting(model, boost, blur, pool, precision) -> dict:
+        for key, value in (("prior_boost", boost), ("blur_sigma", blur), ("score_pool", pool),
+                           ("profile_precision", precision)):
             if value is not None:
                 setattr(model.config, key, value)
         cfg = model.config
@@ -142,7 +150,9 @@ def main(argv=None) -> int:
             cfg.validate()
         except ConfigError as exc:
             parser.error(str(exc))
-        return {"boost": f"{cfg.prior_boost:g}", "blur": f"{cfg.blur_sigma:g}", "score_pool": str(cfg.score_pool)}
+        profile = str(model.profile_dtype()).removeprefix("torch.") if getattr(model, "bank", None) else "-"
+        return {"boost": f"{cfg.prior_boost:g}", "blur": f"{cfg.blur_sigma:g}", "score_pool": str(cfg.score_pool),
+                "profile": profile}
 
     results = _common.Results("nbs_prior_boost")
     results.note(data=_common.portable(str(args.data)), runs=[_common.portable(r) for r in args.runs])
@@ -154,13 +164,13 @@ def main(argv=None) -> int:
             continue
         model = loaded.model
         label = f"{loaded.cfg.method} seed {loaded.cfg.seed}"
-        for boost, blur, pool in grid:
-            keys = setting(model, boost, blur, pool)
+        for boost, blur, pool, precision in grid:
+            keys = setting(model, boost, blur, pool, precision)
             pred = predict_arrays(model, images, loaded.cfg.batch_size, desc=" ".join(f"{k} {v}" for k, v in keys.items()))
             results.add({"run": label, **keys, **scores_by_type(pred.maps, pred.scores, samples, masks)})
         prior = prior_alone(model.encoder, images)
         maps = torch.nn.functional.interpolate(prior, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        results.add({"run": label, "boost": "prior alone", "blur": "0", "score_pool": "1",
+        results.add({"run": label, "boost": "prior alone", "blur": "0", "score_pool": "1", "profile": "-",
                      **scores_by_type(maps[:, 0].numpy(), image_score(prior, 1).numpy(), samples, masks)})
     text = render(results)
     print(text)

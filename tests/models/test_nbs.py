@@ -44,6 +44,7 @@ from rlad.models.nbs.sampler import (
 )
 from rlad.models.backbones import BackboneConfig
 from rlad.models.nbs.config import NBSConfig
+from rlad.models.nbs.model import NBSModel
 from rlad.models.nbs.labelled import augment_labeled
 
 # A few cycles on 64 px images: every part of the loop runs, in seconds.
@@ -297,6 +298,30 @@ def test_stacked_snapshots_equal_one_pass_per_snapshot(patch, width, bottleneck)
     assert torch.allclose(stacked_block_errors(SnapshotStack(snapshots), ragged), expected, atol=1e-5)
     with pytest.raises(ValueError, match="even image size"):
         stacked_block_errors(SnapshotStack(snapshots), images[..., :-1, :])
+
+
+def test_bf16_stack_stays_close_to_fp32_and_the_bank_keeps_one_stack_per_precision():
+    snapshots = _moved_snapshots(16, 8, 16)
+    images = torch.rand(2, 3, 64, 64)
+    exact = stacked_block_errors(SnapshotStack(snapshots), images)
+    rounded = stacked_block_errors(SnapshotStack(snapshots, torch.bfloat16), images)
+    assert rounded.dtype == torch.float32
+    assert not torch.equal(rounded, exact)  # the bf16 path really ran
+    assert torch.allclose(rounded, exact, rtol=0.03, atol=2e-3)
+    bank = SnapshotBank(template=PatchAutoencoder(16, 8, 16))
+    for ae in snapshots:
+        bank.add(ae)
+    assert torch.equal(bank.features(images, 32, torch.bfloat16), profile_features(rounded, 32))
+    assert torch.allclose(bank.features(images, 32), profile_features(exact, 32), atol=1e-5)
+
+
+def test_profile_precision_is_validated_and_resolved():
+    with pytest.raises(ConfigError, match="profile_precision"):
+        NBSConfig(profile_precision="fp16").validate()
+    model = NBSModel(NBSConfig(profile_precision="bf16"))
+    assert model.profile_dtype() == torch.bfloat16
+    model.config.profile_precision = "fp32"
+    assert model.profile_dtype() == torch.float32
 
 
 @pytest.mark.parametrize("size, grid", [(64, 32), (64, 16), (64, 24), (48, 32)])

@@ -37,9 +37,10 @@ CASES = {
 @pytest.mark.parametrize("screen", ["fp32", "bf16"])
 @pytest.mark.parametrize("chunk_mb", [64.0, 0.001])
 def test_both_routes_find_the_brute_force_neighbours(case, screen, chunk_mb, monkeypatch):
-    if chunk_mb < 1:  # small blocks everywhere: several query blocks and bank parts in the screen too
+    if chunk_mb < 1:  # small blocks everywhere: several query blocks and bank parts in the screen too,
         monkeypatch.setattr(nearest, "SCREEN_ROWS", 64)
         monkeypatch.setattr(nearest, "SCREEN_PART_BYTES", 2**10)
+        monkeypatch.setattr(nearest, "REFINE_PAIRS", 5)  # the refine centres its pairs in many runs of slices
     queries, bank = CASES[case](torch.Generator().manual_seed(len(case)))
     want_d, want_i, gap = _brute_force(queries, bank)
     search = BankSearch(bank, screen, chunk_mb=chunk_mb, width=16)

@@ -13,50 +13,12 @@ from rlad.models.base import FitData
 from rlad.models.patchcore import (
     PatchCore,
     PatchCoreConfig,
-    greedy_coreset,
     locally_aware_features,
     nearest_neighbors,
-    random_projection,
     reweighted_scores,
 )
 
 SIZE = 64
-
-
-def _brute_force_greedy(points: np.ndarray, count: int, start: int) -> list[int]:
-    chosen = [start]
-    while len(chosen) < count:
-        gaps = [min(math.dist(p, points[c]) for c in chosen) for p in points]
-        chosen.append(int(np.argmax(gaps)))
-    return chosen
-
-
-def test_greedy_coreset_matches_brute_force_on_2d_points():
-    rng = np.random.default_rng(0)
-    points = rng.uniform(0, 10, size=(60, 2))
-    got = greedy_coreset(torch.from_numpy(points).float(), 12, start=5).tolist()
-    assert got == _brute_force_greedy(points, 12, 5)
-
-
-def test_greedy_coreset_picks_the_farthest_point_first():
-    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [10.0, 10.0], [0.5, 0.5]])
-    assert greedy_coreset(points, 3, start=0).tolist() == [0, 3, 2]
-
-
-def test_greedy_coreset_count_and_uniqueness_with_duplicates():
-    points = torch.zeros(20, 3)
-    points[10:] = 1.0  # two clusters of identical points: distances of 0 everywhere after two picks
-    picked = greedy_coreset(points, 15, start=0)
-    assert len(picked) == 15 and len(set(picked.tolist())) == 15
-    assert len(greedy_coreset(points, 100)) == 20  # never more than the rows there are
-
-
-def test_random_projection_roughly_preserves_distances():
-    rng = torch.Generator().manual_seed(1)
-    x = torch.randn(200, 128, generator=rng)
-    projected = x @ random_projection(128, 64, seed=0)
-    ratio = torch.pdist(projected) / torch.pdist(x)
-    assert abs(float(ratio.mean()) - 1.0) < 0.1
 
 
 @pytest.mark.parametrize("chunk_mb", [64.0, 0.001])

@@ -94,6 +94,13 @@ def load_image(path: Path | str, max_side: int | None = None, data: bytes | None
     `data`: the file's bytes when they are already in memory (an upload); `path` then only names them
     in errors.
     """
+    pixels = load_image_channels(path, max_side, data)
+    return pixels if pixels.shape[2] == 3 else np.repeat(pixels, 3, axis=2)
+
+
+def load_image_channels(path: Path | str, max_side: int | None = None, data: bytes | None = None) -> np.ndarray:
+    """`load_image` with grey left as one channel: float32 (H, W, 1) or (H, W, 3) in [0, 1] (a
+    loader that resizes resizes one plane instead of three copies of it)."""
     path = Path(path)
     image = _open_decoded(path, data)
     if max_side and max(image.size) > max_side:
@@ -102,11 +109,8 @@ def load_image(path: Path | str, max_side: int | None = None, data: bytes | None
     pixels = pixels / full_scale
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    channels = pixels.shape[2]
-    if channels in (2, 4):  # LA / RGBA: composite on black
+    if pixels.shape[2] in (2, 4):  # LA / RGBA: composite on black
         pixels = pixels[:, :, :-1] * pixels[:, :, -1:]
-    if pixels.shape[2] == 1:
-        pixels = np.repeat(pixels, 3, axis=2)
     return np.ascontiguousarray(np.clip(pixels, 0.0, 1.0), dtype=np.float32)
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from scipy import ndimage
 
 from rlad.data.folder import Sample
-from rlad.data.images import load_image, load_mask
+from rlad.data.images import load_image_channels, load_mask
 
 
 def _size_hw(size: int | Sequence[int]) -> tuple[int, int]:
@@ -76,20 +76,36 @@ def resize_map_to(map_: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return _resize_plane(map_, size_hw, Image.Resampling.BILINEAR)
 
 
-def load_sample(sample: Sample, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image float32 (3, S, S) in [0, 1] and mask float32 (S, S) in {0, 1} (zeros without a mask)."""
-    image = load_image(sample.path)
-    resized = resize_image(image, image_size)
+def _load_planes(sample: Sample, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image float32 (C, S, S) with C = 1 for grey, 3 for colour (the same planes `resize_image`
+    gives, without interleaving copies), and mask float32 (S, S) in {0, 1}."""
+    image = load_image_channels(sample.path)
+    size_hw = _size_hw(image_size)
+    if image.shape[:2] == size_hw:
+        planes = np.ascontiguousarray(image.transpose(2, 0, 1))
+    else:
+        planes = np.stack([_resize_plane(image[:, :, c], size_hw, Image.Resampling.BILINEAR)
+                           for c in range(image.shape[2])])
     if sample.mask_path is None:
-        mask = np.zeros(resized.shape[:2], dtype=np.float32)
+        mask = np.zeros(size_hw, dtype=np.float32)
     else:
         mask = resize_mask(load_mask(sample.mask_path, expected_size=image.shape[:2]), image_size).astype(np.float32)
-    return np.ascontiguousarray(resized.transpose(2, 0, 1)), mask
+    return planes, mask
+
+
+def _as_rgb(planes: np.ndarray) -> np.ndarray:
+    return planes if planes.shape[0] == 3 else np.concatenate([planes] * 3)
+
+
+def load_sample(sample: Sample, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image float32 (3, S, S) in [0, 1] and mask float32 (S, S) in {0, 1} (zeros without a mask)."""
+    planes, mask = _load_planes(sample, image_size)
+    return _as_rgb(planes), mask
 
 
 def _load_sample_uint8(sample: Sample, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    image, mask = load_sample(sample, image_size)
-    return np.round(image * 255.0).astype(np.uint8), mask.astype(np.uint8)
+    planes, mask = _load_planes(sample, image_size)
+    return _as_rgb(np.round(planes * 255.0).astype(np.uint8)), mask.astype(np.uint8)
 
 
 def load_samples(

@@ -10,9 +10,8 @@ What keeps it bounded (the deviations from the reference implementation, see doc
 - patch features go straight into one preallocated buffer of at most `max_patches` rows; when the
   training set has more patches than that, a uniform random subset of patch positions (drawn before
   extraction) is kept, so memory does not grow with the number of training images;
-- the greedy coreset runs on a random projection (`projection_dim`) stored transposed, so each of its
-  sequential steps is one cache-friendly matrix-vector product over the pool: time is linear in
-  pool size x coreset size, and the pool is capped;
+- the greedy coreset runs on a random projection (`projection_dim`) of the capped pool, evaluated
+  lazily in blocks of rows (`rlad.models.coreset`: the plain algorithm's picks, as matrix products);
 - nearest-neighbour search (`rlad.models.nearest.BankSearch`) runs in chunks of queries whose
   distance block never exceeds `knn_chunk_mb`; on CPUs with bf16 matrix units a bf16 screen leaves
   only a few bank slices per query to measure in fp32, with the same neighbours as a full fp32 search.
@@ -32,6 +31,7 @@ from rlad.engine import progress
 from rlad.errors import ConfigError
 from rlad.models.backbones import BackboneConfig, FeatureExtractor, build_feature_extractor
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
+from rlad.models.coreset import greedy_coreset, random_projection
 from rlad.models.maps import scaled_sigma, upsample_and_smooth
 from rlad.models.nearest import SCREENS, BankSearch
 
@@ -93,49 +93,6 @@ def locally_aware_features(levels: list[torch.Tensor]) -> torch.Tensor:
         for p in pooled[1:]
     ]
     return torch.cat(resized, dim=1)
-
-
-# --- coreset ------------------------------------------------------------------------------------
-
-
-def random_projection(dim_in: int, dim_out: int, seed: int) -> torch.Tensor:
-    """A (dim_in, dim_out) Gaussian matrix scaled to preserve squared distances in expectation."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(dim_in, dim_out, generator=generator) / math.sqrt(dim_out)
-
-
-def greedy_coreset(features: torch.Tensor, count: int, start: int = 0, show_progress: bool = False) -> torch.Tensor:
-    """Indices of `count` rows chosen by greedy k-center selection (each pick is the row farthest
-    from everything picked so far), starting from row `start`. O(N * D) memory, O(count * N * D) time.
-    """
-    n = features.shape[0]
-    count = int(min(max(count, 0), n))
-    if count == 0:
-        return torch.zeros(0, dtype=torch.long)
-    features = features.float()
-    # Stored (D, N): the per-step product c @ X^T then streams contiguous memory (measured 3x faster
-    # than a row-major matrix-vector product at D=64 on these CPUs).
-    columns = features.t().contiguous()
-    squared_norms = columns.square().sum(0)
-    min_distance = torch.full((n,), float("inf"))
-    step_distance = torch.empty(1, n)
-    selected = torch.empty(count, dtype=torch.long)
-    index = int(start)
-    bar = progress(total=count, desc="coreset") if show_progress else None
-    for i in range(count):
-        selected[i] = index
-        center = features[index : index + 1]
-        torch.mm(center, columns, out=step_distance)
-        # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2
-        step_distance.mul_(-2.0).add_(squared_norms).add_(squared_norms[index])
-        torch.minimum(min_distance, step_distance[0], out=min_distance)
-        min_distance[index] = -1.0  # never pick a row twice, even when duplicates are at distance 0
-        index = int(torch.argmax(min_distance))
-        if bar is not None and (i % 256 == 255 or i == count - 1):
-            bar.update(i + 1 - bar.n)
-    if bar is not None:
-        bar.close()
-    return selected
 
 
 # --- nearest neighbours -------------------------------------------------------------------------

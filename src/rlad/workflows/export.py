@@ -90,6 +90,10 @@ def export(run_path: str | Path, out: str | Path, fmt: str = "onnx", images: lis
     started = time.perf_counter()
     loaded = load_run(run_path)
     loaded.warn_if_untrained_backbone()
+    if getattr(loaded.model.config, "profile_precision", "fp32") != "fp32":
+        # The graph is fp32 throughout (NBS's bf16 loss profile is a PyTorch-side speed-up):
+        # parity is checked against the same arithmetic.
+        loaded.model.config.profile_precision = "fp32"
     paths = parity_images(loaded, images, max_images)
     graph = graph_for(loaded.cfg.method, loaded.model, loaded.cfg.image_size, loaded.post)
     status(f"export: tracing {loaded.cfg.method} ({loaded.cfg.image_size} px) to ONNX")

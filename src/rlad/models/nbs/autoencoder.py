@@ -171,20 +171,22 @@ def interleave(out: torch.Tensor) -> torch.Tensor:
 
 class SnapshotStack:
     """Several snapshots of one PatchAutoencoder run as one network: the first convolution with all
-    snapshots' filters at once (they share the input), the deeper ones and the transposed ones
-    grouped by snapshot, the dense layers as batched matrix products, channels-last throughout
-    (torch's CPU kernels for these small maps are up to 2x faster so). The same maths as running
-    `forward` once per snapshot (tests/models/test_nbs.py compares them), several times faster on CPU.
+    snapshots' filters at once (they share the input), the deeper ones grouped by snapshot, the dense
+    layers as batched matrix products, channels-last throughout (torch's CPU kernels for these small
+    maps are up to 2x faster so). The same maths as running `forward` once per snapshot
+    (tests/models/test_nbs.py compares them), several times faster on CPU.
 
-    The last transposed convolution runs as a 2 x 2 convolution per output parity (`phase_weight`),
-    whose output holds each 2 x 2 block of the reconstruction at one position: `block_errors` gives
-    the error maps averaged over those blocks (what the loss profile needs on its grid) without
+    Each transposed convolution runs as a 2 x 2 convolution per output parity (`phase_weight`). The
+    last one's output holds each 2 x 2 block of the reconstruction at one position: `block_errors`
+    gives the error maps averaged over those blocks (what the loss profile needs on its grid) without
     assembling the reconstruction.
 
     Only the architecture without normalisation is stacked; `supports` says whether a model is.
+    With `dtype=torch.bfloat16` the layers run in bf16 (on CPUs with bf16 units about half the cost;
+    the errors against the patch are still taken in fp32).
     """
 
-    def __init__(self, models: list[PatchAutoencoder]):
+    def __init__(self, models: list[PatchAutoencoder], dtype: torch.dtype = torch.float32):
         if not models or not all(self.supports(m) for m in models):
             raise ValueError("SnapshotStack: needs at least one PatchAutoencoder without normalisation")
         self.count = len(models)
@@ -205,13 +207,22 @@ class SnapshotStack:
             self.expand = (torch.stack([m.expand[0].weight.flatten(1).t() for m in models]).contiguous(),  # (S, C*64, B)
                            torch.stack([m.expand[0].bias.repeat_interleave(area) for m in models]).unsqueeze(2))
             decoders = [[layer for layer in m.decoder if isinstance(layer, nn.ConvTranspose2d)] for m in models]
+            # Every transposed convolution as a 2 x 2 convolution per output parity: torch's grouped
+            # transposed convolution has no oneDNN path and was the stack's slowest layer.
             self.decoder = [
-                (torch.cat([d[level].weight for d in decoders]).contiguous(memory_format=CHANNELS_LAST),
-                 torch.cat([d[level].bias for d in decoders]))
+                (torch.cat([phase_weight(d[level].weight) for d in decoders]).contiguous(memory_format=CHANNELS_LAST),
+                 torch.cat([d[level].bias.repeat_interleave(4) for d in decoders]))
                 for level in range(len(decoders[0]) - 1)
             ]
             self.last = (torch.cat([phase_weight(d[-1].weight) for d in decoders]).contiguous(memory_format=CHANNELS_LAST),
                          torch.cat([d[-1].bias.repeat_interleave(4) for d in decoders]))
+        self.dtype = dtype
+        if dtype != torch.float32:
+            def cast(pair):
+                return tuple(tensor.to(dtype) for tensor in pair)
+            self.encoder = [cast(pair) for pair in self.encoder]
+            self.decoder = [cast(pair) for pair in self.decoder]
+            self.squeeze, self.expand, self.last = cast(self.squeeze), cast(self.expand), cast(self.last)
         self.slope = 0.2
 
     @staticmethod
@@ -221,9 +232,9 @@ class SnapshotStack:
     @torch.no_grad()
     def _last_layer(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, C, p, p) -> the last transposed convolution's `phase_weight` output
-        (N, S * C * 4, p/2 + 1, p/2 + 1). Channels stay snapshot-major throughout."""
+        (N, S * C * 4, p/2 + 1, p/2 + 1), fp32. Channels stay snapshot-major throughout."""
         s, n = self.count, patches.shape[0]
-        x = patches.contiguous(memory_format=CHANNELS_LAST)
+        x = patches.to(self.dtype).contiguous(memory_format=CHANNELS_LAST)
         for level, (weight, bias) in enumerate(self.encoder):
             x = F.leaky_relu_(F.conv2d(x, weight, bias, stride=2, padding=1, groups=1 if level == 0 else s), self.slope)
         channels, side = x.shape[1] // s, x.shape[-1]
@@ -236,8 +247,8 @@ class SnapshotStack:
         joined[..., channels:] = skip.permute(0, 3, 4, 1, 2)
         x = joined.view(n, side, side, -1).permute(0, 3, 1, 2)
         for weight, bias in self.decoder:
-            x = F.leaky_relu_(F.conv_transpose2d(x, weight, bias, stride=2, padding=1, groups=s), self.slope)
-        return F.conv2d(x, self.last[0], self.last[1], padding=1, groups=s)
+            x = F.leaky_relu_(interleave(F.conv2d(x, weight, bias, padding=1, groups=s)), self.slope)
+        return F.conv2d(x, self.last[0], self.last[1], padding=1, groups=s).float()
 
     @torch.no_grad()
     def __call__(self, patches: torch.Tensor) -> torch.Tensor:

@@ -103,6 +103,12 @@ class NBSConfig:
     blur_sigma: float = 4.0
     """Gaussian smoothing of the output maps, in pixels at 256 px (0 = none; 4 as PatchCore's maps,
     chosen on a development split, docs/nbs.md)."""
+    profile_precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """Arithmetic of the snapshot replay that gives a new image its loss profile at inference
+    (training's profiles are fp32 either way): bf16 runs the autoencoders on the CPU's bf16 units
+    (AMX / AVX512-BF16) at about half the cost, moving the profile's raw errors by up to 2e-3; auto =
+    bf16 where the CPU has such units (elsewhere bf16 is emulated and slower). On a development
+    split the metrics were the same to three decimals (docs/nbs.md). An exported graph is fp32."""
 
     def geometry(self) -> Geometry:
         """Patch, crop and move sizes in pixels at `profile_size` (the paper gives them at 256 px)."""
@@ -154,6 +160,8 @@ class NBSConfig:
             problems.append(f"model.score_pool={self.score_pool} must be >= 1")
         if self.prior_boost < 0:
             problems.append(f"model.prior_boost={self.prior_boost} must be >= 0")
+        if self.profile_precision not in ("auto", "bf16", "fp32"):
+            problems.append(f"model.profile_precision={self.profile_precision!r} is not one of auto, bf16, fp32")
         if self.sampler not in ("learned", "uniform", "frozen"):
             problems.append(f"model.sampler={self.sampler!r} is not one of learned, uniform, frozen")
         raise_if_problems(problems)

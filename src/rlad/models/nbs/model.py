@@ -22,6 +22,7 @@ from rlad.models.nbs.labelled import fit_context, prepare_labelled, require_labe
 from rlad.models.nbs.predictor import Predictor
 from rlad.models.nbs.profiles import SnapshotBank, profile_features, resize
 from rlad.models.nbs.sampler import SamplerMaps, SamplerPolicy
+from rlad.models.nearest import cpu_has_bf16_units
 from rlad.rl.reinforce import linear_anneal
 
 
@@ -47,7 +48,14 @@ class NBSModel(AnomalyModel):
     def loss_profile(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, S, S) in [0, 1] -> their loss profile under the snapshot bank as predictor
         input (B, window, grid, grid): `profile_input` of the replayed errors, computed the cheap way."""
-        return self.bank.features(resize(images, self.config.profile_size), self.config.predictor_grid)
+        return self.bank.features(resize(images, self.config.profile_size), self.config.predictor_grid,
+                                  self.profile_dtype())
+
+    def profile_dtype(self) -> torch.dtype:
+        """The arithmetic `model.profile_precision` asks for on this CPU."""
+        precision = self.config.profile_precision
+        bf16 = precision == "bf16" or (precision == "auto" and cpu_has_bf16_units())
+        return torch.bfloat16 if bf16 else torch.float32
 
     # --- fit --------------------------------------------------------------------------------------
     def fit(self, data: FitData, run=None) -> None:

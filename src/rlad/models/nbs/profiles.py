@@ -42,7 +42,7 @@ class SnapshotBank:
         self.snapshots: list[dict] = list(snapshots or [])
         self._template = template
         self._modules: list[PatchAutoencoder] | None = None
-        self._stack: SnapshotStack | None = None
+        self._stacks: dict[torch.dtype, SnapshotStack] = {}
 
     def __len__(self) -> int:
         return len(self.snapshots)
@@ -50,11 +50,11 @@ class SnapshotBank:
     def add(self, model: PatchAutoencoder) -> None:
         self.snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         self._template = self._template or model
-        self._modules = self._stack = None
+        self._modules, self._stacks = None, {}
 
     def clear(self) -> None:
         self.snapshots = []
-        self._modules = self._stack = None
+        self._modules, self._stacks = None, {}
 
     def _built(self) -> list[PatchAutoencoder]:
         if self._modules is None:
@@ -69,12 +69,12 @@ class SnapshotBank:
             self._modules = modules
         return self._modules
 
-    def _stacked(self) -> SnapshotStack | None:
+    def _stacked(self, dtype: torch.dtype = torch.float32) -> SnapshotStack | None:
         """All snapshots as one network, where the architecture allows (`SnapshotStack`)."""
         modules = self._built()
-        if self._stack is None and modules and SnapshotStack.supports(modules[0]):
-            self._stack = SnapshotStack(modules)
-        return self._stack
+        if dtype not in self._stacks and modules and SnapshotStack.supports(modules[0]):
+            self._stacks[dtype] = SnapshotStack(modules, dtype)
+        return self._stacks.get(dtype)
 
     @torch.no_grad()
     def profile(self, images: torch.Tensor, offsets: tuple[int, ...] = (0,)) -> torch.Tensor:
@@ -86,14 +86,15 @@ class SnapshotBank:
         return torch.stack([error_maps(m, images, offsets) for m in self._built()], dim=1)
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor, grid: int) -> torch.Tensor:
+    def features(self, images: torch.Tensor, grid: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(B, 3, h, w) at the profile resolution -> the predictor's profile input (B, len(self), grid,
         grid): `profile_features(self.profile(images), grid)`. Where h and w are multiples of 2 * grid
         (the defaults: 128 px profiles, a 64 grid) the area resize starts from the error maps averaged
         over 2 x 2 pixel blocks, which the stacked pass gives without building the full-resolution
-        reconstructions (the same averages, summed in another order)."""
+        reconstructions (the same averages, summed in another order). `dtype=torch.bfloat16` runs that
+        block pass in bf16 (`SnapshotStack`); the other paths stay fp32."""
         height, width = images.shape[-2:]
-        stack = self._stacked()
+        stack = self._stacked(dtype)
         if stack is not None and height % (2 * grid) == 0 and width % (2 * grid) == 0:
             return profile_features(stacked_block_errors(stack, images), grid)
         return profile_features(self.profile(images), grid)

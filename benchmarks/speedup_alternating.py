@@ -1,0 +1,136 @@
+"""One saved run predicted by two versions of the code in one process, alternating (issue 19:
+"PatchCore at least 2x faster per image than today at equal maps").
+
+    .venv/bin/python benchmarks/speedup_alternating.py RUN --data DIR --baseline-src OLD/src --threads 1,2
+    .venv/bin/python benchmarks/speedup_alternating.py --from-results benchmarks/results/speedup_alternating-DATE.jsonl
+
+The baseline code is imported first (OLD/src first on the path) and loads RUN; its modules are then
+dropped and this checkout's `src` is imported and loads RUN again, so both models live in one
+process. The first `--images` test images of DIR are decoded once; at each thread count and batch
+size the two predict every image in turn, `--rounds` times, and the fastest round of each is kept:
+both see the same load, which on a shared host moves absolute times by up to 2x between minutes
+while the ratio holds. Also reported: the largest difference of the two versions' raw maps over the
+map's range (equal maps: under 1e-3). RUN must be loadable by both versions (fit it with the older).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import _common  # noqa: E402
+from benchmarks._common import append_section  # noqa: E402
+
+TITLE = "This code vs the baseline code, one saved run, alternating in one process (issue 19)"
+THIS_SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def load_with(src: Path, run: str):
+    """The run's model as the code under `src` loads it (any rlad imported before is dropped)."""
+    for name in [m for m in sys.modules if m == "rlad" or m.startswith("rlad.")]:
+        del sys.modules[name]
+    sys.path.insert(0, str(src))
+    try:
+        from rlad.workflows.detection import load_run
+
+        return load_run(run).model
+    finally:
+        sys.path.remove(str(src))
+
+
+def measure(args, results: _common.Results) -> None:
+    import torch
+
+    baseline = load_with(Path(args.baseline_src), args.run)
+    this = load_with(THIS_SRC, args.run)
+    from rlad.data.folder import discover
+    from rlad.data.transforms import load_samples
+
+    results.note(method=this.name)
+    samples = discover(Path(args.data)).test[: args.images]
+    images, _ = load_samples(samples, this.config.image_size, desc="loading")
+    pixels = torch.from_numpy(images).float() / 255
+    with torch.no_grad():
+        old_maps, new_maps = baseline.predict(pixels[:8]).maps, this.predict(pixels[:8]).maps
+    span = float(old_maps.max() - old_maps.min()) or 1.0
+    map_diff = float(np.abs(old_maps - new_maps).max()) / span
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for batch in args.batches:
+            batches = [pixels[i : i + batch] for i in range(0, len(pixels), batch)]
+            best = {"baseline": float("inf"), "this": float("inf")}
+            with torch.no_grad():
+                for model in (baseline, this):
+                    model.predict(batches[0])  # warm-up: caches, a traced copy
+                for _ in range(args.rounds):
+                    for name, model in (("baseline", baseline), ("this", this)):
+                        started = time.perf_counter()
+                        for chunk in batches:
+                            model.predict(chunk)
+                        best[name] = min(best[name], time.perf_counter() - started)
+            results.add({"threads": threads, "batch": batch,
+                         "baseline_ms": round(1000 * best["baseline"] / len(pixels), 2),
+                         "this_ms": round(1000 * best["this"] / len(pixels), 2),
+                         "speedup": round(best["baseline"] / best["this"], 3),
+                         "max_map_diff_over_range": float(f"{map_diff:.2e}")})
+
+
+def render(results: _common.Results) -> str:
+    from rlad.tables import markdown_table
+
+    meta = results.meta
+    return (f"Run: {meta.get('run')} (its method: {meta.get('method', '?')}); baseline code: {meta.get('baseline_src')}; "
+            f"the first {meta.get('images')} test images of {meta.get('data')}, decoded beforehand; wall ms per image, "
+            f"the fastest of {meta.get('rounds')} alternating rounds; load average {meta.get('load_1min_before')} before, "
+            f"{meta.get('load_1min_after')} after.\n\n"
+            + markdown_table([{**row, "max_map_diff_over_range": f"{row['max_map_diff_over_range']:.1e}"}
+                              for row in _common.ok_rows(results.rows)], floatfmt="{:.2f}")
+            + _common.failures_text(results.rows))
+
+
+def main(argv=None) -> int:
+    import os
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", nargs="?")
+    parser.add_argument("--data")
+    parser.add_argument("--baseline-src")
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated (default 1,2)")
+    parser.add_argument("--batches", default="1,8", help="batch sizes, comma-separated (default 1,8)")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--no-append", action="store_true")
+    parser.add_argument("--from-results", metavar="FILE", help="render an earlier run's results file again (no measuring)")
+    args = parser.parse_args(argv)
+    if args.from_results:
+        results = _common.Results("speedup_alternating", path=args.from_results)
+    else:
+        if not (args.run and args.data and args.baseline_src):
+            parser.error("give RUN, --data and --baseline-src (or --from-results FILE)")
+        if not (Path(args.baseline_src) / "rlad").is_dir():
+            parser.error(f"--baseline-src {args.baseline_src}: no rlad package there")
+        try:
+            args.threads = [int(v) for v in args.threads.split(",")]
+            args.batches = [int(v) for v in args.batches.split(",")]
+        except ValueError:
+            parser.error("--threads and --batches take comma-separated integers")
+        results = _common.Results("speedup_alternating")
+        results.note(run=_common.portable(str(Path(args.run).resolve())), data=_common.portable(args.data),
+                     baseline_src=_common.portable(str(Path(args.baseline_src).resolve())), images=args.images,
+                     rounds=args.rounds, load_1min_before=round(os.getloadavg()[0], 1))
+        measure(args, results)
+        results.note(load_1min_after=round(os.getloadavg()[0], 1))
+    text = render(results)
+    print(text)
+    if not args.no_append:
+        append_section(TITLE, text, results=results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
