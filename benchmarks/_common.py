@@ -148,6 +148,16 @@ def append_section(title: str, body: str, results: "Results | None" = None, comm
         handle.write("\n".join(lines) + f"\n{body.rstrip()}\n")
 
 
+def finish(title: str, text: str, results: Results, append: bool = True, fail_on_failed_rows: bool = False) -> int:
+    """The end of a benchmark run: print the rendered section `text`, append it to docs/benchmarks.md
+    under `title` unless `append` is false, and return the exit code: 0, or 1 when
+    `fail_on_failed_rows` and a measurement failed."""
+    print(text)
+    if append:
+        append_section(title, text, results=results)
+    return 1 if fail_on_failed_rows and len(ok_rows(results.rows)) < len(results.rows) else 0
+
+
 # --- one measurement per fresh interpreter ---------------------------------------------------------
 # Each job runs in its own process so that its peak RSS and timings are its own. A script calls
 # `spawn(script, spec)` in the driver and `run_child(spec_json, jobs)` when invoked with --child.

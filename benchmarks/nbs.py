@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, peak_rss_mb  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, peak_rss_mb  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
 DATASETS = ["magnetic_tile", "mpdd_metal_plate_512"]
@@ -357,11 +357,7 @@ def main(argv=None) -> int:
         else:
             results = _common.Results("nbs-quick" if args.quick else "nbs")
         measure(args, results, variants)
-    text = render(results)
-    print(text)
-    if not args.no_append and not args.quick:
-        append_section(title, text, results=results)
-    return 0
+    return _common.finish(title, render(results), results, append=not args.no_append and not args.quick)
 
 
 if __name__ == "__main__":
