@@ -161,16 +161,22 @@ def dev_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_dev_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """`dev_parser`'s options parsed: RUN ... and --data unless --from-results (a usage error otherwise)."""
+    args = parser.parse_args(argv)
+    if not args.from_results and (not args.runs or args.data is None):
+        parser.error("give --data and at least one RUN (or --from-results FILE)")
+    return args
+
+
 def main(argv=None) -> int:
     parser = dev_parser(__doc__)
     parser.add_argument("--boosts", default=",".join(str(b) for b in BOOSTS))
     parser.add_argument("--blurs", default=None, help="model.blur_sigma values (default: each run's own)")
     parser.add_argument("--score-pools", default=None, help="model.score_pool values (default: each run's own)")
-    args = parser.parse_args(argv)
+    args = parse_dev_args(parser, argv)
     if args.from_results:
         results = _common.Results("nbs_prior_boost", path=args.from_results)
-    elif not args.runs or args.data is None:
-        parser.error("give --data and at least one RUN (or --from-results FILE)")
     else:
         results = measure(args, parser)
     return _common.finish("NBS: inference settings (prior boost, blur, score pool) on the development split (issue 3)",

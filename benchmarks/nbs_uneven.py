@@ -26,7 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
-from benchmarks.nbs_prior_boost import dev_parser, dev_runs, scores_by_type  # noqa: E402
+from benchmarks.nbs_prior_boost import dev_parser, dev_runs, parse_dev_args, scores_by_type  # noqa: E402
 
 
 def deviation_from_median(maps: torch.Tensor) -> torch.Tensor:
@@ -92,11 +92,9 @@ def measure(args, results: _common.Results) -> None:
 
 def main(argv=None) -> int:
     parser = dev_parser(__doc__)
-    args = parser.parse_args(argv)
+    args = parse_dev_args(parser, argv)
     if args.from_results:
         results = _common.Results("nbs_uneven", path=args.from_results)
-    elif not args.runs or args.data is None:
-        parser.error("give --data and at least one RUN (or --from-results FILE)")
     else:
         results = _common.Results("nbs_uneven")
         measure(args, results)
