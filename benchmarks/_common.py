@@ -148,13 +148,14 @@ def append_section(title: str, body: str, results: "Results | None" = None, comm
         handle.write("\n".join(lines) + f"\n{body.rstrip()}\n")
 
 
-def finish(title: str, text: str, results: Results, append: bool = True, fail_on_failed_rows: bool = False) -> int:
+def finish(title: str, text: str, results: Results, append: bool = True, fail_on_failed_rows: bool = False,
+           command: str | None = None) -> int:
     """The end of a benchmark run: print the rendered section `text`, append it to docs/benchmarks.md
-    under `title` unless `append` is false, and return the exit code: 0, or 1 when
-    `fail_on_failed_rows` and a measurement failed."""
+    under `title` unless `append` is false (`command`: as `append_section`), and return the exit code:
+    0, or 1 when `fail_on_failed_rows` and a measurement failed."""
     print(text)
     if append:
-        append_section(title, text, results=results)
+        append_section(title, text, results=results, command=command)
     return 1 if fail_on_failed_rows and len(ok_rows(results.rows)) < len(results.rows) else 0
 
 
