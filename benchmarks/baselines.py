@@ -280,6 +280,7 @@ def main(argv=None) -> int:
     if args.from_results:
         results = _common.Results("baselines", path=args.from_results)
     else:
+        _common.hold_work(args.work)
         if not SHARED_WEIGHTS.is_file():
             print(f"[baselines] skipped: ImageNet MobileNetV2 weights not found at {SHARED_WEIGHTS}", file=sys.stderr)
             return 0

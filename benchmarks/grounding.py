@@ -49,7 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, Results, failed_row, failures_text, finish, ok_rows  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, Results, failed_row, failures_text, finish, hold_work, ok_rows  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
 DOMAINS = {
@@ -338,6 +338,8 @@ def claims(rows: list[dict]) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not args.from_results:
+        hold_work(args.work)
     os.environ.setdefault("RLAD_PROGRESS", "0")
     work = Path(args.work)
     weights = str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else "random"

@@ -344,6 +344,7 @@ def main(argv=None) -> int:
     if args.from_results:
         results = _common.Results("nbs", path=args.from_results)
     else:
+        _common.hold_work(args.work)
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         unknown = [v for v in variants if v not in VARIANTS]
         if unknown:

@@ -111,6 +111,7 @@ def main() -> int:
     if args.from_results:
         results = _common.Results("predict_large", path=args.from_results)
     else:
+        _common.hold_work(args.work)
         if not SHARED_WEIGHTS.is_file():
             print(f"needs {SHARED_WEIGHTS}", file=sys.stderr)
             return 2

@@ -321,6 +321,7 @@ def main(argv=None) -> int:
     if args.from_results:
         results = _common.Results("speed", path=args.from_results)
     else:
+        _common.hold_work(args.work)
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHODS]
         if unknown:

@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from benchmarks._common import (Results, failures_text, finish, ok_rows, peak_rss_mb, run_child,  # noqa: E402
+from benchmarks._common import (Results, failures_text, finish, hold_work, ok_rows, peak_rss_mb, run_child,  # noqa: E402
                                 spawn, work_dir)
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -285,6 +285,7 @@ def main() -> None:
     if args.from_results:
         results = Results("vlm", path=args.from_results)
     else:
+        hold_work(args.work)
         results = Results("vlm")
         results.note(**{k: getattr(args, k) for k in ("shapes", "families", "engines", "prompts", "group", "tokens",
                                                        "steps", "repeats", "lora", "device", "dtype", "threads")})
