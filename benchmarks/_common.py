@@ -4,11 +4,14 @@ from, and one process per measurement.
 
 A script records each measurement as soon as it is made (`Results.add`, so a crash keeps what was
 done), records a job that failed as a row with `status: failed` and its error (never dropped), and
-renders its section from the results file, so `--from-results FILE` can render it again."""
+renders its section from the results file, so `--from-results FILE` can render it again. A script given
+a scratch folder (--work) holds it for its whole run (`hold_work`): a second run given the same folder
+is refused at once."""
 
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import json
 import os
 import resource
@@ -148,6 +151,17 @@ def append_section(title: str, body: str, results: "Results | None" = None, comm
         handle.write("\n".join(lines) + f"\n{body.rstrip()}\n")
 
 
+def finish(title: str, text: str, results: Results, append: bool = True, fail_on_failed_rows: bool = False,
+           command: str | None = None) -> int:
+    """The end of a benchmark run: print the rendered section `text`, append it to docs/benchmarks.md
+    under `title` unless `append` is false (`command`: as `append_section`), and return the exit code:
+    0, or 1 when `fail_on_failed_rows` and a measurement failed."""
+    print(text)
+    if append:
+        append_section(title, text, results=results, command=command)
+    return 1 if fail_on_failed_rows and len(ok_rows(results.rows)) < len(results.rows) else 0
+
+
 # --- one measurement per fresh interpreter ---------------------------------------------------------
 # Each job runs in its own process so that its peak RSS and timings are its own. A script calls
 # `spawn(script, spec)` in the driver and `run_child(spec_json, jobs)` when invoked with --child.
@@ -188,11 +202,41 @@ def spawn(script: str, spec: dict, threads: int | None, tag: str = "bench", env:
     return result
 
 
+_HELD_WORK: dict[Path, int] = {}  # folder -> the open lock file's descriptor, kept until the process ends
+
+
+def hold_work(path: str | Path | None) -> None:
+    """Hold the scratch folder `path` (given as --work) for the rest of this process: an exclusive
+    lock on its file `.lock`, so that a second run given the same folder is refused at once (one line
+    naming the folder, exit 2) instead of deleting this one's run folders under it. The operating system
+    releases the lock when the process ends, however it ends. No-op for None (no --work: a temporary
+    folder of this run's own) and for a folder this process already holds."""
+    if not path:
+        return
+    folder = Path(path).resolve()
+    if folder in _HELD_WORK:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        print(f"{Path(sys.argv[0]).name}: --work {folder} is in use by another run (pid {holder or '?'}); wait for it "
+              "to end or give another folder", file=sys.stderr)
+        raise SystemExit(2)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD_WORK[folder] = fd
+
+
 def work_dir(path: str | None, prefix: str) -> tuple[Path, "tempfile.TemporaryDirectory | None"]:
-    """The benchmark's scratch folder: `path` (kept) or a temporary one (the holder cleans it up)."""
+    """The benchmark's scratch folder: `path` (kept, and held: `hold_work`) or a temporary one (the
+    holder cleans it up)."""
     if path:
+        hold_work(path)
         work = Path(path)
-        work.mkdir(parents=True, exist_ok=True)
         return work, None
     holder = tempfile.TemporaryDirectory(prefix=prefix)
     return Path(holder.name), holder

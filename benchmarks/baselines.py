@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, peak_rss_mb  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, peak_rss_mb  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
 DATASETS = ["mpdd_metal_plate_512", "magnetic_tile"]
@@ -280,6 +280,7 @@ def main(argv=None) -> int:
     if args.from_results:
         results = _common.Results("baselines", path=args.from_results)
     else:
+        _common.hold_work(args.work)
         if not SHARED_WEIGHTS.is_file():
             print(f"[baselines] skipped: ImageNet MobileNetV2 weights not found at {SHARED_WEIGHTS}", file=sys.stderr)
             return 0
@@ -291,10 +292,7 @@ def main(argv=None) -> int:
     wall = [r for r in results.rows if r.get("kind") == "wall"]
     if wall:
         text += f"\nTotal benchmark wall time: {wall[-1]['minutes']} min.\n"
-    print(text)
-    if not args.no_append:
-        append_section("Baselines: PatchCore, PaDiM, AE", text, results=results)
-    return 0
+    return _common.finish("Baselines: PatchCore, PaDiM, AE", text, results, append=not args.no_append)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import ROOT, Results, append_section, failed_row, failures_text, ok_rows, portable  # noqa: E402
+from benchmarks._common import ROOT, Results, failed_row, failures_text, finish, ok_rows, portable  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
 GOAL_S = 300.0
@@ -161,11 +161,8 @@ def main() -> int:
         results.note(profile="full" if args.full else "smoke" if args.quick else "demo", cores=os.cpu_count(),
                      goal_s=GOAL_S, threads=args.threads or "torch default")
         measure(results, extra, env)
-    body = render(results)
-    print(body)
-    if not args.no_append:
-        append_section(f"make demo wall time ({results.meta.get('profile')} profile)", body, results=results)
-    return 1 if any(r.get("status") == "failed" for r in results.rows) else 0
+    return finish(f"make demo wall time ({results.meta.get('profile')} profile)", render(results), results,
+                  append=not args.no_append, fail_on_failed_rows=True)
 
 
 if __name__ == "__main__":

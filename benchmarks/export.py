@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from benchmarks._common import (  # noqa: E402
-    SHARED_DATA, SHARED_WEIGHTS, Results, append_section, failed_row, failures_text, ok_rows, peak_rss_mb, run_child,
-    spawn, work_dir,
+    SHARED_DATA, SHARED_WEIGHTS, Results, append_section, failed_row, failures_text, finish, ok_rows, peak_rss_mb,
+    run_child, spawn, work_dir,
 )
 
+TITLE = "ONNX export: ONNX Runtime vs PyTorch"
 METHODS = ["patchcore", "padim", "ae", "nbs"]
 PATCHCORE_GOAL_MS = 25.0
 # What each method is fitted with here (besides the defaults): NBS and the autoencoder train for fewer
@@ -174,7 +175,7 @@ def main() -> None:
         return
     if args.from_results:
         results = Results("export", args.from_results)
-        append_section("ONNX export: ONNX Runtime vs PyTorch", render(results), results)
+        append_section(TITLE, render(results), results)
         return
     os.environ.setdefault("RLAD_BACKBONE_WEIGHTS", str(SHARED_WEIGHTS.parent))
     work, holder = work_dir(args.work, "rlad-bench-export-")
@@ -193,9 +194,7 @@ def main() -> None:
                 "repeats": 3 if args.quick else args.repeats}
         row = spawn(__file__, spec, args.threads, tag="export")
         results.add(row if row.get("status") != "failed" else failed_row({"method": method}, row["error"]))
-    print(render(results))
-    if not args.no_append:
-        append_section("ONNX export: ONNX Runtime vs PyTorch", render(results), results)
+    finish(TITLE, render(results), results, append=not args.no_append)
     if holder is not None:
         holder.cleanup()
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -50,7 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, Results, append_section, failed_row, failures_text, ok_rows  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, Results, failed_row, failures_text, finish, hold_work, ok_rows  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
 DOMAINS = {
@@ -339,6 +338,8 @@ def claims(rows: list[dict]) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not args.from_results:
+        hold_work(args.work)
     os.environ.setdefault("RLAD_PROGRESS", "0")
     work = Path(args.work)
     weights = str(SHARED_WEIGHTS) if SHARED_WEIGHTS.is_file() else "random"
@@ -396,15 +397,12 @@ def main(argv=None) -> int:
         f"{markdown_table(diagnostics(rows))}\nWhat held (Acc@0.3 differences, points):\n\n" + "\n".join(statements) + "\n"
         + failures_text(results.rows)
     )
-    print(body)
-    if not args.no_write:
-        title = "Difference grounding: compact grounder + GRPO, unseen domains"
-        if args.warm_epochs != 20:
-            title += f" (warm start {args.warm_epochs} epochs)"
-        if any(args.adapt):
-            title += ", with adaptation pairs from normal images"
-        append_section(title, body, results=results, command=command)
-    return 0
+    title = "Difference grounding: compact grounder + GRPO, unseen domains"
+    if args.warm_epochs != 20:
+        title += f" (warm start {args.warm_epochs} epochs)"
+    if any(args.adapt):
+        title += ", with adaptation pairs from normal images"
+    return finish(title, body, results, append=not args.no_write, command=command)
 
 
 if __name__ == "__main__":

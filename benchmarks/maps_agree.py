@@ -27,7 +27,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import append_section  # noqa: E402
 
 METRICS = ["pixel_auroc", "aupro", "pixel_f1_max", "image_auroc"]
 
@@ -196,11 +195,8 @@ def main(argv=None) -> int:
             parser.error(f"--baseline-src {baseline}: no rlad package there")
         results = _common.Results("maps_agree")
         measure(args, baseline, results)
-    text = render(results)
-    print(text)
-    if not args.no_append:
-        append_section("Maps of a saved run: this code vs the baseline code (issue 19)", text, results=results)
-    return 0
+    return _common.finish("Maps of a saved run: this code vs the baseline code (issue 19)", render(results), results,
+                          append=not args.no_append)
 
 
 if __name__ == "__main__":

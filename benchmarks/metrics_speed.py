@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `rlad` i
 import numpy as np
 from scipy import ndimage
 
-from benchmarks._common import SHARED_DATA, Results, append_section
+from benchmarks._common import SHARED_DATA, Results, finish
 from rlad.tables import markdown_table
 from benchmarks.reference_metrics import reference_aupro, sklearn_f1_max
 from rlad.metrics.pixel import evaluate
@@ -188,12 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
 
-    print(body)
     results = Results("metrics_speed")
     for row in value_rows + speed_rows:
         results.add(row)
-    if not args.no_append:
-        append_section("Pixel metrics: speed, memory and agreement with the reference", body, results=results)
+    finish("Pixel metrics: speed, memory and agreement with the reference", body, results, append=not args.no_append)
     assert not disagreements, f"rlad and the reference disagree on {disagreements}"
     return 0
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, peak_rss_mb  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, peak_rss_mb  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
 DATASETS = ["magnetic_tile", "mpdd_metal_plate_512"]
@@ -344,6 +344,7 @@ def main(argv=None) -> int:
     if args.from_results:
         results = _common.Results("nbs", path=args.from_results)
     else:
+        _common.hold_work(args.work)
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         unknown = [v for v in variants if v not in VARIANTS]
         if unknown:
@@ -357,11 +358,7 @@ def main(argv=None) -> int:
         else:
             results = _common.Results("nbs-quick" if args.quick else "nbs")
         measure(args, results, variants)
-    text = render(results)
-    print(text)
-    if not args.no_append and not args.quick:
-        append_section(title, text, results=results)
-    return 0
+    return _common.finish(title, render(results), results, append=not args.no_append and not args.quick)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
 TRAINABLE_FROM = (1, 2, 3, 4)
@@ -228,10 +228,8 @@ def report(results: _common.Results, no_append: bool) -> int:
     text = (f"Data: {meta.get('data', '?')}, development split ({meta.get('dev_fraction', 0):.0%} of the test split), mean over "
             f"seeds {','.join(str(s) for s in meta.get('seeds', []))}; overrides: {'; '.join(meta.get('overrides') or []) or 'none'}."
             f"\n\n{table}\n{_common.failures_text(results.rows)}")
-    print(text)
-    if not no_append:
-        append_section("NBS: fine-tuning the backbone in the prior refiner, on the development split", text, results=results)
-    return 0
+    return _common.finish("NBS: fine-tuning the backbone in the prior refiner, on the development split", text, results,
+                          append=not no_append)
 
 
 if __name__ == "__main__":

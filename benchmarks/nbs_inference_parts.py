@@ -28,7 +28,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import append_section  # noqa: E402
 
 WHOLE = "whole predict (for comparison)"
 SUM = "sum of the parts"
@@ -205,11 +204,7 @@ def main(argv=None) -> int:
             parser.error("--no-parts leaves nothing to time without --patchcore")
         results = _common.Results("nbs_inference_parts")
         measure(args, results, parser)
-    text = render(results)
-    print(text)
-    if not args.no_append:
-        append_section("NBS: where inference time goes", text, results=results)
-    return 0
+    return _common.finish("NBS: where inference time goes", render(results), results, append=not args.no_append)
 
 
 if __name__ == "__main__":

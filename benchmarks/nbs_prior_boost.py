@@ -31,7 +31,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import append_section  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
 BOOSTS = (0.0, 0.5, 1.0, 2.0, 4.0)
@@ -104,29 +103,20 @@ def render(results: _common.Results) -> str:
     ])
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="*", metavar="RUN")
-    parser.add_argument("--data", type=Path)
-    parser.add_argument("--from-results", metavar="FILE", help="render the section again from a results file")
-    parser.add_argument("--boosts", default=",".join(str(b) for b in BOOSTS))
-    parser.add_argument("--blurs", default=None, help="model.blur_sigma values (default: each run's own)")
-    parser.add_argument("--score-pools", default=None, help="model.score_pool values (default: each run's own)")
-    parser.add_argument("--profile-precisions", default=None,
-                        help="model.profile_precision values, fp32 and/or bf16 (default: each run's own; NBS runs only)")
-    parser.add_argument("--no-append", action="store_true")
-    args = parser.parse_args(argv)
-    title = "NBS: inference settings (prior boost, blur, score pool, profile precision) on the development split (issues 3, 19)"
-    if args.from_results:
-        results = _common.Results("nbs_prior_boost", path=args.from_results)
-        text = render(results)
-        print(text)
-        if not args.no_append:
-            append_section(title, text, results=results)
-        return 0
-    if not args.runs or args.data is None:
-        parser.error("give --data and at least one RUN (or --from-results FILE)")
+def dev_runs(args, results: _common.Results):
+    """Each of `args.runs` that can be scored, on its development split of `args.data`: (label, loaded
+    run, samples, uint8 images, boolean masks). A run that cannot is a failed row; the others still count."""
+    results.note(data=_common.portable(str(args.data)), runs=[_common.portable(r) for r in args.runs])
+    for run_path in args.runs:
+        try:
+            loaded, samples, images, masks = load_dev(run_path, args.data)
+        except SystemExit as exc:
+            results.add(_common.failed_row({"run": _common.portable(run_path)}, f"cannot score it (exit {exc.code}); see stderr"))
+            continue
+        yield f"{loaded.cfg.method} seed {loaded.cfg.seed}", loaded, samples, images, masks
 
+
+def measure(args, parser: argparse.ArgumentParser) -> _common.Results:
     from rlad.workflows.detection import predict_arrays
     from rlad.errors import ConfigError
     from rlad.models.nbs.head import image_score
@@ -154,16 +144,9 @@ def main(argv=None) -> int:
         return {"boost": f"{cfg.prior_boost:g}", "blur": f"{cfg.blur_sigma:g}", "score_pool": str(cfg.score_pool),
                 "profile": profile}
 
-    results = _common.Results("nbs_prior_boost")
-    results.note(data=_common.portable(str(args.data)), runs=[_common.portable(r) for r in args.runs])
-    for run_path in args.runs:
-        try:
-            loaded, samples, images, masks = load_dev(run_path, args.data)
-        except SystemExit as exc:  # not scorable: a failed row, and the other runs still count
-            results.add(_common.failed_row({"run": _common.portable(run_path)}, f"cannot score it (exit {exc.code}); see stderr"))
-            continue
+    results = _common.Results("nbs_prior_boost")  # only once the lists parse: a usage error leaves no file
+    for label, loaded, samples, images, masks in dev_runs(args, results):
         model = loaded.model
-        label = f"{loaded.cfg.method} seed {loaded.cfg.seed}"
         for boost, blur, pool, precision in grid:
             keys = setting(model, boost, blur, pool, precision)
             pred = predict_arrays(model, images, loaded.cfg.batch_size, desc=" ".join(f"{k} {v}" for k, v in keys.items()))
@@ -172,11 +155,42 @@ def main(argv=None) -> int:
         maps = torch.nn.functional.interpolate(prior, size=images.shape[-2:], mode="bilinear", align_corners=False)
         results.add({"run": label, "boost": "prior alone", "blur": "0", "score_pool": "1", "profile": "-",
                      **scores_by_type(maps[:, 0].numpy(), image_score(prior, 1).numpy(), samples, masks)})
-    text = render(results)
-    print(text)
-    if not args.no_append:
-        append_section(title, text, results=results)
-    return 0
+    return results
+
+
+def dev_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a script that scores fitted runs on their development split (this one,
+    nbs_uneven.py): RUN ..., --data, --from-results, --no-append."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="*", metavar="RUN")
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--from-results", metavar="FILE", help="render the section again from a results file")
+    parser.add_argument("--no-append", action="store_true")
+    return parser
+
+
+def parse_dev_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """`dev_parser`'s options parsed: RUN ... and --data unless --from-results (a usage error otherwise)."""
+    args = parser.parse_args(argv)
+    if not args.from_results and (not args.runs or args.data is None):
+        parser.error("give --data and at least one RUN (or --from-results FILE)")
+    return args
+
+
+def main(argv=None) -> int:
+    parser = dev_parser(__doc__)
+    parser.add_argument("--boosts", default=",".join(str(b) for b in BOOSTS))
+    parser.add_argument("--blurs", default=None, help="model.blur_sigma values (default: each run's own)")
+    parser.add_argument("--score-pools", default=None, help="model.score_pool values (default: each run's own)")
+    parser.add_argument("--profile-precisions", default=None,
+                        help="model.profile_precision values, fp32 and/or bf16 (default: each run's own; NBS runs only)")
+    args = parse_dev_args(parser, argv)
+    if args.from_results:
+        results = _common.Results("nbs_prior_boost", path=args.from_results)
+    else:
+        results = measure(args, parser)
+    return _common.finish("NBS: inference settings (prior boost, blur, score pool, profile precision) on the development split (issues 3, 19)",
+                          render(results), results, append=not args.no_append)
 
 
 if __name__ == "__main__":

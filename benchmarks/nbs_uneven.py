@@ -16,7 +16,6 @@ a failed row.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,9 +25,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import append_section  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
-from benchmarks.nbs_prior_boost import load_dev, scores_by_type  # noqa: E402
+from benchmarks.nbs_prior_boost import dev_parser, dev_runs, parse_dev_args, scores_by_type  # noqa: E402
 
 
 def deviation_from_median(maps: torch.Tensor) -> torch.Tensor:
@@ -72,14 +70,7 @@ def render(results: _common.Results) -> str:
 def measure(args, results: _common.Results) -> None:
     from rlad.workflows.detection import predict_arrays
 
-    results.note(data=_common.portable(str(args.data)), runs=[_common.portable(r) for r in args.runs])
-    for run_path in args.runs:
-        try:
-            loaded, samples, images, masks = load_dev(run_path, args.data)
-        except SystemExit as exc:  # not scorable: a failed row, and the other runs still count
-            results.add(_common.failed_row({"run": _common.portable(run_path)}, f"cannot score it (exit {exc.code}); see stderr"))
-            continue
-        label = f"{loaded.cfg.method} seed {loaded.cfg.seed}"
+    for label, loaded, samples, images, masks in dev_runs(args, results):
         types = np.array([s.defect_type if s.label else "good" for s in samples])
         maps = predict_arrays(loaded.model, images, loaded.cfg.batch_size, desc="dev").maps
         q95, q99 = np.quantile(maps[~masks], [0.95, 0.99])
@@ -100,24 +91,15 @@ def measure(args, results: _common.Results) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="*", metavar="RUN")
-    parser.add_argument("--data", type=Path)
-    parser.add_argument("--from-results", metavar="FILE", help="render the section again from a results file")
-    parser.add_argument("--no-append", action="store_true")
-    args = parser.parse_args(argv)
+    parser = dev_parser(__doc__)
+    args = parse_dev_args(parser, argv)
     if args.from_results:
         results = _common.Results("nbs_uneven", path=args.from_results)
-    elif not args.runs or args.data is None:
-        parser.error("give --data and at least one RUN (or --from-results FILE)")
     else:
         results = _common.Results("nbs_uneven")
         measure(args, results)
-    text = render(results)
-    print(text)
-    if not args.no_append:
-        append_section("NBS: where magnetic tile's pixel AUROC goes, on the development split (issue 3)", text, results=results)
-    return 0
+    return _common.finish("NBS: where magnetic tile's pixel AUROC goes, on the development split (issue 3)", render(results),
+                          results, append=not args.no_append)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import SHARED_WEIGHTS, append_section, failures_text, ok_rows, peak_rss_mb  # noqa: E402
+from benchmarks._common import SHARED_WEIGHTS, failures_text, ok_rows, peak_rss_mb  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
 
@@ -84,10 +84,10 @@ def prepare(work: Path, side: int) -> tuple[Path, list[tuple[str, Path]]]:
 
 def render(results) -> str:
     rows = ok_rows(results.rows)
-    intro = (f"One `rlad predict RUN IMAGE --out DIR` per row, each in a fresh process (peak_rss_mb is that whole "
-             f"process: Python, torch, the model and the image). Before issue 16 an 8000 x 8000 image took 47 s and "
-             f"5.9 GB. Torch threads: default (2). load_1min: the machine's load average before-after the job "
-             f"(above ~2 the wall times are inflated by other work; cpu_s is the job's own).\n\n")
+    intro = ("One `rlad predict RUN IMAGE --out DIR` per row, each in a fresh process (peak_rss_mb is that whole "
+             "process: Python, torch, the model and the image). Before issue 16 an 8000 x 8000 image took 47 s and "
+             "5.9 GB. Torch threads: default (2). load_1min: the machine's load average before-after the job "
+             "(above ~2 the wall times are inflated by other work; cpu_s is the job's own).\n\n")
     table = markdown_table(rows, ["image", "file_mb", "seconds", "cpu_s", "peak_rss_mb", "output_scale", "load_1min"],
                            floatfmt="{:.2f}") if rows else ""
     return intro + table + failures_text(results.rows)
@@ -111,6 +111,7 @@ def main() -> int:
     if args.from_results:
         results = _common.Results("predict_large", path=args.from_results)
     else:
+        _common.hold_work(args.work)
         if not SHARED_WEIGHTS.is_file():
             print(f"needs {SHARED_WEIGHTS}", file=sys.stderr)
             return 2
@@ -124,11 +125,8 @@ def main() -> int:
             results.add({"image": name, "file_mb": round(image.stat().st_size / 1e6, 1), **row})
         if holder is not None:
             holder.cleanup()
-    body = render(results)
-    print(body)
-    if not args.no_append:
-        append_section(f"rlad predict on large images ({results.meta.get('side', '?')} px)", body, results=results)
-    return 1 if any(r.get("status") == "failed" for r in results.rows) else 0
+    return _common.finish(f"rlad predict on large images ({results.meta.get('side', '?')} px)", render(results), results,
+                          append=not args.no_append, fail_on_failed_rows=True)
 
 
 if __name__ == "__main__":

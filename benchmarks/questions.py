@@ -49,7 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from benchmarks._common import SHARED_WEIGHTS, Results, append_section, failed_row, failures_text, ok_rows  # noqa: E402
+from benchmarks._common import SHARED_WEIGHTS, Results, failed_row, failures_text, finish, hold_work, ok_rows  # noqa: E402
 from benchmarks.grounding import DOMAINS, prepare_domains  # noqa: E402
 from rlad.tables import markdown_table  # noqa: E402
 
@@ -428,6 +428,7 @@ def main(argv=None) -> int:
         args = parse_args([*saved, *(["--no-write"] if args.no_write else [])])
         command = results.meta["command"] + "  (rendered again with --from-results)"
     else:
+        hold_work(args.work)
         if not SHARED_WEIGHTS.is_file():
             print(f"warning: {SHARED_WEIGHTS} not found: PatchCore and the grounder use a random trunk", file=sys.stderr)
         results = Results("questions")
@@ -438,12 +439,9 @@ def main(argv=None) -> int:
                      "load_after": os.getloadavg()[0]})
         command = None
     body = render(results, args)
-    print(body)
-    if not args.no_write:
-        title = ("Multiple-choice questions: a tiny VLM before and after GRPO" if args.parts == ["vlm"] else
-                 "Multiple-choice questions (training-free answerer, random floor) and boxes to masks")
-        append_section(title, body, results=results, command=command)
-    return 0
+    title = ("Multiple-choice questions: a tiny VLM before and after GRPO" if args.parts == ["vlm"] else
+             "Multiple-choice questions (training-free answerer, random floor) and boxes to masks")
+    return finish(title, body, results, append=not args.no_write, command=command)
 
 
 if __name__ == "__main__":

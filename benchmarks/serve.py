@@ -41,8 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from benchmarks._common import (ROOT, SHARED_DATA, SHARED_WEIGHTS, Results, append_section, failed_row,  # noqa: E402
-                               failures_text, ok_rows, work_dir)
+                               failures_text, finish, ok_rows, work_dir)
 from benchmarks.export import subset_folder  # noqa: E402
+
+TITLE = "Inspection server under load"
 
 
 def prepare_model(work: Path, data: Path, train_images: int, quick: bool) -> Path:
@@ -311,7 +313,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.from_results:
         results = Results("serve", args.from_results)
-        append_section("Inspection server under load", render(results), results)
+        append_section(TITLE, render(results), results)
         return
     os.environ.setdefault("RLAD_BACKBONE_WEIGHTS", str(SHARED_WEIGHTS.parent))
     os.environ.setdefault("RLAD_PROGRESS", "0")
@@ -350,9 +352,7 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
-    print(render(results))
-    if not args.no_append:
-        append_section("Inspection server under load", render(results), results)
+    finish(TITLE, render(results), results, append=not args.no_append)
     if holder is not None:
         holder.cleanup()
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, append_section, peak_rss_mb  # noqa: E402
+from benchmarks._common import SHARED_DATA, SHARED_WEIGHTS, peak_rss_mb  # noqa: E402
 
 METHODS = ["patchcore", "padim", "refine", "nbs"]
 PEER = {  # anomalib 2.7.0 on MPDD metal_plate, 256 px, 2 cores, same weights (METHODS.md section 5; docs/benchmarks.md)
@@ -321,6 +321,7 @@ def main(argv=None) -> int:
     if args.from_results:
         results = _common.Results("speed", path=args.from_results)
     else:
+        _common.hold_work(args.work)
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
@@ -345,11 +346,8 @@ def main(argv=None) -> int:
         else:
             results = _common.Results("speed-quick" if args.quick else "speed")
         measure(args, methods, weights, baseline, results)
-    text = render(results)
-    print(text)
-    if not args.no_append and not results.meta.get("quick"):
-        append_section("Speed: few-label detection next to PatchCore (issue 19)", text, results=results)
-    return 0
+    return _common.finish("Speed: few-label detection next to PatchCore (issue 19)", render(results), results,
+                          append=not args.no_append and not results.meta.get("quick"))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import _common  # noqa: E402
-from benchmarks._common import append_section  # noqa: E402
 
 TITLE = "This code vs the baseline code, one saved run, alternating in one process (issue 19)"
 THIS_SRC = Path(__file__).resolve().parents[1] / "src"
@@ -125,11 +124,7 @@ def main(argv=None) -> int:
                      rounds=args.rounds, load_1min_before=round(os.getloadavg()[0], 1))
         measure(args, results)
         results.note(load_1min_after=round(os.getloadavg()[0], 1))
-    text = render(results)
-    print(text)
-    if not args.no_append:
-        append_section(TITLE, text, results=results)
-    return 0
+    return _common.finish(TITLE, render(results), results, append=not args.no_append)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from benchmarks._common import (Results, append_section, failures_text, ok_rows, peak_rss_mb, run_child,  # noqa: E402
+from benchmarks._common import (Results, failures_text, finish, hold_work, ok_rows, peak_rss_mb, run_child,  # noqa: E402
                                 spawn, work_dir)
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -285,14 +285,13 @@ def main() -> None:
     if args.from_results:
         results = Results("vlm", path=args.from_results)
     else:
+        hold_work(args.work)
         results = Results("vlm")
         results.note(**{k: getattr(args, k) for k in ("shapes", "families", "engines", "prompts", "group", "tokens",
                                                        "steps", "repeats", "lora", "device", "dtype", "threads")})
         measure(args, results)
-    text = render(results)
-    print(text)
-    if not args.no_docs and results.rows:
-        append_section("VLM policy: sample and GRPO step, rlad loop vs TRL", text, results=results)
+    finish("VLM policy: sample and GRPO step, rlad loop vs TRL", render(results), results,
+           append=not args.no_docs and bool(results.rows))
 
 
 if __name__ == "__main__":

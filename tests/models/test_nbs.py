@@ -5,7 +5,6 @@ predict, test, and the ablation switches."""
 from __future__ import annotations
 
 import json
-import subprocess
 import warnings
 
 import numpy as np
@@ -47,35 +46,23 @@ from rlad.models.nbs.config import NBSConfig
 from rlad.models.nbs.model import NBSModel
 from rlad.models.nbs.labelled import augment_labeled
 
-# A few cycles on 64 px images: every part of the loop runs, in seconds.
-TINY = [
-    "image_size=64",
-    "model.profile_size=64",
-    "model.predictor_grid=32",
-    "model.predictor_crop=16",
-    "model.steps=60",
-    "model.reset_every=10",
-    "model.window=4",
-    "model.sampler_update_from=6",
-    "model.sampler_update_to=9",
-    "model.batch_patches=8",
-    "model.ae_width=8",
-    "model.bottleneck=16",
-    "model.augment_copies=2",
-    "model.labeled_per_cycle=2",
-    "model.predictor_buffer=8",
-    "model.checkpoint_every=1",
-    "model.context.backbone.stages=[1]",
-    "model.context.backbone.weights=random",
-    "model.context.prior_stages=[1,2]",
-]
+@pytest.fixture(scope="module")
+def tiny(nbs_short_cycles) -> list[str]:
+    """A few cycles on 64 px images: every part of the loop runs, in seconds."""
+    return nbs_short_cycles + [
+        "model.predictor_crop=16",
+        "model.steps=60",
+        "model.checkpoint_every=1",
+        "model.context.backbone.stages=[1]",
+        "model.context.backbone.weights=random",
+        "model.context.prior_stages=[1,2]",
+    ]
 
 
-def _fit(method, data, out, extra=()):
-    cfg = api.build_config(method, None, TINY + list(extra))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random-weight backbone warning
-        return api.fit(method, data, out, cfg)
+@pytest.fixture
+def fit_tiny(quiet_fit, tiny):
+    """`fit_tiny(method, data, out, extra=())`: a fit on `tiny` plus `extra`."""
+    return lambda method, data, out, extra=(): quiet_fit(method, data, out, tiny + list(extra))
 
 
 # --- pieces --------------------------------------------------------------------------------------
@@ -428,16 +415,16 @@ def test_config_errors_name_the_option(override, message):
         cfg.validate()
 
 
-def test_unsupervised_data_is_refused_with_a_hint(tiny_mvtec, tmp_path):
+def test_unsupervised_data_is_refused_with_a_hint(tiny_mvtec, tmp_path, fit_tiny):
     with pytest.raises(DataError, match="--labeled-per-type"):
-        _fit("nbs", tiny_mvtec, tmp_path / "run", ["protocol.labeled_per_type=0"])
+        fit_tiny("nbs", tiny_mvtec, tmp_path / "run", ["protocol.labeled_per_type=0"])
 
 
 # --- the whole method ----------------------------------------------------------------------------
 
 
-def test_fit_test_predict_and_repeatability(tiny_mvtec, tmp_path):
-    run = _fit("nbs", tiny_mvtec, tmp_path / "run")
+def test_fit_test_predict_and_repeatability(tiny_mvtec, tmp_path, fit_tiny):
+    run = fit_tiny("nbs", tiny_mvtec, tmp_path / "run")
     split = json.loads((run.path / "split.json").read_text())
     assert len(split["labeled"]) == 2  # one per defect type (the tiny set has two per type)
     history = json.loads((run.path / "nbs_history.json").read_text())
@@ -465,26 +452,11 @@ def test_fit_test_predict_and_repeatability(tiny_mvtec, tmp_path):
     assert (tmp_path / "pred" / rows[0]["map"]).is_file()
 
 
-def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_mvtec, tmp_path, monkeypatch):
-    reference = _fit("nbs", tiny_mvtec, tmp_path / "whole")
-
-    from rlad.engine.run import RunDir
-
-    original = RunDir.save_checkpoint
-    calls = {"n": 0}
-
-    def save_then_crash(self, state, step, keep=2):
-        path = original(self, state, step, keep)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # as if the user pressed Ctrl-C right after the 2nd checkpoint
-        return path
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        _fit("nbs", tiny_mvtec, tmp_path / "cut")
-    monkeypatch.setattr(RunDir, "save_checkpoint", original)
-    resumed = _fit("nbs", tiny_mvtec, tmp_path / "cut")
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_mvtec, tmp_path, fit_tiny,
+                                                                   interrupt_after_checkpoint):
+    reference = fit_tiny("nbs", tiny_mvtec, tmp_path / "whole")
+    interrupt_after_checkpoint(lambda: fit_tiny("nbs", tiny_mvtec, tmp_path / "cut"), after=2)
+    resumed = fit_tiny("nbs", tiny_mvtec, tmp_path / "cut")
     assert any(row.get("event") == "resume" for row in resumed.read_log())
 
     whole, cut = api.load_run(reference.path), api.load_run(resumed.path)
@@ -493,23 +465,12 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_mvtec, tm
         assert np.allclose(whole.model.predict(images).maps, cut.model.predict(images).maps, atol=1e-5)
 
 
-def test_a_killed_cli_fit_resumes_when_rerun(tiny_mvtec, tmp_path, killed_cli_fit):
-    run = tmp_path / "run"
+def test_a_killed_cli_fit_resumes_when_rerun(tiny_mvtec, tmp_path, tiny, killed_cli_fit_rerun):
     # Enough cycles that the process is still training when the first checkpoint appears.
-    argv = ["fit", "nbs", "--data", str(tiny_mvtec), "--out", str(run)]
-    for item in TINY:
-        argv += ["--set", "model.steps=200" if item.startswith("model.steps=") else item]
-    command, env = killed_cli_fit(argv, run)
-    cycles_before = sum(1 for line in (run / "log.jsonl").read_text().splitlines() if '"cycle"' in line)
-
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    assert "resuming" in finished.stderr
-    assert (run / "model.pt").is_file()
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    killed, log = killed_cli_fit_rerun("nbs", tiny_mvtec, tmp_path / "run", tiny, steps=200, timeout=300)
     resume = [row for row in log if row.get("event") == "resume"]
     assert len(resume) == 1 and resume[0]["cycle"] >= 1
-    assert cycles_before >= 1
+    assert any(row.get("event") == "cycle" for row in killed)
     # No cycle was skipped (those after the last checkpoint before the kill ran twice).
     cycles = sorted({row["cycle"] for row in log if row.get("event") == "cycle"})
     assert cycles == list(range(200 // 10))
@@ -524,8 +485,8 @@ def test_a_killed_cli_fit_resumes_when_rerun(tiny_mvtec, tmp_path, killed_cli_fi
         ("refine", []),
     ],
 )
-def test_ablations_and_the_supervised_control_run(method, extra, tiny_mvtec, tmp_path, metrics_recomputed):
-    run = _fit(method, tiny_mvtec, tmp_path / "run", extra)
+def test_ablations_and_the_supervised_control_run(method, extra, tiny_mvtec, tmp_path, metrics_recomputed, fit_tiny):
+    run = fit_tiny(method, tiny_mvtec, tmp_path / "run", extra)
     metrics = api.test(run.path, tiny_mvtec)
     assert metrics["method"] == method and metrics["n_excluded_labeled"] == 2
     reference = metrics_recomputed(run.path, tiny_mvtec)  # the labelled images left out, the run's own maps
@@ -536,11 +497,11 @@ def test_ablations_and_the_supervised_control_run(method, extra, tiny_mvtec, tmp
         assert not any("entropy" in row for row in history)  # no policy, no sampler update
 
 
-def test_cli_fit_and_test_json(tiny_mvtec, tmp_path, capsys):
+def test_cli_fit_and_test_json(tiny_mvtec, tmp_path, capsys, tiny):
     from rlad.cli.main import main
 
     args = ["fit", "nbs", "--data", str(tiny_mvtec), "--out", str(tmp_path / "run"), "--labeled-per-type", "1"]
-    for item in TINY:
+    for item in tiny:
         args += ["--set", item]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -557,8 +518,8 @@ def test_bad_config_is_refused_before_a_run_directory_exists(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_start_that_failed_before_any_checkpoint_does_not_block_new_options(tiny_mvtec, tmp_path):
+def test_a_start_that_failed_before_any_checkpoint_does_not_block_new_options(tiny_mvtec, tmp_path, fit_tiny):
     with pytest.raises(DataError):
-        _fit("nbs", tiny_mvtec, tmp_path / "run", ["protocol.labeled_per_type=0"])
-    run = _fit("nbs", tiny_mvtec, tmp_path / "run")  # different options, same --out: nothing was lost
+        fit_tiny("nbs", tiny_mvtec, tmp_path / "run", ["protocol.labeled_per_type=0"])
+    run = fit_tiny("nbs", tiny_mvtec, tmp_path / "run")  # different options, same --out: nothing was lost
     assert (run.path / "model.pt").is_file()

@@ -13,7 +13,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Self, Sequence
 
 from rlad import config as cfgmod
 from rlad.engine import RunDir, seed_everything, status, torch_threads
@@ -30,21 +30,28 @@ from rlad.tasks.grounding import GroundingTask, grounding_report
 from rlad.tasks.registry import get_task
 
 @dataclass
-class CompactFitConfig:
-    """`rlad fit compact`: the supervised warm start."""
+class _WarmStartFitConfig:
+    """What `rlad fit compact` and `rlad fit hf` share: the run's seed is its policy's, and the policy's
+    and the warm start's configs are checked together. Subclasses add `threads`, `policy` and `train`."""
 
     seed: int = 0
+
+    def validate(self) -> Self:
+        self.policy.seed = self.seed
+        self.policy.validate()
+        self.train.validate()
+        return self
+
+
+@dataclass
+class CompactFitConfig(_WarmStartFitConfig):
+    """`rlad fit compact`: the supervised warm start."""
+
     threads: int = 1
     """torch CPU threads (0 = torch's default). The compact head's ops are small: one thread is about as
     fast on a quiet machine and up to 10x faster on a busy one (threads spin against other processes)."""
     policy: CompactConfig = field(default_factory=CompactConfig)
     train: WarmStartConfig = field(default_factory=WarmStartConfig)
-
-    def validate(self) -> "CompactFitConfig":
-        self.policy.seed = self.seed
-        self.policy.validate()
-        self.train.validate()
-        return self
 
 
 @dataclass
@@ -93,20 +100,13 @@ class TRLGRPORunConfig(GRPORunConfig):
 
 
 @dataclass
-class HFFitConfig:
+class HFFitConfig(_WarmStartFitConfig):
     """`rlad fit hf`: the VLM's supervised warm start."""
 
-    seed: int = 0
     threads: int = 0
     """torch CPU threads (0 = torch's default: a VLM's matrix products use every core)."""
     policy: HFVLMConfig = field(default_factory=HFVLMConfig)
     train: HFWarmStartConfig = field(default_factory=HFWarmStartConfig)
-
-    def validate(self) -> "HFFitConfig":
-        self.policy.seed = self.seed
-        self.policy.validate()
-        self.train.validate()
-        return self
 
 
 def build_grpo_config(config_file: str | None = None, overrides: Sequence[str] = (), seed: int | None = None,

@@ -5,14 +5,11 @@ name `supervised` for runs made before the rename."""
 from __future__ import annotations
 
 import json
-import subprocess
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from rlad.engine.run import RunDir
 from rlad.errors import ConfigError, DataError
 from rlad.workflows import detection as api
 from rlad.workflows.predict import predict
@@ -30,15 +27,15 @@ TINY = [
 ]
 
 
-def _fit(data, out, extra=(), method="refine"):
-    cfg = api.build_config(method, None, TINY + list(extra))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random-weight backbone warning
-        return api.fit(method, data, out, cfg)
+@pytest.fixture
+def fit_tiny(quiet_fit):
+    """`fit_tiny(data, out, extra=(), method="refine")`: a fit on TINY plus `extra`."""
+    return lambda data, out, extra=(), method="refine": quiet_fit(method, data, out, TINY + list(extra))
 
 
-def test_fit_test_predict_and_a_resume_that_equals_an_uninterrupted_run(tiny_mvtec, tmp_path, monkeypatch):
-    whole = _fit(tiny_mvtec, tmp_path / "whole")
+def test_fit_test_predict_and_a_resume_that_equals_an_uninterrupted_run(tiny_mvtec, tmp_path, fit_tiny,
+                                                                        interrupt_after_checkpoint):
+    whole = fit_tiny(tiny_mvtec, tmp_path / "whole")
     history = json.loads((whole.path / "refine_history.json").read_text())
     assert [row["cycle"] for row in history] == list(range(6))
     metrics = api.test(whole.path, tiny_mvtec)
@@ -47,21 +44,8 @@ def test_fit_test_predict_and_a_resume_that_equals_an_uninterrupted_run(tiny_mvt
     rows = predict(whole.path, [tiny_mvtec / "test" / "hole" / "000.png"], tmp_path / "pred").rows
     assert (tmp_path / "pred" / rows[0]["map"]).is_file()
 
-    original = RunDir.save_checkpoint
-    calls = {"n": 0}
-
-    def save_then_crash(self, state, step, keep=2):
-        path = original(self, state, step, keep)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # as if the user pressed Ctrl-C right after the 2nd checkpoint
-        return path
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        _fit(tiny_mvtec, tmp_path / "cut")
-    monkeypatch.setattr(RunDir, "save_checkpoint", original)
-    resumed = _fit(tiny_mvtec, tmp_path / "cut")
+    interrupt_after_checkpoint(lambda: fit_tiny(tiny_mvtec, tmp_path / "cut"), after=2)
+    resumed = fit_tiny(tiny_mvtec, tmp_path / "cut")
     log = resumed.read_log()
     assert [row["round"] for row in log if row.get("event") == "resume"] == [2]
     assert sorted(row["cycle"] for row in log if row.get("event") == "round") == list(range(6))
@@ -72,29 +56,19 @@ def test_fit_test_predict_and_a_resume_that_equals_an_uninterrupted_run(tiny_mvt
         assert np.allclose(whole.model.predict(images).maps, cut.model.predict(images).maps, atol=1e-6)
 
 
-def test_a_killed_cli_fit_resumes_when_rerun(tiny_mvtec, tmp_path, killed_cli_fit):
-    run = tmp_path / "run"
+def test_a_killed_cli_fit_resumes_when_rerun(tiny_mvtec, tmp_path, killed_cli_fit_rerun):
     # Enough rounds that the process is still training when the first checkpoint appears.
-    argv = ["fit", "refine", "--data", str(tiny_mvtec), "--out", str(run)]
-    for item in TINY:
-        argv += ["--set", "model.steps=1000" if item.startswith("model.steps=") else item]
-    command, env = killed_cli_fit(argv, run)
-
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    assert "resuming" in finished.stderr
-    assert (run / "model.pt").is_file()
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    _, log = killed_cli_fit_rerun("refine", tiny_mvtec, tmp_path / "run", TINY, steps=1000, timeout=600)
     resume = [row for row in log if row.get("event") == "resume"]
     assert len(resume) == 1 and resume[0]["round"] >= 1
     # No round was skipped (those after the last checkpoint before the kill ran twice).
     assert sorted({row["cycle"] for row in log if row.get("event") == "round"}) == list(range(1000 // 20))
 
 
-def test_old_supervised_runs_still_load_and_refine_refuses_bad_input(tiny_mvtec, tmp_path):
-    old = _fit(tiny_mvtec, tmp_path / "old", method="supervised")  # what `rlad fit supervised` wrote
+def test_old_supervised_runs_still_load_and_refine_refuses_bad_input(tiny_mvtec, tmp_path, fit_tiny):
+    old = fit_tiny(tiny_mvtec, tmp_path / "old", method="supervised")  # what `rlad fit supervised` wrote
     assert api.test(old.path, tiny_mvtec)["method"] == "supervised"
     with pytest.raises(DataError, match="--labeled-per-type"):
-        _fit(tiny_mvtec, tmp_path / "none", ["protocol.labeled_per_type=0"])
+        fit_tiny(tiny_mvtec, tmp_path / "none", ["protocol.labeled_per_type=0"])
     with pytest.raises(ConfigError, match="context.kind=none"):
-        _fit(tiny_mvtec, tmp_path / "nothing", ["model.context.kind=none"])
+        fit_tiny(tiny_mvtec, tmp_path / "nothing", ["model.context.kind=none"])

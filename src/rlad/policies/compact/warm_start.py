@@ -6,14 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from rlad.config import raise_if_problems
-from rlad.engine import TrainingState, progress
 from rlad.errors import ConfigError
 from rlad.policies.compact.policy import CompactPolicy
 from rlad.policies.compact.tokens import box_to_tokens, render
+from rlad.policies.warm_start import warm_start_epochs
 from rlad.rl.rewards import RewardTarget
 from rlad.rl.rollout import Completion, Prompt
 
@@ -60,29 +59,6 @@ def fit_supervised(policy: CompactPolicy, task, records: Sequence, cfg: WarmStar
     prompts = [task.prompt(r) for r in records]
     targets = [task.target(r, policy) for r in records]
     policy.prepare(prompts)
-    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(seed)
-    state = TrainingState(run, "warm_start", policy=policy, optimizer=optimizer, rng=rng)
-    resumed = state.restore()
-    start_epoch, history = resumed.get("epoch", 0), resumed.get("history", [])
-    bar = progress(total=cfg.epochs, initial=start_epoch, desc="warm start")
-    for epoch in range(start_epoch, cfg.epochs):
-        order = rng.permutation(len(records))
-        total, count = 0.0, 0
-        for start in range(0, len(order), cfg.batch_size):
-            batch = order[start:start + cfg.batch_size]
-            loss = supervised_step(policy, [prompts[i] for i in batch], [targets[i] for i in batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-            count += len(batch)
-        history.append({"epoch": epoch + 1, "loss": total / count})
-        bar.update(1)
-        bar.set_postfix(loss=f"{total / count:.3f}")
-        if run is not None:
-            run.log({"stage": "warm_start", **history[-1]})
-        if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
-            state.save(epoch + 1, epoch=epoch + 1, history=history)
-    bar.close()
-    return history
+    return warm_start_epochs(
+        policy, len(records), lambda batch: supervised_step(policy, [prompts[i] for i in batch], [targets[i] for i in batch]),
+        cfg, seed=seed, run=run)

@@ -12,12 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from rlad.config import raise_if_problems
-from rlad.engine import TrainingState, progress
 from rlad.errors import ConfigError
+from rlad.policies.warm_start import warm_start_epochs
 from rlad.rl.rollout import Completion, Prompt
 
 
@@ -65,33 +64,9 @@ def fit_supervised(policy, prompts: Sequence[Prompt], texts: Sequence[str], cfg:
     """The warm start on (prompt, answer text) pairs. Resumes from `run`'s last warm-start checkpoint."""
     if not prompts:
         raise ConfigError("the warm start needs at least one pair")
-    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(seed)
-    state = TrainingState(run, "warm_start", policy=policy, optimizer=optimizer, rng=rng)
-    resumed = state.restore()
-    start_epoch, history = resumed.get("epoch", 0), resumed.get("history", [])
-    bar = progress(total=cfg.epochs, initial=start_epoch, desc="warm start")
     policy.train(True)
-    for epoch in range(start_epoch, cfg.epochs):
-        order = rng.permutation(len(prompts))
-        total, count = 0.0, 0
-        for start in range(0, len(order), cfg.batch_size):
-            batch = order[start:start + cfg.batch_size]
-            loss = supervised_loss(policy, [prompts[i] for i in batch], [texts[i] for i in batch])
-            optimizer.zero_grad()
-            loss.backward()
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            total += loss.item() * len(batch)
-            count += len(batch)
-        history.append({"epoch": epoch + 1, "loss": total / count})
-        bar.update(1)
-        bar.set_postfix(loss=f"{total / count:.3f}")
-        if run is not None:
-            run.log({"stage": "warm_start", **history[-1]})
-        if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
-            state.save(epoch + 1, epoch=epoch + 1, history=history)
-    bar.close()
+    history = warm_start_epochs(
+        policy, len(prompts), lambda batch: supervised_loss(policy, [prompts[i] for i in batch], [texts[i] for i in batch]),
+        cfg, seed=seed, run=run, max_grad_norm=cfg.max_grad_norm)
     policy.train(False)
     return history
