@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import subprocess
+import time
 import tempfile
 import platform
 import shlex
@@ -160,6 +161,26 @@ def finish(title: str, text: str, results: Results, append: bool = True, fail_on
     if append:
         append_section(title, text, results=results, command=command)
     return 1 if fail_on_failed_rows and len(ok_rows(results.rows)) < len(results.rows) else 0
+
+
+def fastest_alternating(predictors: dict, batches: list, rounds: int) -> dict[str, tuple[float, float]]:
+    """Each predictor (name -> model with `.predict`) over every batch in turn, `rounds` times after
+    one warm-up batch each, in this one process: the fastest round's (CPU seconds, wall seconds) per
+    name. Alternating gives both the same load, so their ratio holds on a host whose speed moves."""
+    import torch
+
+    best = {name: (float("inf"), float("inf")) for name in predictors}
+    with torch.no_grad():
+        for model in predictors.values():
+            model.predict(batches[0])  # warm-up: allocations, primitive caches, traced copies
+        for _ in range(rounds):
+            for name, model in predictors.items():
+                started, started_cpu = time.perf_counter(), time.process_time()
+                for batch in batches:
+                    model.predict(batch)
+                wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
+                best[name] = (min(best[name][0], cpu), min(best[name][1], wall))
+    return best
 
 
 # --- one measurement per fresh interpreter ---------------------------------------------------------

@@ -114,24 +114,11 @@ def side_by_side(model, patchcore, images, args, results: _common.Results) -> No
     """Whole predict of the run and of a PatchCore run on the same decoded images, alternating in
     `--rounds` rounds in this one process (both see the same load), the fastest round of each kept;
     their ratio is the figure robust to a busy host."""
-    import torch
-
     from rlad.models.base import FitData
 
     for batch_size in args.batches:
         batches = [FitData.to_tensor(images[i : i + batch_size]).float() for i in range(0, len(images), batch_size)]
-        best = {}
-        with torch.no_grad():
-            for name, predictor in (("patchcore", patchcore), ("run", model)):
-                predictor.predict(batches[0])  # warm-up
-            for _ in range(args.rounds):
-                for name, predictor in (("patchcore", patchcore), ("run", model)):
-                    started, started_cpu = time.perf_counter(), time.process_time()
-                    for batch in batches:
-                        predictor.predict(batch)
-                    wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
-                    old = best.get(name, (float("inf"), float("inf")))
-                    best[name] = (min(old[0], cpu), min(old[1], wall))
+        best = _common.fastest_alternating({"patchcore": patchcore, "run": model}, batches, args.rounds)
         for name, label in (("patchcore", PATCHCORE), ("run", WHOLE_ALTERNATING)):
             results.add({"batch": batch_size, "part": label, "cpu_ms_per_image": round(1000 * best[name][0] / len(images), 2),
                          "ms_per_image": round(1000 * best[name][1] / len(images), 2)})

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -62,16 +61,8 @@ def measure(args, results: _common.Results) -> None:
         torch.set_num_threads(threads)
         for batch in args.batches:
             batches = [pixels[i : i + batch] for i in range(0, len(pixels), batch)]
-            best = {"baseline": float("inf"), "this": float("inf")}
-            with torch.no_grad():
-                for model in (baseline, this):
-                    model.predict(batches[0])  # warm-up: caches, a traced copy
-                for _ in range(args.rounds):
-                    for name, model in (("baseline", baseline), ("this", this)):
-                        started = time.perf_counter()
-                        for chunk in batches:
-                            model.predict(chunk)
-                        best[name] = min(best[name], time.perf_counter() - started)
+            best = {name: wall for name, (_, wall) in
+                    _common.fastest_alternating({"baseline": baseline, "this": this}, batches, args.rounds).items()}
             results.add({"threads": threads, "batch": batch,
                          "baseline_ms": round(1000 * best["baseline"] / len(pixels), 2),
                          "this_ms": round(1000 * best["this"] / len(pixels), 2),
