@@ -45,8 +45,14 @@ def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     size_hw = _size_hw(size)
     if image.shape[:2] == size_hw:
         return image.astype(np.float32, copy=True)
-    planes = [_resize_plane(image[:, :, c], size_hw, Image.Resampling.BILINEAR) for c in range(image.shape[2])]
-    return np.stack(planes, axis=2)
+    return np.ascontiguousarray(_resized_planes(image, size_hw).transpose(1, 2, 0))
+
+
+def _resized_planes(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """A float (H, W, C) image resized as `resize_image` does, channel-first: float32 (C, h, w)."""
+    if image.shape[:2] == size_hw:
+        return image.transpose(2, 0, 1).astype(np.float32)  # a copy, C-contiguous
+    return np.stack([_resize_plane(image[:, :, c], size_hw, Image.Resampling.BILINEAR) for c in range(image.shape[2])])
 
 
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -81,11 +87,7 @@ def _load_planes(sample: Sample, image_size: int) -> tuple[np.ndarray, np.ndarra
     gives, without interleaving copies), and mask float32 (S, S) in {0, 1}."""
     image = load_image_channels(sample.path)
     size_hw = _size_hw(image_size)
-    if image.shape[:2] == size_hw:
-        planes = np.ascontiguousarray(image.transpose(2, 0, 1))
-    else:
-        planes = np.stack([_resize_plane(image[:, :, c], size_hw, Image.Resampling.BILINEAR)
-                           for c in range(image.shape[2])])
+    planes = _resized_planes(image, size_hw)
     if sample.mask_path is None:
         mask = np.zeros(size_hw, dtype=np.float32)
     else:

@@ -36,7 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SCREENS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")
+"""The choices of a bf16 speed-up: `uses_bf16` says which applies on this CPU."""
+SCREENS = PRECISIONS
 REFINE_PAIRS = 4096
 """Query-slice pairs centred at once in the fp32 refine: 2 MB of 128-d rows, a core's cache."""
 # Queries per screened block and bank columns per part: a (1024 x part) bf16 output block of about
@@ -64,6 +66,11 @@ def cpu_has_bf16_units() -> bool:
     except OSError:
         return False
     return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def uses_bf16(choice: str) -> bool:
+    """Whether a `PRECISIONS` choice means bf16 here: "bf16", or "auto" on a CPU with bf16 units."""
+    return choice == "bf16" or (choice == "auto" and cpu_has_bf16_units())
 
 
 def compact_order(rows: torch.Tensor, width: int) -> torch.Tensor:
@@ -102,7 +109,7 @@ class BankSearch:
         # Distances do not change when everything moves by the bank's mean; the fp32 expansion below
         # loses less to cancellation on centred rows.
         self.mean = self.bank.mean(0)
-        self.screened = screen == "bf16" or (screen == "auto" and cpu_has_bf16_units())
+        self.screened = uses_bf16(screen)
         if self.screened:
             self._prepare_screen(width)
         else:

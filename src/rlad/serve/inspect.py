@@ -33,16 +33,12 @@ class PixelInspector:
     fields = ("image",)
 
     def __init__(self, run_path: str | Path, threads: int = 0):
-        from rlad.workflows.export import onnx_session
-        from rlad.workflows.exported import is_export
         from rlad.workflows.predict import load_predictor
         from rlad.workflows.predict import thresholds_for
 
-        self.loaded = load_predictor(run_path, threads)
-        if is_export(run_path):
-            # Reopened with idle threads sleeping: busy-waiting took the cores the event loop and the
-            # decoding need, a third of the throughput on the busy 2-core benchmark host (docs/deploy.md).
-            self.loaded.model.session = onnx_session(run_path, threads, spinning=False)
+        # An exported model's idle threads sleep: busy-waiting took the cores the event loop and the
+        # decoding need, a third of the throughput on the busy 2-core benchmark host (docs/deploy.md).
+        self.loaded = load_predictor(run_path, threads, spinning=False)
         self.loaded.warn_if_untrained_backbone()
         self.thresholds = thresholds_for(self.loaded.post)
         self.run_path = str(run_path)

@@ -28,8 +28,9 @@ class ExportedModel:
         return AnomalyMap(maps, scores)
 
 
-def load_exported(path: str | Path, threads: int = 0):
-    """The `LoadedRun` of an exported file; a one-line ConfigError when it is not an rlad export."""
+def load_exported(path: str | Path, threads: int = 0, spinning: bool = True):
+    """The `LoadedRun` of an exported file (`threads`, `spinning`: as `onnx_session`); a one-line
+    ConfigError when it is not an rlad export."""
     from rlad.engine.run import RunDir
     from rlad.models.postprocess import PostProcessor
     from rlad.workflows.detection import LoadedRun, config_from_dict
@@ -39,7 +40,7 @@ def load_exported(path: str | Path, threads: int = 0):
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        session = onnx_session(path, threads)
+        session = onnx_session(path, threads, spinning)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for any bad file

@@ -290,15 +290,16 @@ def _predict_one(loaded, path: Path, stem: str, out: Path, thresholds: Threshold
     }
 
 
-def load_predictor(run_path: str | Path, threads: int = 0):
+def load_predictor(run_path: str | Path, threads: int = 0, spinning: bool = True):
     """What `predict` (and `rlad serve`) score with, loaded from `run_path`: a fitted pixel run
     (`workflows.detection.load_run`) or an exported `.onnx` file (`workflows.exported.load_exported`).
     Either offers `model.predict(uint8 NCHW tensor) -> AnomalyMap`, `post` (the run's
-    `PostProcessor`), `cfg.image_size`, `train_size`, `run.path` and `warn_if_untrained_backbone()`."""
+    `PostProcessor`), `cfg.image_size`, `train_size`, `run.path` and `warn_if_untrained_backbone()`.
+    `threads` and `spinning` reach an exported file's ONNX Runtime session (`export.onnx_session`)."""
     from rlad.workflows.detection import load_run
     from rlad.workflows.exported import is_export, load_exported
 
-    return load_exported(run_path, threads) if is_export(run_path) else load_run(run_path)
+    return load_exported(run_path, threads, spinning) if is_export(run_path) else load_run(run_path)
 
 
 def predict(run_path: str | Path, paths: list[str | Path], out: str | Path, threshold: float | None = None,

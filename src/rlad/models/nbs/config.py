@@ -11,6 +11,7 @@ from typing import Literal
 from rlad.config import raise_if_problems
 from rlad.models.nbs.context import CONTEXTS, ContextConfig
 from rlad.models.nbs.sampler import Geometry
+from rlad.models.nearest import PRECISIONS
 
 GEOMETRY_REFERENCE = 256  # the paper's patch/crop/move sizes are pixels of a 256x256 image
 
@@ -160,8 +161,8 @@ class NBSConfig:
             problems.append(f"model.score_pool={self.score_pool} must be >= 1")
         if self.prior_boost < 0:
             problems.append(f"model.prior_boost={self.prior_boost} must be >= 0")
-        if self.profile_precision not in ("auto", "bf16", "fp32"):
-            problems.append(f"model.profile_precision={self.profile_precision!r} is not one of auto, bf16, fp32")
+        if self.profile_precision not in PRECISIONS:
+            problems.append(f"model.profile_precision={self.profile_precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.sampler not in ("learned", "uniform", "frozen"):
             problems.append(f"model.sampler={self.sampler!r} is not one of learned, uniform, frozen")
         raise_if_problems(problems)

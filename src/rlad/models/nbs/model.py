@@ -22,7 +22,7 @@ from rlad.models.nbs.labelled import fit_context, prepare_labelled, require_labe
 from rlad.models.nbs.predictor import Predictor
 from rlad.models.nbs.profiles import SnapshotBank, profile_features, resize
 from rlad.models.nbs.sampler import SamplerMaps, SamplerPolicy
-from rlad.models.nearest import cpu_has_bf16_units
+from rlad.models.nearest import uses_bf16
 from rlad.rl.reinforce import linear_anneal
 
 
@@ -53,9 +53,7 @@ class NBSModel(AnomalyModel):
 
     def profile_dtype(self) -> torch.dtype:
         """The arithmetic `model.profile_precision` asks for on this CPU."""
-        precision = self.config.profile_precision
-        bf16 = precision == "bf16" or (precision == "auto" and cpu_has_bf16_units())
-        return torch.bfloat16 if bf16 else torch.float32
+        return torch.bfloat16 if uses_bf16(self.config.profile_precision) else torch.float32
 
     # --- fit --------------------------------------------------------------------------------------
     def fit(self, data: FitData, run=None) -> None:
