@@ -82,6 +82,30 @@ def test_load_sample(tiny_mvtec):
     np.testing.assert_allclose(normal_image, expected)
 
 
+@pytest.mark.parametrize("mode", ["L", "I;16", "LA", "RGB"])
+@pytest.mark.parametrize("size", [24, 40])  # resized, and already at size
+def test_grey_images_load_as_three_equal_planes_like_the_resized_decode(tmp_path, mode, size):
+    """The loader resizes grey once and repeats it at the end: the same pixels as decoding to RGB and
+    resizing each channel (`resize_image(load_image(...))`), for every way a file can be grey."""
+    from rlad.data.folder import Sample
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 255, (40, 40, len(mode) if mode in ("LA", "RGB") else 1), dtype=np.uint8)
+    if mode == "I;16":
+        image = Image.fromarray(values[:, :, 0].astype(np.uint16) * 257)
+    else:
+        image = Image.fromarray(values if values.shape[2] > 1 else values[:, :, 0], mode=mode)
+    path = tmp_path / "image.png"
+    image.save(path)
+    sample = Sample(path=path, split="test", label=0, defect_type="good", mask_path=None, size=(40, 40))
+    expected = resize_image(load_image(path), size).transpose(2, 0, 1)
+    loaded, _ = load_sample(sample, size)
+    assert loaded.shape == (3, size, size)
+    np.testing.assert_array_equal(loaded, expected)
+    cached, _ = load_samples([sample], size, workers=1)
+    np.testing.assert_array_equal(cached[0], np.round(expected * 255.0).astype(np.uint8))
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_load_samples_cache(tiny_mvtec, workers):
     folder = discover(tiny_mvtec)
