@@ -61,6 +61,11 @@ def measure(args, results: _common.Results, parser: argparse.ArgumentParser) -> 
     images, _ = load_samples(samples, model.config.image_size, desc="loading")
     encoder = model.encoder
     has_profile = getattr(model, "bank", None) is not None
+    if args.profile_precision:
+        if not has_profile:
+            parser.error(f"--profile-precision: {args.run} has no loss profile (not an nbs run)")
+        model.config.profile_precision = args.profile_precision
+        results.note(profile=str(model.profile_dtype()).removeprefix("torch."))
     import rlad
 
     results.note(code=_common.portable(str(Path(rlad.__file__).resolve().parents[1])),  # which src ran (a baseline's?)
@@ -150,7 +155,8 @@ def render(results: _common.Results) -> str:
         load += f", {meta['load_1min_after']} after"
     return (
         (f"Code: rlad from {meta['code']}. " if meta.get("code") else "")
-        + f"Run: {meta['run']} ({meta['method']}); first {meta['images']} test images of {meta['data']}, decoded beforehand; "
+        + f"Run: {meta['run']} ({meta['method']}"
+        + (f", loss profile in {meta['profile']}" if meta.get("profile") else "") + f"); first {meta['images']} test images of {meta['data']}, decoded beforehand; "
         f"batch {' and '.join(str(b) for b in batches)}, {meta['threads']} torch threads; ms per image, cpu_ms = CPU time "
         f"of the process (robust to other work on the host), ms = wall time; {load} (2 cores shared with other work: "
         "absolute times are noisy, the shares are the figures)." + against + "\n\n"
@@ -171,6 +177,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds with --patchcore (default 3)")
     parser.add_argument("--no-parts", dest="parts", action="store_false",
                         help="only the whole predicts with --patchcore (code without the parts' API: an older checkout)")
+    parser.add_argument("--profile-precision", choices=("auto", "bf16", "fp32"),
+                        help="model.profile_precision for this timing (default: the run's own)")
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--from-results", metavar="FILE", help="render an earlier run's results file again (no measuring)")
     args = parser.parse_args(argv)
