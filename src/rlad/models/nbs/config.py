@@ -107,7 +107,7 @@ class NBSConfig:
     profile_precision: Literal["auto", "bf16", "fp32"] = "auto"
     """Arithmetic of the snapshot replay that gives a new image its loss profile at inference
     (training's profiles are fp32 either way): bf16 runs the autoencoders on the CPU's bf16 units
-    (AMX / AVX512-BF16) at about half the cost, moving the profile's raw errors by up to 2e-3; auto =
+    (AMX / AVX512-BF16) at about half the cost, its errors within a few percent of fp32's; auto =
     bf16 where the CPU has such units (elsewhere bf16 is emulated and slower). On a development
     split the metrics were the same to three decimals (docs/nbs.md). An exported graph is fp32."""
 
