@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from rlad.models.maps import gaussian_blur, gaussian_kernel, grey, scaled_sigma, smoothing_matrix, upsample_and_smooth
+from rlad.models.maps import area_resize, gaussian_blur, gaussian_kernel, grey, scaled_sigma, smoothing_matrix, upsample_and_smooth
 
 # scipy's names for torch's padding modes: "mirror" does not repeat the edge pixel (torch "reflect"),
 # "nearest" repeats it (torch "replicate").
@@ -84,3 +84,23 @@ def test_grey_is_the_luminance_and_sigma_scales_with_the_image():
     assert out.shape == (3, 1, 2, 2)
     assert torch.allclose(out[:, 0, 0, 0], torch.tensor([0.299, 0.5, 0.114]))
     assert scaled_sigma(4.0, 256) == 4.0 and scaled_sigma(4.0, 128) == 2.0
+
+
+@pytest.mark.parametrize(
+    "shape, size",
+    [
+        ((8, 3, 256, 256), (128, 128)),  # the loss profile's images
+        ((2, 1, 256, 256), (64, 64)),  # NBS's prior on the predictor grid
+        ((2, 1, 256, 192), (64, 48)),
+        ((2, 4, 128, 64), (32, 32)),  # factors differing by axis
+        ((2, 3, 90, 90), (30, 30)),  # not a power of two: torch's own kernel
+        ((1, 2, 100, 100), (64, 64)),  # not a whole factor: torch's own kernel
+        ((2, 3, 64, 64), (64, 64)),
+    ],
+)
+def test_area_resize_gives_torchs_area_values_bit_for_bit(shape, size):
+    maps = torch.rand(shape, generator=torch.Generator().manual_seed(3)) * 4 - 1
+    expected = F.interpolate(maps, size=size, mode="area")
+    assert torch.equal(area_resize(maps, size), expected)
+    channels_last = maps.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(area_resize(channels_last, size), expected)

@@ -14,6 +14,7 @@ import torch
 from rlad.errors import ConfigError, DataError
 from rlad.workflows import detection as api
 from rlad.models.base import FitData
+from rlad.models.nbs import autoencoder
 from rlad.models.nbs.autoencoder import (
     PatchAutoencoder,
     SnapshotStack,
@@ -271,8 +272,11 @@ def _moved_snapshots(patch, width, bottleneck, count=3):
     return snapshots
 
 
-@pytest.mark.parametrize("patch, width, bottleneck", [(16, 8, 16), (32, 16, 200), (64, 8, 20)])
-def test_stacked_snapshots_equal_one_pass_per_snapshot(patch, width, bottleneck):
+@pytest.mark.parametrize("patch, width, bottleneck, tiles_per_pass",
+                         [(16, 8, 16, None), (16, 8, 16, 5), (32, 16, 200, None), (64, 8, 20, None)])
+def test_stacked_snapshots_equal_one_pass_per_snapshot(patch, width, bottleneck, tiles_per_pass, monkeypatch):
+    if tiles_per_pass:  # 12 tiles in passes of 5, 5 and 2
+        monkeypatch.setattr(autoencoder, "STACK_TILES_PER_PASS", tiles_per_pass)
     snapshots = _moved_snapshots(patch, width, bottleneck)
     images = torch.rand(2, 3, 2 * patch, 3 * patch)
     expected = torch.stack([error_maps(ae, images) for ae in snapshots], dim=1)

@@ -139,6 +139,10 @@ def crop_patches(images: torch.Tensor, index: torch.Tensor, top: torch.Tensor, l
 # padded input at t, t+1 and y[2t+1] = x[t] w[2] + x[t+1] w[0] reads it at t+1, t+2.
 _PHASE_TAPS = ((3, 1), (2, 0))
 CHANNELS_LAST = torch.channels_last
+STACK_TILES_PER_PASS = 32
+"""Tiles a `SnapshotStack` takes through its layers at once: a batch of 8 images' 128 tiles in one pass
+spills the intermediate blocks out of cache; in passes of 32 the profile of a batch of 8 costs a
+fifth less per image at 1 and 2 threads (benchmarks/nbs_inference_parts.py), with the same values."""
 
 
 def phase_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -232,7 +236,7 @@ class SnapshotStack:
     @torch.no_grad()
     def _last_layer(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, C, p, p) -> the last transposed convolution's `phase_weight` output
-        (N, S * C * 4, p/2 + 1, p/2 + 1), fp32. Channels stay snapshot-major throughout."""
+        (N, S * C * 4, p/2 + 1, p/2 + 1), in the stack's dtype. Channels stay snapshot-major throughout."""
         s, n = self.count, patches.shape[0]
         x = patches.to(self.dtype).contiguous(memory_format=CHANNELS_LAST)
         for level, (weight, bias) in enumerate(self.encoder):
@@ -248,18 +252,32 @@ class SnapshotStack:
         x = joined.view(n, side, side, -1).permute(0, 3, 1, 2)
         for weight, bias in self.decoder:
             x = F.leaky_relu_(interleave(F.conv2d(x, weight, bias, padding=1, groups=s)), self.slope)
-        return F.conv2d(x, self.last[0], self.last[1], padding=1, groups=s).float()
+        return F.conv2d(x, self.last[0], self.last[1], padding=1, groups=s)
+
+    @staticmethod
+    def _in_passes(method, patches: torch.Tensor) -> torch.Tensor:
+        """`method` over `STACK_TILES_PER_PASS` tiles at a time, concatenated."""
+        if len(patches) <= STACK_TILES_PER_PASS:
+            return method(patches)
+        return torch.cat([method(patches[start : start + STACK_TILES_PER_PASS])
+                          for start in range(0, len(patches), STACK_TILES_PER_PASS)])
 
     @torch.no_grad()
     def __call__(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, C, p, p) -> reconstructions (N, S, C, p, p)."""
+        return self._in_passes(self._reconstruct, patches)
+
+    def _reconstruct(self, patches: torch.Tensor) -> torch.Tensor:
         n, s = patches.shape[0], self.count
-        return interleave(self._last_layer(patches)).contiguous().view(n, s, -1, self.patch, self.patch)
+        return interleave(self._last_layer(patches).float()).contiguous().view(n, s, -1, self.patch, self.patch)
 
     @torch.no_grad()
     def block_errors(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, C, p, p) -> |patch - reconstruction| averaged over channels and 2 x 2 pixel blocks,
         (N, S, p/2, p/2)."""
+        return self._in_passes(self._block_errors, patches)
+
+    def _block_errors(self, patches: torch.Tensor) -> torch.Tensor:
         n, s, c = patches.shape[0], self.count, patches.shape[1]
         half = self.patch // 2
         # The last layer's output, channels-last, holds pixel (2t + a, 2u + b) at position
@@ -270,7 +288,7 @@ class SnapshotStack:
         out = self._last_layer(patches).permute(0, 2, 3, 1).reshape(n, half + 1, half + 1, s, c, 4)
         padded = F.pad(patches, (1, 1, 1, 1)).view(n, c, half + 1, 2, half + 1, 2).flip(3, 5)
         target = padded.permute(0, 2, 4, 1, 3, 5).reshape(n, half + 1, half + 1, 1, c, 4)
-        errors = out.sub_(target).abs_()
+        errors = torch.sub(out, target).abs_()  # fp32: a bf16 `out` is widened inside the subtraction
         per_parity = errors[..., 0, :].clone()  # (N, k+1, k+1, S, parity); channel by channel is faster than sum()
         for channel in range(1, c):
             per_parity += errors[..., channel, :]

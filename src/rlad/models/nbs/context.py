@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from rlad.errors import ConfigError
 from rlad.models.backbones import ARCHS, BackboneConfig, FeatureExtractor, build_feature_extractor
 from rlad.models.base import FitData
-from rlad.models.maps import grey
+from rlad.models.maps import area_resize, grey
 from rlad.models.patchcore import PatchCore, PatchCoreConfig
 
 CONTEXTS = ("none", "image", "backbone", "patchcore")
@@ -143,7 +143,7 @@ class ContextEncoder:
         """The raw prior map of images of `size` from their backbone levels, on the predictor grid."""
         prior = self.prior.predict_from_levels([levels[s] for s in sorted(self.config.prior_stages)], size)
         maps = torch.from_numpy(prior.maps)[:, None]
-        return F.interpolate(maps, size=(self.grid, self.grid), mode="area")
+        return area_resize(maps, (self.grid, self.grid))
 
     def _parts(self, levels: dict[int, torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
         """The context channels from backbone levels, in order: each stage's features at its own
@@ -174,7 +174,7 @@ class ContextEncoder:
         if kind == "none":
             return torch.zeros(batch, 0, self.grid, self.grid)
         if kind == "image":
-            return F.interpolate(grey(images), size=(self.grid, self.grid), mode="area")
+            return area_resize(grey(images), (self.grid, self.grid))
         return self._assemble(self._levels(images), tuple(images.shape[-2:]))
 
     def encode_uint8(self, images_uint8: np.ndarray, chunk: int = 16) -> torch.Tensor:

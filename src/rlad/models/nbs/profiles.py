@@ -14,6 +14,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from rlad.models.maps import area_resize
 from rlad.models.nbs.autoencoder import PatchAutoencoder, SnapshotStack, error_maps, stacked_block_errors, stacked_error_maps
 
 LOG_EPS = 1e-3  # errors live on [0, 1]; the log spreads the small ones where normal pixels sit
@@ -24,7 +25,7 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     if images.shape[-1] > size:
-        return F.interpolate(images, size=(size, size), mode="area")
+        return area_resize(images, (size, size))
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
 
 
