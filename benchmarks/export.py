@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from benchmarks._common import (  # noqa: E402
-    SHARED_DATA, SHARED_WEIGHTS, Results, append_section, failed_row, failures_text, finish, ok_rows, peak_rss_mb,
+    SHARED_DATA, SHARED_WEIGHTS, Results, failed_row, failures_text, finish, ok_rows, peak_rss_mb,
     run_child, spawn, work_dir,
 )
 
@@ -77,6 +77,24 @@ def _median_ms(call, batch, repeats: int) -> float:
     return statistics.median(times)
 
 
+def fp32_model(run_dir: Path):
+    """The run's model as PyTorch runs it on a CPU without bf16 units: the "auto" routes (PatchCore's
+    and NBS's prior's bf16 screen, NBS's bf16 loss profile) resolved to fp32, the arithmetic of the
+    exported graph. Where the CPU has bf16 units it shows how much of PyTorch's lead is theirs."""
+    from rlad.models import nearest
+    from rlad.workflows import detection
+
+    has_units = nearest.cpu_has_bf16_units
+    nearest.cpu_has_bf16_units = lambda: False  # read when a search is built, i.e. at load
+    try:
+        model = detection.load_run(run_dir).model
+    finally:
+        nearest.cpu_has_bf16_units = has_units
+    if hasattr(model.config, "profile_precision"):
+        model.config.profile_precision = "fp32"
+    return model
+
+
 def job_method(spec: dict) -> dict:
     import numpy as np
     import torch
@@ -95,6 +113,7 @@ def job_method(spec: dict) -> dict:
     fit_s = time.perf_counter() - started
     result = export(run_dir, Path(spec["work"]) / f"{method}.onnx")
     loaded = detection.load_run(run_dir)
+    fp32 = fp32_model(run_dir)
     session = onnx_session(result.path, threads)
     test = discover(data).test
     picked = [test[i] for i in np.linspace(0, len(test) - 1, 8).round().astype(int)]
@@ -105,18 +124,24 @@ def job_method(spec: dict) -> dict:
         with torch.inference_mode():
             loaded.model.predict(torch.from_numpy(batch))
 
+    def run_torch_fp32(batch):
+        with torch.inference_mode():
+            fp32.predict(torch.from_numpy(batch))
+
     def run_onnx(batch):
         session.run(["maps", "scores"], {"images": batch})
 
     rows = []
     for batch_size in (1, 8):
         batch = floats[:batch_size]
-        run_torch(batch), run_onnx(batch)  # warm-up (allocations, caches)
-        torch_ms, onnx_ms = [], []
-        for _ in range(spec["repeats"]):  # alternating, so a burst of load hits both
+        run_torch(batch), run_torch_fp32(batch), run_onnx(batch)  # warm-up (allocations, caches)
+        torch_ms, fp32_ms, onnx_ms = [], [], []
+        for _ in range(spec["repeats"]):  # alternating, so a burst of load hits all three
             torch_ms.append(_median_ms(run_torch, batch, 1))
+            fp32_ms.append(_median_ms(run_torch_fp32, batch, 1))
             onnx_ms.append(_median_ms(run_onnx, batch, 1))
         rows.append({"batch": batch_size, "torch_ms": round(statistics.median(torch_ms), 2),
+                     "torch_fp32_ms": round(statistics.median(fp32_ms), 2),
                      "onnx_ms": round(statistics.median(onnx_ms), 2)})
     parity = result.parity
     return {"method": method, "image_size": loaded.cfg.image_size, "fit_s": round(fit_s, 1),
@@ -136,8 +161,11 @@ def render(results: Results) -> str:
             goal = "not slower: " + ("yes" if ratio <= 1.0 else "NO")
             if row["method"] == "patchcore":
                 goal += f"; <= {PATCHCORE_GOAL_MS:g} ms: " + ("yes" if timing["onnx_ms"] <= PATCHCORE_GOAL_MS else "NO")
+            fp32_ms = timing.get("torch_fp32_ms")
             table.append({"method": row["method"], "batch": timing["batch"], "PyTorch ms/img": timing["torch_ms"],
                           "ONNX Runtime ms/img": timing["onnx_ms"], "ORT / PyTorch": round(ratio, 3), "goal": goal,
+                          "PyTorch fp32 ms/img": fp32_ms if fp32_ms is not None else "",
+                          "ORT / PyTorch fp32": round(timing["onnx_ms"] / max(fp32_ms, 1e-9), 3) if fp32_ms else "",
                           "parity max |map diff|": f"{row['parity_max_map_diff']:.1e}",
                           "labels": "identical" if row["parity_labels_agree"] else "DIFFER",
                           "load (1 min)": row.get("load_1min", "")})
@@ -147,7 +175,9 @@ def render(results: Results) -> str:
             f"{', '.join(sorted({str(r['image_size']) for r in ok_rows(results.rows)}))} px), exported with `rlad export` "
             "(parity on 8 real images, batch 1 at their own size and one batch of 8: normalised maps within 1e-4 and "
             "identical labels, else no file), then timed side by side in the same process: median of "
-            f"{meta.get('repeats')} alternating calls per batch size, per image.\n\n")
+            f"{meta.get('repeats')} alternating calls per batch size, per image. PyTorch = the run as `rlad predict` "
+            "runs it (on CPUs with bf16 units, bf16 screens and profiles); PyTorch fp32 = the same run with those "
+            "routes in fp32, as on a CPU without bf16 units and as in the exported graph.\n\n")
     body += markdown_table(table) + "\n" + failures_text(results.rows)
     extra = [f"- {r['method']}: fit {r['fit_s']} s, export {r['export_s']} s (tracing and parity), {r['onnx_mb']} MiB, "
              f"peak RSS {r['peak_rss_mb']} MiB, settings {' '.join(r['settings']) or 'defaults'}" for r in ok_rows(results.rows)]
@@ -175,7 +205,7 @@ def main() -> None:
         return
     if args.from_results:
         results = Results("export", args.from_results)
-        append_section(TITLE, render(results), results)
+        finish(TITLE, render(results), results, append=not args.no_append)
         return
     os.environ.setdefault("RLAD_BACKBONE_WEIGHTS", str(SHARED_WEIGHTS.parent))
     work, holder = work_dir(args.work, "rlad-bench-export-")

@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from benchmarks._common import (ROOT, SHARED_DATA, SHARED_WEIGHTS, Results, append_section, failed_row,  # noqa: E402
+from benchmarks._common import (ROOT, SHARED_DATA, SHARED_WEIGHTS, Results, failed_row,  # noqa: E402
                                failures_text, finish, ok_rows, work_dir)
 from benchmarks.export import subset_folder  # noqa: E402
 
@@ -313,7 +313,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.from_results:
         results = Results("serve", args.from_results)
-        append_section(TITLE, render(results), results)
+        finish(TITLE, render(results), results, append=not args.no_append)
         return
     os.environ.setdefault("RLAD_BACKBONE_WEIGHTS", str(SHARED_WEIGHTS.parent))
     os.environ.setdefault("RLAD_PROGRESS", "0")
