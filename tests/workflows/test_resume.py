@@ -7,6 +7,7 @@ PatchCore and PaDiM have no training loop to checkpoint: docs/methods.md gives t
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rlad.data.pairs.builders import build_pairs
@@ -48,3 +49,16 @@ def test_a_killed_compact_warm_start_resumes_to_the_uninterrupted_result(tiny_mv
     epochs = [row["epoch"] for row in RunDir(resumed.path).read_log() if "epoch" in row]
     assert epochs == [1, 2, 3, 4, 3, 4]  # epochs 3 and 4 ran again from epoch 2's checkpoint, nothing more
     assert _states_equal(RunDir(whole.path).load_model()["state"], RunDir(resumed.path).load_model()["state"])
+
+
+def test_a_warm_start_that_fails_before_its_first_checkpoint_leaves_no_run(tiny_mvtec, tmp_path, monkeypatch):
+    pairs = tmp_path / "pairs.jsonl"
+    build_pairs(tiny_mvtec, pairs, synthetic=2, reference="random")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grounding, "fit_supervised", killed)
+    with pytest.raises(KeyboardInterrupt):
+        grounding.fit_compact(pairs, tmp_path / "run", grounding.build_fit_config(None, SMALL, 0))
+    assert not (tmp_path / "run").exists()  # nothing half-made for `rlad ground` to misread

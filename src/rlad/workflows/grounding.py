@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, Sequence
@@ -181,24 +182,38 @@ def fit_hf(pairs: str | Path, out: str | Path, cfg: HFFitConfig, task_name: str 
     return _fit("hf", pairs, out, cfg, train, get_task(task_name))
 
 
-def _fit(method: str, pairs, out, cfg, train, task=None) -> RunDir:
-    task = task or GroundingTask()
-    saved = {"method": method, "stage": "warm_start", "pairs": str(Path(pairs).resolve()),
-             **({"task": task.name} if task.name != "grounding" else {}), **cfgmod.to_dict(cfg)}
-    records = task.load(pairs)
-    run = RunDir.open(out, saved)
-    if run.finished:
-        return run
+def _run_record(method: str, stage: str, pairs, task, cfg, **extra) -> dict:
+    """What a grounding run folder is opened with (`RunDir.open`): a rerun with other values is refused."""
+    return {"method": method, "stage": stage, "pairs": str(Path(pairs).resolve()), **extra,
+            **({"task": task.name} if task.name != "grounding" else {}), **cfgmod.to_dict(cfg)}
+
+
+@contextmanager
+def _training(run: RunDir, cfg, keep_on_failure=lambda: False):
+    """Seeded, on `cfg.threads` threads; a failure (a model that cannot load, Ctrl-C) discards the
+    half-made run, so the next command does not misread it, unless `keep_on_failure()` (a run that
+    has checkpoints to resume from)."""
     seed_everything(cfg.seed)
     try:
         with torch_threads(cfg.threads):
-            started = time.perf_counter()
-            policy, history = train(task, records, run)
-            seconds = time.perf_counter() - started
-        _save_policy(run, policy)
-    except BaseException:  # e.g. a model that cannot load: no half-made run left for the next command to misread
-        run.discard_unfinished()
+            yield
+    except BaseException:
+        if not keep_on_failure():
+            run.discard_unfinished()
         raise
+
+
+def _fit(method: str, pairs, out, cfg, train, task=None) -> RunDir:
+    task = task or GroundingTask()
+    records = task.load(pairs)
+    run = RunDir.open(out, _run_record(method, "warm_start", pairs, task, cfg))
+    if run.finished:
+        return run
+    with _training(run, cfg):
+        started = time.perf_counter()
+        policy, history = train(task, records, run)
+        seconds = time.perf_counter() - started
+        _save_policy(run, policy)
     run.save_metrics({"fit_seconds": round(seconds, 2), "pairs": len(records),
                       "final_loss": history[-1]["loss"] if history else None}, key="fit")
     status(f"{out}: warm start done in {seconds:.1f} s ({len(records)} pairs)")
@@ -236,9 +251,8 @@ def grpo(pairs: str | Path, out: str | Path, cfg: GRPORunConfig | None = None, i
         from rlad.integrations.trl import require_trl
 
         require_trl()
-    saved = {"method": policy_name, "stage": "grpo", "pairs": str(Path(pairs).resolve()),
-             "init": str(Path(init).resolve()) if init else None, **({"engine": engine} if engine != "rlad" else {}),
-             **({"task": task.name} if task.name != "grounding" else {}), **cfgmod.to_dict(cfg)}
+    saved = _run_record(policy_name, "grpo", pairs, task, cfg, init=str(Path(init).resolve()) if init else None,
+                        **({"engine": engine} if engine != "rlad" else {}))
     records = task.load(pairs)
     if init:
         policy = load_policy(init)
@@ -249,24 +263,19 @@ def grpo(pairs: str | Path, out: str | Path, cfg: GRPORunConfig | None = None, i
     run = RunDir.open(out, saved)
     if run.finished:
         return run
-    seed_everything(cfg.seed)
-    try:
-        with torch_threads(cfg.threads):
-            if not init:
-                policy = policy_class(policy_name)(cfg.policy)
-            if engine == "trl":
-                from rlad.integrations.trl import is_main_process, train_trl
+    # Before its first checkpoint (rlad's or TRL's), a failed run leaves nothing behind.
+    with _training(run, cfg, keep_on_failure=lambda: any((run.path / "trl").glob("checkpoint-*"))):
+        if not init:
+            policy = policy_class(policy_name)(cfg.policy)
+        if engine == "trl":
+            from rlad.integrations.trl import is_main_process, train_trl
 
-                summary = train_trl(policy, task, records, cfg.grpo, cfg.trl, run)
-                if not is_main_process():
-                    return None  # the main process saves the run
-            else:
-                summary = train_grpo(policy, task, records, cfg.grpo, run=run)
+            summary = train_trl(policy, task, records, cfg.grpo, cfg.trl, run)
+            if not is_main_process():
+                return None  # the main process saves the run
+        else:
+            summary = train_grpo(policy, task, records, cfg.grpo, run=run)
         _save_policy(run, policy)
-    except BaseException:  # before its first checkpoint (rlad's or TRL's), a failed run leaves nothing behind
-        if not any((run.path / "trl").glob("checkpoint-*")):
-            run.discard_unfinished()
-        raise
     run.save_metrics({k: v for k, v in summary.items() if k != "last"} | {"pairs": len(records)}, key="grpo")
     status(f"{out}: {summary['steps']} GRPO steps, {summary['completions_scored']} completions scored "
            f"({summary['completions_per_s']:.0f}/s)")
