@@ -10,6 +10,7 @@ is refused at once."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import fcntl
 import json
@@ -161,6 +162,14 @@ def finish(title: str, text: str, results: Results, append: bool = True, fail_on
     if append:
         append_section(title, text, results=results, command=command)
     return 1 if fail_on_failed_rows and len(ok_rows(results.rows)) < len(results.rows) else 0
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type of options like `--batches 1,8`: whole numbers, comma-separated."""
+    try:
+        return [int(value) for value in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers separated by commas, like 1,8") from None
 
 
 def fastest_alternating(predictors: dict, batches: list, rounds: int) -> dict[str, tuple[float, float]]:

@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--batches", default="1,8", help="batch sizes to time, comma-separated (default 1,8)")
+    parser.add_argument("--batches", type=_common.int_list, default="1,8", help="batch sizes to time, comma-separated (default 1,8)")
     parser.add_argument("--patchcore", metavar="RUN", help="a PatchCore run on the same data: its whole predict timed "
                         "next to this run's, alternating in one process (the ratio robust to a busy host)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds with --patchcore (default 3)")
@@ -187,10 +187,6 @@ def main(argv=None) -> int:
     else:
         if not (args.run and args.data):
             parser.error("RUN and --data are required")
-        try:
-            args.batches = [int(b) for b in args.batches.split(",")]
-        except ValueError:
-            parser.error(f"--batches {args.batches!r}: give batch sizes like 1,8")
         if min(args.batches) < 1 or args.images < max(args.batches):
             parser.error(f"--images must be at least the largest batch ({max(args.batches)}), batches at least 1")
         if args.rounds < 1:

@@ -2,6 +2,7 @@
 "PatchCore at least 2x faster per image than today at equal maps").
 
     .venv/bin/python benchmarks/speedup_alternating.py RUN --data DIR --baseline-src OLD/src --threads 1,2
+    .venv/bin/python benchmarks/speedup_alternating.py NBS_RUN --data DIR --baseline-src OLD/src --part loss_profile
     .venv/bin/python benchmarks/speedup_alternating.py --from-results benchmarks/results/speedup_alternating-DATE.jsonl
 
 The baseline code is imported first (OLD/src first on the path) and loads RUN; its modules are then
@@ -10,7 +11,10 @@ process. The first `--images` test images of DIR are decoded once; at each threa
 size the two predict every image in turn, `--rounds` times, and the fastest round of each is kept:
 both see the same load, which on a shared host moves absolute times by up to 2x between minutes
 while the ratio holds. Also reported: the largest difference of the two versions' raw maps over the
-map's range (equal maps: under 1e-3). RUN must be loadable by both versions (fit it with the older).
+map's range (equal maps: under 1e-3), and of this code's maps of a batch of 8 and of the same images one
+by one (bf16 kernels can depend on the batch). `--part loss_profile` times an NBS run's loss profile
+(`NBSModel.loss_profile`) instead of the whole predict, and compares profiles instead of maps. RUN must
+be loadable by both versions (fit it with the older).
 """
 
 from __future__ import annotations
@@ -49,14 +53,17 @@ def measure(args, results: _common.Results) -> None:
     from rlad.data.folder import discover
     from rlad.data.transforms import load_samples
 
-    results.note(method=this.name)
+    results.note(method=this.name, part=args.part)
+    baseline, this = Part(baseline, args.part), Part(this, args.part)
     samples = discover(Path(args.data)).test[: args.images]
-    images, _ = load_samples(samples, this.config.image_size, desc="loading")
+    images, _ = load_samples(samples, this.model.config.image_size, desc="loading")
     pixels = torch.from_numpy(images).float() / 255
     with torch.no_grad():
-        old_maps, new_maps = baseline.predict(pixels[:8]).maps, this.predict(pixels[:8]).maps
+        old_maps, new_maps = baseline.output(pixels[:8]), this.output(pixels[:8])
+        one_by_one = np.concatenate([this.output(pixels[i : i + 1]) for i in range(len(new_maps))])
     span = float(old_maps.max() - old_maps.min()) or 1.0
     map_diff = float(np.abs(old_maps - new_maps).max()) / span
+    batch_diff = float(np.abs(one_by_one - new_maps).max()) / span
     for threads in args.threads:
         torch.set_num_threads(threads)
         for batch in args.batches:
@@ -67,18 +74,38 @@ def measure(args, results: _common.Results) -> None:
                          "baseline_ms": round(1000 * best["baseline"] / len(pixels), 2),
                          "this_ms": round(1000 * best["this"] / len(pixels), 2),
                          "speedup": round(best["baseline"] / best["this"], 3),
-                         "max_map_diff_over_range": float(f"{map_diff:.2e}")})
+                         "max_map_diff_over_range": float(f"{map_diff:.2e}"),
+                         "this_batch8_vs_one_by_one_over_range": float(f"{batch_diff:.2e}")})
+
+
+class Part:
+    """What is timed of a loaded model: its whole `predict`, or one of its parts (same call shape)."""
+
+    def __init__(self, model, part: str):
+        if not hasattr(model, part):
+            raise SystemExit(f"--part {part}: a {model.name} run has no {part}")
+        self.model, self.part = model, part
+        self.predict = getattr(model, part)
+
+    def output(self, pixels):
+        """The compared values: the raw maps, or the part's tensor."""
+        out = self.predict(pixels)
+        return out.maps if self.part == "predict" else out.float().numpy()
+
+
+DIFFS = ("max_map_diff_over_range", "this_batch8_vs_one_by_one_over_range")
 
 
 def render(results: _common.Results) -> str:
     from rlad.tables import markdown_table
 
     meta = results.meta
-    return (f"Run: {meta.get('run')} (its method: {meta.get('method', '?')}); baseline code: {meta.get('baseline_src')}; "
+    return (f"Run: {meta.get('run')} (its method: {meta.get('method', '?')}; timed: {meta.get('part', 'predict')}); "
+            f"baseline code: {meta.get('baseline_src')}; "
             f"the first {meta.get('images')} test images of {meta.get('data')}, decoded beforehand; wall ms per image, "
             f"the fastest of {meta.get('rounds')} alternating rounds; load average {meta.get('load_1min_before')} before, "
             f"{meta.get('load_1min_after')} after.\n\n"
-            + markdown_table([{**row, "max_map_diff_over_range": f"{row['max_map_diff_over_range']:.1e}"}
+            + markdown_table([{**row, **{key: f"{row[key]:.1e}" for key in DIFFS if key in row}}
                               for row in _common.ok_rows(results.rows)], floatfmt="{:.2f}")
             + _common.failures_text(results.rows))
 
@@ -91,8 +118,11 @@ def main(argv=None) -> int:
     parser.add_argument("--data")
     parser.add_argument("--baseline-src")
     parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated (default 1,2)")
-    parser.add_argument("--batches", default="1,8", help="batch sizes, comma-separated (default 1,8)")
+    parser.add_argument("--threads", type=_common.int_list, default="1,2",
+                        help="torch thread counts, comma-separated (default 1,2)")
+    parser.add_argument("--batches", type=_common.int_list, default="1,8", help="batch sizes, comma-separated (default 1,8)")
+    parser.add_argument("--part", choices=("predict", "loss_profile"), default="predict",
+                        help="what is timed: the whole predict (default) or an NBS run's loss profile")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--from-results", metavar="FILE", help="render an earlier run's results file again (no measuring)")
@@ -104,11 +134,6 @@ def main(argv=None) -> int:
             parser.error("give RUN, --data and --baseline-src (or --from-results FILE)")
         if not (Path(args.baseline_src) / "rlad").is_dir():
             parser.error(f"--baseline-src {args.baseline_src}: no rlad package there")
-        try:
-            args.threads = [int(v) for v in args.threads.split(",")]
-            args.batches = [int(v) for v in args.batches.split(",")]
-        except ValueError:
-            parser.error("--threads and --batches take comma-separated integers")
         results = _common.Results("speedup_alternating")
         results.note(run=_common.portable(str(Path(args.run).resolve())), data=_common.portable(args.data),
                      baseline_src=_common.portable(str(Path(args.baseline_src).resolve())), images=args.images,

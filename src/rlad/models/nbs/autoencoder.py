@@ -289,7 +289,8 @@ class SnapshotStack:
         out = self._last_layer(patches).permute(0, 2, 3, 1).reshape(n, half + 1, half + 1, s, c, 4)
         padded = F.pad(patches, (1, 1, 1, 1)).view(n, c, half + 1, 2, half + 1, 2).flip(3, 5)
         target = padded.permute(0, 2, 4, 1, 3, 5).reshape(n, half + 1, half + 1, 1, c, 4)
-        errors = torch.sub(out, target).abs_()  # fp32: a bf16 `out` is widened inside the subtraction
+        # fp32 either way: a bf16 `out` is widened inside the subtraction, an fp32 one reused in place.
+        errors = (out.sub_(target) if out.dtype == target.dtype else torch.sub(out, target)).abs_()
         per_parity = errors[..., 0, :].clone()  # (N, k+1, k+1, S, parity); channel by channel is faster than sum()
         for channel in range(1, c):
             per_parity += errors[..., channel, :]
