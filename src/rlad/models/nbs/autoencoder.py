@@ -141,9 +141,9 @@ _PHASE_TAPS = ((3, 1), (2, 0))
 CHANNELS_LAST = torch.channels_last
 STACK_TILES_PER_PASS = 32
 """Tiles a `SnapshotStack` takes through its layers at once: a batch of 8 images' 128 tiles in one pass
-spills the intermediate blocks out of cache; in passes of 32 the profile of a batch of 8 costs a
-fifth to a quarter less per image at 2 and 1 threads, with the same values (bit for bit on the
-benchmark's NBS run; tests/models/test_nbs.py runs the stack in passes)."""
+spills the intermediate blocks out of cache; in passes of 32 the profile of a batch of 8 costs up to
+a fifth less per image (benchmarks/speedup_alternating.py --part loss_profile), with the same values
+(bit for bit on the benchmark's NBS run; tests/models/test_nbs.py runs the stack in passes)."""
 
 
 def phase_weight(weight: torch.Tensor) -> torch.Tensor:
