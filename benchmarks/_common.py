@@ -39,9 +39,23 @@ def machine_line() -> str:
     except ImportError:
         torch_version, threads = "n/a", 0
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch_version} "
+        f"{platform.processor() or platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, torch {torch_version} "
         f"({threads} threads), Python {platform.python_version()}"
     )
+
+
+def cpu_model() -> str:
+    """The CPU's name and whether it has bf16 units: hosts differ between sessions, and with them
+    which arithmetic `auto` picks (rlad.models.nearest.cpu_has_bf16_units), so timings say which."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "CPU unknown"
+    from rlad.models.nearest import cpu_has_bf16_units
+
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+    bf16 = cpu_has_bf16_units()
+    return f"{names[0] if names else 'CPU unknown'} ({'with' if bf16 else 'no'} bf16 units)"
 
 def portable(text: str) -> str:
     """`text` without this machine's paths: the repository as ".", the shared data as "../shared",

@@ -114,7 +114,10 @@ def job_method(spec: dict) -> dict:
     result = export(run_dir, Path(spec["work"]) / f"{method}.onnx")
     loaded = detection.load_run(run_dir)
     fp32 = fp32_model(run_dir)
-    session = onnx_session(result.path, threads)
+    # Without spinning: ORT's idle threads otherwise busy-wait after each call and slow the PyTorch
+    # call after it (measured: 92 vs 53 ms/image for PatchCore at batch 1 on 2 cores), which
+    # flattered ONNX Runtime's ratio in the sections before 2026-12-04.
+    session = onnx_session(result.path, threads, spinning=False)
     test = discover(data).test
     picked = [test[i] for i in np.linspace(0, len(test) - 1, 8).round().astype(int)]
     images, _ = load_samples(picked, loaded.cfg.image_size, desc="images")
@@ -177,7 +180,11 @@ def render(results: Results) -> str:
             "identical labels, else no file), then timed side by side in the same process: median of "
             f"{meta.get('repeats')} alternating calls per batch size, per image. PyTorch = the run as `rlad predict` "
             "runs it (on CPUs with bf16 units, bf16 screens and profiles); PyTorch fp32 = the same run with those "
-            "routes in fp32, as on a CPU without bf16 units and as in the exported graph.\n\n")
+            "routes in fp32, as on a CPU without bf16 units and as in the exported graph. "
+            + ("ONNX Runtime without spinning (its idle threads sleep, as `rlad serve` runs it).\n\n"
+               if meta.get("ort_spinning") is False else
+               "ONNX Runtime with spinning: its threads busy-waited after each call and slowed the PyTorch call "
+               "that followed, so the PyTorch column is high (fixed 2026-12-04).\n\n"))
     body += markdown_table(table) + "\n" + failures_text(results.rows)
     extra = [f"- {r['method']}: fit {r['fit_s']} s, export {r['export_s']} s (tracing and parity), {r['onnx_mb']} MiB, "
              f"peak RSS {r['peak_rss_mb']} MiB, settings {' '.join(r['settings']) or 'defaults'}" for r in ok_rows(results.rows)]
@@ -214,7 +221,7 @@ def main() -> None:
     results = Results("export")
     load = os.getloadavg()[0]
     results.note(data=Path(args.data).name, train_images=train_images, threads=args.threads, repeats=args.repeats,
-                 quick=args.quick, load_at_start=round(load, 1),
+                 quick=args.quick, load_at_start=round(load, 1), ort_spinning=False,
                  busy_note=(f"The host was busy (1-minute load {load:.1f} on {os.cpu_count()} cores at the start; "
                             "each row has its own): absolute times are inflated and noisy; the ORT/PyTorch ratio, "
                             "measured side by side, is the comparable figure.") if load > 1.5 else "")

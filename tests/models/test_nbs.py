@@ -29,7 +29,7 @@ from rlad.models.nbs.autoencoder import (
 )
 from rlad.models.nbs.context import ContextConfig, ContextEncoder, to_grid
 from rlad.models.nbs.head import InferenceHead, new_predictor
-from rlad.models.nbs.predictor import Predictor, train_epochs, weighted_bce
+from rlad.models.nbs.predictor import Predictor, SubgridConv2d, train_epochs, weighted_bce
 from rlad.models.nbs.fused_prior import fused_prior
 from rlad.models.nbs.profiles import SnapshotBank, profile_features
 from rlad.models.nbs.sampler import (
@@ -171,6 +171,24 @@ def test_weighted_bce_matches_the_formula():
     for alpha in (1.0, 0.3, 0.0):
         expected = -(target * torch.log(p) + alpha * (1 - target) * torch.log(1 - p)).mean()
         assert torch.allclose(weighted_bce(logits, target, alpha), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("dilation, size", [(1, 16), (2, 16), (4, 16), (8, 16), (4, 12), (3, 16), (2, 15)])
+def test_subgrid_convolution_equals_the_dilated_one(dilation, size):
+    """Forward and both gradients of nn.Conv2d's dilated, replicate-padded convolution, in float64,
+    on sizes the dilation divides after padding (sub-grids) and sizes it does not (plain route)."""
+    torch.manual_seed(0)
+    fast = SubgridConv2d(3, 2, 3, padding=dilation, dilation=dilation, padding_mode="replicate").double()
+    plain = torch.nn.Conv2d(3, 2, 3, padding=dilation, dilation=dilation, padding_mode="replicate").double()
+    plain.load_state_dict(fast.state_dict())
+    images = torch.randn(2, 3, size, size + dilation * 2 * (size % 2 == 0), dtype=torch.float64, requires_grad=True)
+    ours, theirs = fast(images), plain(images)
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    ours_grads = torch.autograd.grad((ours * theirs.detach()).sum(), [images, fast.weight, fast.bias])
+    theirs_grads = torch.autograd.grad((theirs * theirs.detach()).sum(), [images, plain.weight, plain.bias])
+    for mine, reference in zip(ours_grads, theirs_grads):
+        torch.testing.assert_close(mine, reference, rtol=0, atol=1e-10)
 
 
 def test_prior_residual_predictor_starts_from_the_prior():

@@ -14,6 +14,27 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class SubgridConv2d(nn.Conv2d):
+    """A dilated, replicate-padded 3x3 convolution computed as an undilated one on the image's
+    dilation x dilation interleaved sub-grids (space-to-batch): the same products and sums, but
+    oneDNN's dilated kernels, the backward pass above all, are slow on a CPU (measured: a predictor
+    training step 16-19% faster at 1 and 2 threads). The padding comes first, on the whole image,
+    so every sub-grid sees the rows a dilated kernel would; sizes the dilation does not divide take
+    the plain dilated route. Same parameters and state_dict as `nn.Conv2d`."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        step = self.dilation[0]
+        padded = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+        batch, channels, height, width = padded.shape
+        if step == 1 or self.dilation[1] != step or height % step or width % step:
+            return F.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
+        grids = padded.view(batch, channels, height // step, step, width // step, step).permute(0, 3, 5, 1, 2, 4)
+        out = F.conv2d(grids.reshape(batch * step * step, channels, height // step, width // step), weight, bias)
+        rows, cols = out.shape[-2:]
+        out = out.view(batch, step, step, -1, rows, cols).permute(0, 3, 4, 1, 5, 2)
+        return out.reshape(batch, -1, rows * step, cols * step)
+
+
 class Predictor(nn.Module):
     """Returns logits (B, 1, H, W); `torch.sigmoid` of them is the defect probability.
 
@@ -48,7 +69,7 @@ class Predictor(nn.Module):
             previous = project
         for channels, dilation in zip(widths, dilations):
             layers += [
-                nn.Conv2d(previous, channels, 3, padding=dilation, dilation=dilation, padding_mode="replicate"),
+                SubgridConv2d(previous, channels, 3, padding=dilation, dilation=dilation, padding_mode="replicate"),
                 nn.BatchNorm2d(channels),
                 nn.LeakyReLU(0.2),
             ]
