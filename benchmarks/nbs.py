@@ -18,7 +18,8 @@ with `--set protocol.dev_fraction=F` a development split drawn once per dataset 
 `protocol.protocol_seed` (not the run seed) is left out of every seed's test split; 10% of train/good
 held out for thresholds. `--set protocol.*` reaches every row, other `--set` overrides
 only the nbs/refine rows; `--set DATASET:KEY=VALUE` only that dataset's rows (e.g.
-`--set magnetic_tile:protocol.dev_fraction=0.3`). Each row records its overrides and a fingerprint of the images it was scored
+`--set magnetic_tile:protocol.dev_fraction=0.3`), `--set METHOD:KEY=VALUE` only that method's rows
+(e.g. `--set patchcore:model.coreset_ratio=0.05`). Each row records its overrides and a fingerprint of the images it was scored
 on (`test_set`); the section says whether the rows of each seed share it. One fresh process per run
 (its own peak memory); rows go to benchmarks/results/nbs-DATE.jsonl as they arrive, a failed run as a
 failed row. Backbone weights: ../shared/weights/mobilenet_v2-b0353104.pth through $RLAD_BACKBONE_WEIGHTS.
@@ -252,7 +253,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="MPDD, seed 0, 400 NBS steps: a smoke run, not a result")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override (repeatable): protocol.* for every row, anything else for nbs/refine rows; "
-                             "DATASET:KEY=VALUE for one dataset only")
+                             "DATASET:KEY=VALUE for one dataset only, METHOD:KEY=VALUE for one method only")
     parser.add_argument("--work", default=None, help="run directories here (default: a temp folder)")
     parser.add_argument("--keep-runs", action="store_true", help="keep each run directory (default: deleted after testing)")
     parser.add_argument("--from-results", default=None, help="render the section from a results file instead of running")
@@ -265,22 +266,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+METHODS = {method for method, _ in VARIANTS.values()}
+
+
+def _prefixed(item: str) -> tuple[str, str] | None:
+    """(prefix, KEY=VALUE) of a PREFIX:KEY=VALUE override, None for a plain one."""
+    prefix, sep, rest = item.partition(":")
+    return (prefix, rest) if sep and "=" not in prefix else None
+
+
 def for_dataset(overrides: list[str], dataset: str) -> list[str]:
-    """The overrides that apply to `dataset`: the unprefixed ones and those given as DATASET:KEY=VALUE."""
+    """The overrides that apply to `dataset`: the unprefixed ones, those given as DATASET:KEY=VALUE
+    (prefix dropped) and the METHOD:KEY=VALUE ones (kept for `row_overrides`)."""
     out = []
     for item in overrides:
-        prefix, sep, rest = item.partition(":")
-        if sep and "=" not in prefix:
-            if prefix == dataset:
-                out.append(rest)
-        else:
+        prefixed = _prefixed(item)
+        if prefixed is None or prefixed[0] in METHODS:
             out.append(item)
+        elif prefixed[0] == dataset:
+            out.append(prefixed[1])
     return out
 
 
 def row_overrides(method: str, variant_overrides: list[str], overrides: list[str], seed: int) -> list[str]:
-    shared = [o for o in overrides if o.startswith(ALL_ROWS)]
-    own = [] if method in UNSUPERVISED else [o for o in overrides if not o.startswith(ALL_ROWS)]
+    plain = [o for o in overrides if _prefixed(o) is None]
+    shared = [o for o in plain if o.startswith(ALL_ROWS)]
+    own = [] if method in UNSUPERVISED else [o for o in plain if not o.startswith(ALL_ROWS)]
+    own += [p[1] for p in map(_prefixed, overrides) if p is not None and p[0] == method]
     return [*variant_overrides, *own, f"seed={seed}", "protocol.labeled_per_type=5", *shared]
 
 

@@ -72,3 +72,28 @@ def test_old_supervised_runs_still_load_and_refine_refuses_bad_input(tiny_mvtec,
         fit_tiny(tiny_mvtec, tmp_path / "none", ["protocol.labeled_per_type=0"])
     with pytest.raises(ConfigError, match="context.kind=none"):
         fit_tiny(tiny_mvtec, tmp_path / "nothing", ["model.context.kind=none"])
+
+
+def test_the_refiners_default_batches_give_nbs_number_of_predictor_updates(monkeypatch):
+    """RefineConfig halves the batch and the epochs: per round the same optimiser steps as NBS's
+    predictor per cycle (the docs' claim), counted on the real training loop."""
+    from rlad.models.nbs import predictor as predictor_module
+    from rlad.models.nbs.config import NBSConfig, RefineConfig
+    from rlad.models.nbs.refiner import PriorRefiner
+    from rlad.models.nbs.refiner import train_rounds
+
+    assert PriorRefiner.Config is RefineConfig
+
+    def updates(cfg) -> int:
+        net = predictor_module.Predictor(2, (4,), (1,))
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+        steps = []
+        monkeypatch.setattr(optimizer, "step", lambda *a, **k: steps.append(1))
+        examples = [(torch.randn(2, 8, 8), torch.zeros(1, 8, 8)) for _ in range(cfg.predictor_buffer + 5)]
+        cfg.steps = cfg.reset_every  # one round
+        train_rounds(cfg, net, optimizer, examples, seed=0)
+        return len(steps)
+
+    refine, nbs = RefineConfig(), NBSConfig()
+    assert refine.predictor_batch < nbs.predictor_batch
+    assert updates(refine) == updates(nbs) > 0

@@ -168,3 +168,14 @@ class NBSConfig:
         raise_if_problems(problems)
         return self
 
+
+
+@dataclass
+class RefineConfig(NBSConfig):
+    """The refiner's config: NBS's keys (`--set model.*` means the same for both), with the predictor
+    trained in batches of 4 for 2 epochs per round instead of 8 for 4: the same 40 updates per round
+    as NBS's predictor gets per cycle, each on half as many maps: half the training cost. On the development
+    split of magnetic tile it scored no lower than batches of 8 (docs/nbs.md, "NBS or the refiner")."""
+
+    predictor_batch: int = 4
+    predictor_epochs: int = 2

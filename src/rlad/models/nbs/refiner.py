@@ -1,7 +1,8 @@
 """The prior refiner (`rlad fit refine`): NBS's predictor without the loss profile. The same labelled
 images, augmentation, normal examples, context channels (backbone features and the PatchCore prior),
-predictor network and number of predictor updates as NBS, but no autoencoder and no sampler: a few
-labelled defects teach the predictor to correct the unsupervised prior.
+predictor network and number of predictor updates as NBS (in batches of 4, NBS's 8, `RefineConfig`),
+but no autoencoder and no sampler: a few labelled defects teach the predictor to correct the
+unsupervised prior.
 
 It is NBS's supervised control (what NBS scores above it is what the loss-profile idea adds) and,
 since profiles add nothing measurable on our data at a fraction of the cost, the method to run in
@@ -19,7 +20,7 @@ import torch
 from rlad.engine import TrainingState, progress
 from rlad.errors import ConfigError
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
-from rlad.models.nbs.config import NBSConfig
+from rlad.models.nbs.config import NBSConfig, RefineConfig
 from rlad.models.nbs.context import ContextEncoder
 from rlad.models.nbs.head import InferenceHead, predictor_optimizer, restore_head, seeded_predictor
 from rlad.models.nbs.labelled import fit_context, prepare_labelled, require_labels
@@ -74,11 +75,11 @@ def train_rounds(
 
 class PriorRefiner(AnomalyModel):
     name = "refine"
-    Config = NBSConfig  # one config, so `--set model.*` means the same for NBS and the refiner
+    Config = RefineConfig  # NBS's keys, so `--set model.*` means the same for NBS and the refiner
     uses_labels = True
     default_labeled_per_type = 5
 
-    def __init__(self, config: NBSConfig):
+    def __init__(self, config: RefineConfig):
         super().__init__(config)
         self.predictor: Predictor | None = None
         self.encoder: ContextEncoder | None = None
