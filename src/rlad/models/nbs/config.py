@@ -1,6 +1,7 @@
-"""The one config of NBS and its supervised control (`--set model.*` means the same for both): the
-paper's schedule constants, rlad's budget and deviations (docs/nbs.md "Deviations from the paper"),
-the sampler switches, and the validation of all of them.
+"""The config of NBS and of its supervised control, the refiner (`--set model.*` means the same for
+both; `RefineConfig` only changes two training defaults): the paper's schedule constants, rlad's
+budget and deviations (docs/nbs.md "Deviations from the paper"), the sampler switches, and the
+validation of all of them.
 """
 
 from __future__ import annotations
@@ -169,13 +170,13 @@ class NBSConfig:
         return self
 
 
-
 @dataclass
 class RefineConfig(NBSConfig):
     """The refiner's config: NBS's keys (`--set model.*` means the same for both), with the predictor
     trained in batches of 4 for 2 epochs per round instead of 8 for 4: the same 40 updates per round
-    as NBS's predictor gets per cycle, each on half as many maps: half the training cost. On the development
-    split of magnetic tile it scored no lower than batches of 8 (docs/nbs.md, "NBS or the refiner")."""
+    as NBS's predictor gets per cycle, each on half as many maps, at half the training cost. On the
+    development split of magnetic tile it scored as batches of 8 did (docs/nbs.md, "The refiner's
+    batches")."""
 
     predictor_batch: int = 4
     predictor_epochs: int = 2
