@@ -34,7 +34,7 @@ from benchmarks._common import (  # noqa: E402
 )
 
 TITLE = "ONNX export: ONNX Runtime vs PyTorch"
-METHODS = ["patchcore", "padim", "ae", "nbs"]
+METHODS = ["patchcore", "padim", "ae", "nbs", "refine"]
 PATCHCORE_GOAL_MS = 25.0
 # What each method is fitted with here (besides the defaults): NBS and the autoencoder train for fewer
 # steps than a real run, which changes their weights, not their inference cost.
@@ -43,6 +43,7 @@ SETTINGS = {
     "padim": [],
     "ae": ["model.steps=200"],
     "nbs": ["model.steps=100"],
+    "refine": ["model.steps=100"],
 }
 QUICK = {
     "patchcore": ["image_size=64", "model.backbone.stages=[1,2]"],
@@ -53,6 +54,8 @@ QUICK = {
             "model.sampler_update_from=3", "model.sampler_update_to=4", "model.labeled_per_cycle=1",
             "model.reward_images=1", "model.normals_per_cycle=1", "model.predictor_buffer=4",
             "model.context.backbone.stages=[1]", "model.context.prior_stages=[1]", "protocol.labeled_per_type=1"],
+    "refine": ["image_size=64", "model.predictor_grid=16", "model.steps=40", "model.predictor_buffer=4",
+               "model.context.backbone.stages=[1]", "model.context.prior_stages=[1]", "protocol.labeled_per_type=1"],
 }
 
 

@@ -21,6 +21,11 @@ TINY = {
             "model.predictor_widths=[4,4]", "model.predictor_dilations=[1,2]",
             "model.context.backbone.stages=[1]", "model.context.backbone.weights=random",
             "model.context.prior_stages=[1]", "protocol.labeled_per_type=1"],
+    "refine": ["image_size=64", "model.predictor_grid=16", "model.steps=40",  # 2 rounds of 20
+               "model.augment_copies=1", "model.predictor_buffer=4", "model.predictor_epochs=1",
+               "model.predictor_widths=[4,4]", "model.predictor_dilations=[1,2]",
+               "model.context.backbone.stages=[1]", "model.context.backbone.weights=random",
+               "model.context.prior_stages=[1]", "protocol.labeled_per_type=1"],
 }
 
 

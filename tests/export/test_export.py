@@ -16,7 +16,7 @@ from rlad.data.images import load_image
 from rlad.data.transforms import resize_image
 from rlad.workflows import detection
 
-METHODS = ["patchcore", "padim", "ae", "nbs"]
+METHODS = ["patchcore", "padim", "ae", "nbs", "refine"]
 
 
 def _cli(capsys, *argv) -> tuple[int, str, str]:

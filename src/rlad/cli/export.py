@@ -17,7 +17,7 @@ the resize, normalisation, backbone, scoring and smoothing; its outputs are the 
 the same on the run's 0-1 scale (0.5 = the run's thresholds, also written as metadata "rlad").
 The export fails and writes nothing unless ONNX Runtime and PyTorch agree on real images (the run's
 validation and test images, or --images): normalised maps within 1e-4 and identical labels.
-Methods: patchcore, padim, ae, nbs. docs/deploy.md has the details."""
+Methods: patchcore, padim, ae, nbs, refine. docs/deploy.md has the details."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:

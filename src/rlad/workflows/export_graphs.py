@@ -223,7 +223,8 @@ class NBSGraph(PixelGraph):
     """NBS at inference (`NBSModel.predict`): each snapshot's reconstruction error at the profile
     resolution (the loss profile), the context channels (backbone features and the standardised
     PatchCore prior, as `ContextEncoder` makes them), the folded predictor, the prior ensemble, and
-    the probabilities upsampled and smoothed; image score from the pooled grid probabilities."""
+    the probabilities upsampled and smoothed; image score from the pooled grid probabilities. The
+    prior refiner (`PriorRefiner.predict`) is the same graph without the loss profile."""
 
     def __init__(self, model, image_size: int, post: PostProcessor):
         super().__init__(image_size, post)
@@ -236,7 +237,8 @@ class NBSGraph(PixelGraph):
         self.tile, self.untile, self.resize, self.profile_features = tile, untile, resize, profile_features
         self.image_score, self.combine = image_score, locally_aware_features
         self.profile_size, self.grid, self.score_pool = cfg.profile_size, cfg.predictor_grid, cfg.score_pool
-        self.snapshots = nn.ModuleList(m.eval() for m in model.bank._built())
+        bank = getattr(model, "bank", None)  # the refiner has no snapshots, hence no profile
+        self.snapshots = nn.ModuleList(m.eval() for m in bank._built()) if bank is not None else nn.ModuleList()
         self.kind = encoder.config.kind
         self.predictor = model.head.predictor
         self.prior_boost = float(cfg.prior_boost) if self.predictor.prior_residual else 0.0
@@ -248,7 +250,7 @@ class NBSGraph(PixelGraph):
         if self.kind == "patchcore":
             prior = encoder.prior
             if prior.config.reweight:
-                raise ConfigError("nbs with a reweighted PatchCore prior cannot be exported yet")
+                raise ConfigError("a run with a reweighted PatchCore prior cannot be exported yet")
             self.prior_stages = sorted(encoder.config.prior_stages)
             self.prior_nearest = NearestDistance(prior.memory_bank)
             self.prior_mean, self.prior_std = float(encoder.prior_mean), float(encoder.prior_std)
@@ -258,6 +260,8 @@ class NBSGraph(PixelGraph):
             self.prior_smooth = Smooth(prior_grid, image_size, scaled_sigma(prior.config.blur_sigma, image_size))
 
     def _profile(self, images: torch.Tensor) -> torch.Tensor:
+        if not len(self.snapshots):
+            return images[:, :0, : self.grid, : self.grid]
         small = self.resize(images, self.profile_size)
         errors = []
         for snapshot in self.snapshots:
@@ -299,7 +303,7 @@ def _grid(backbone: Backbone, image_size: int, stride: int) -> tuple[int, int]:
     return tuple(level.shape[-2:])
 
 
-GRAPHS = {"patchcore": PatchCoreGraph, "padim": PaDiMGraph, "ae": AEGraph, "nbs": NBSGraph}
+GRAPHS = {"patchcore": PatchCoreGraph, "padim": PaDiMGraph, "ae": AEGraph, "nbs": NBSGraph, "refine": NBSGraph}
 
 
 def graph_for(method: str, model, image_size: int, post: PostProcessor) -> PixelGraph:
