@@ -15,7 +15,9 @@ The modules wrap the models' own pieces (backbone modules, `locally_aware_featur
 the models alone. Only where a model's fast path cannot be traced is it replaced by the same maths:
 PatchCore's nearest-neighbour search (`models.nearest.BankSearch`: chunked loops and, on bf16 CPUs, a
 data-dependent screen) becomes one exact fp32 distance block with the same centring, and NBS's
-snapshot replay runs each snapshot's own module instead of the stacked copy.
+snapshot replay runs each snapshot's own module instead of the stacked copy. One replacement is for
+ONNX Runtime's speed: the autoencoder's transposed convolutions run as per-parity convolutions
+(`PhaseTransposedConv`).
 """
 
 from __future__ import annotations
@@ -205,12 +207,56 @@ class PaDiMGraph(PixelGraph):
         return maps, maps.flatten(1).amax(1)
 
 
+class PhaseTransposedConv(nn.Module):
+    """A ConvTranspose2d(kernel 4, stride 2, padding 1) as one 2 x 2 convolution whose 4 x C outputs are
+    the four output parities (`models.nbs.autoencoder.phase_weight`), interleaved by stacking: the same
+    products and sums. ONNX Runtime's ConvTranspose was 61% of the autoencoder graph's time at batch 1
+    (profile, 2 threads); this form made the graph 17% faster there and 10% at batch 8."""
+
+    def __init__(self, conv: nn.ConvTranspose2d):
+        super().__init__()
+        from rlad.models.nbs.autoencoder import phase_weight
+
+        self.channels = conv.out_channels
+        self.register_buffer("weight", phase_weight(conv.weight.detach()).contiguous())
+        bias = conv.bias.detach().repeat_interleave(4) if conv.bias is not None else None
+        self.register_buffer("bias", bias)
+
+    @staticmethod
+    def fits(module: nn.Module) -> bool:
+        return (isinstance(module, nn.ConvTranspose2d) and module.kernel_size == (4, 4) and module.stride == (2, 2)
+                and module.padding == (1, 1) and module.output_padding == (0, 0) and module.dilation == (1, 1)
+                and module.groups == 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)
+        n, _, rows, cols = out.shape
+        h, w, c = rows - 1, cols - 1, self.channels
+        parities = out.view(n, c, 2, 2, rows, cols)
+        # output pixel (2t + a, 2u + b) is parity (a, b) at (t + a, u + b)
+        lines = [torch.stack([parities[:, :, a, b, a : a + h, b : b + w] for b in range(2)], dim=-1).reshape(n, c, h, 2 * w)
+                 for a in range(2)]
+        return torch.stack(lines, dim=3).reshape(n, c, 2 * h, 2 * w)
+
+
+def with_phase_transposed(network: nn.Module) -> nn.Module:
+    """A copy of `network` (in eval mode) with every `PhaseTransposedConv.fits` layer replaced."""
+    import copy
+
+    network = copy.deepcopy(network).eval()
+    for parent in network.modules():
+        for name, child in parent.named_children():
+            if PhaseTransposedConv.fits(child):
+                setattr(parent, name, PhaseTransposedConv(child))
+    return network
+
+
 class AEGraph(PixelGraph):
     def __init__(self, model, image_size: int, post: PostProcessor):
         super().__init__(image_size, post)
         from rlad.models.ae import reconstruction_error_map
 
-        self.network = model.network.eval()
+        self.network = with_phase_transposed(model.network)
         self.error = reconstruction_error_map
         self.blur = Blur(scaled_sigma(model.config.blur_sigma, image_size))
 
