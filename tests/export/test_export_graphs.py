@@ -30,3 +30,15 @@ def test_only_matching_layers_are_replaced_and_the_network_is_left_alone():
     x = torch.randn(1, 2, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(copy(x), network.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_following_batchnorm_and_leaky_relu_fold_into_the_replacement():
+    torch.manual_seed(0)
+    norm = nn.BatchNorm2d(4, affine=True)
+    norm.running_mean.normal_(0, 0.3), norm.running_var.uniform_(0.5, 2.0), norm.weight.data.normal_(1, 0.2), norm.bias.data.normal_(0, 0.2)
+    network = nn.Sequential(nn.ConvTranspose2d(3, 4, 4, 2, 1, bias=False), norm, nn.LeakyReLU(0.2), nn.Conv2d(4, 2, 1)).double().eval()
+    copy = with_phase_transposed(network)
+    assert isinstance(copy[0], PhaseTransposedConv) and isinstance(copy[1], nn.Identity) and isinstance(copy[2], nn.Identity)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x), network(x), rtol=0, atol=1e-12)

@@ -210,17 +210,26 @@ class PaDiMGraph(PixelGraph):
 class PhaseTransposedConv(nn.Module):
     """A ConvTranspose2d(kernel 4, stride 2, padding 1) as one 2 x 2 convolution whose 4 x C outputs are
     the four output parities (`models.nbs.autoencoder.phase_weight`), interleaved by stacking: the same
-    products and sums. ONNX Runtime's ConvTranspose was 61% of the autoencoder graph's time at batch 1
-    (profile, 2 threads); this form made the graph 17% faster there and 10% at batch 8."""
+    products and sums. A BatchNorm (eval) after it folds into the weights and a LeakyReLU runs before
+    the interleave, so ONNX Runtime fuses all three into one convolution. Its ConvTranspose was 61% of
+    the autoencoder graph's time at batch 1 (profile, 2 threads)."""
 
-    def __init__(self, conv: nn.ConvTranspose2d):
+    def __init__(self, conv: nn.ConvTranspose2d, norm: nn.BatchNorm2d | None = None, slope: float | None = None):
         super().__init__()
         from rlad.models.nbs.autoencoder import phase_weight
 
         self.channels = conv.out_channels
-        self.register_buffer("weight", phase_weight(conv.weight.detach()).contiguous())
-        bias = conv.bias.detach().repeat_interleave(4) if conv.bias is not None else None
-        self.register_buffer("bias", bias)
+        weight = conv.weight.detach()
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(self.channels, dtype=weight.dtype)
+        if norm is not None:  # y = (x - mean) / sqrt(var + eps) * gamma + beta, per output channel
+            scale = (norm.running_var + norm.eps).rsqrt()
+            shift = -norm.running_mean * scale
+            if norm.affine:
+                scale, shift = scale * norm.weight.detach(), shift * norm.weight.detach() + norm.bias.detach()
+            weight, bias = weight * scale.view(1, -1, 1, 1), bias * scale + shift
+        self.register_buffer("weight", phase_weight(weight).contiguous())
+        self.register_buffer("bias", bias.repeat_interleave(4).contiguous())
+        self.slope = slope
 
     @staticmethod
     def fits(module: nn.Module) -> bool:
@@ -230,6 +239,8 @@ class PhaseTransposedConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias)
+        if self.slope is not None:
+            out = F.leaky_relu(out, self.slope)
         n, _, rows, cols = out.shape
         h, w, c = rows - 1, cols - 1, self.channels
         parities = out.view(n, c, 2, 2, rows, cols)
@@ -240,14 +251,26 @@ class PhaseTransposedConv(nn.Module):
 
 
 def with_phase_transposed(network: nn.Module) -> nn.Module:
-    """A copy of `network` (in eval mode) with every `PhaseTransposedConv.fits` layer replaced."""
+    """A copy of `network` (in eval mode) with every `PhaseTransposedConv.fits` layer replaced; in an
+    `nn.Sequential`, a BatchNorm2d and a LeakyReLU right after it go into the replacement."""
     import copy
 
     network = copy.deepcopy(network).eval()
-    for parent in network.modules():
-        for name, child in parent.named_children():
-            if PhaseTransposedConv.fits(child):
-                setattr(parent, name, PhaseTransposedConv(child))
+    for parent in list(network.modules()):
+        children = list(parent.named_children())
+        for i, (name, child) in enumerate(children):
+            if not PhaseTransposedConv.fits(child):
+                continue
+            norm = slope = None
+            if isinstance(parent, nn.Sequential):
+                following = [module for _, module in children[i + 1 : i + 3]]
+                if following and isinstance(following[0], nn.BatchNorm2d) and following[0].track_running_stats:
+                    norm = following[0]
+                    setattr(parent, children[i + 1][0], nn.Identity())
+                    if len(following) > 1 and isinstance(following[1], nn.LeakyReLU):
+                        slope = following[1].negative_slope
+                        setattr(parent, children[i + 2][0], nn.Identity())
+            setattr(parent, name, PhaseTransposedConv(child, norm, slope))
     return network
 
 
