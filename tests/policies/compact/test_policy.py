@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,9 +94,7 @@ def test_config_errors(change, message):
 
 
 @pytest.mark.realdata
-def test_imagenet_trunk_loads_when_present():
-    weights = Path(__file__).resolve().parents[2].parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"
-    if not weights.is_file():
-        pytest.skip(f"{weights} not found")
-    policy = CompactPolicy(CompactConfig(image_size=64, weights=str(weights)))
+def test_imagenet_trunk_loads_when_present(imagenet_mobilenet):
+    # (it looked for ../shared one folder too deep and so always skipped)
+    policy = CompactPolicy(CompactConfig(image_size=64, weights=str(imagenet_mobilenet)))
     assert policy.extractor.channels == [24, 32, 96]
