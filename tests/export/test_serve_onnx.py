@@ -18,3 +18,16 @@ def test_the_exported_file_is_served_as_its_run_with_idle_threads_asleep(exporte
         served, reference = onnx.handle(files, cfg), eager.handle(files, cfg)
         assert abs(served["score"] - reference["score"]) < 1e-4, path
         assert served["label"] == reference["label"] and served["boxes"] == reference["boxes"], path
+
+
+def test_an_exported_file_opened_for_predict_lets_its_idle_threads_sleep(exported):
+    from rlad.workflows.predict import load_predictor
+
+    _, result = exported("patchcore")
+    options = load_predictor(result.path).model.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = load_predictor(result.path, spinning=True).model.session.get_session_options()
+    try:  # ONNX Runtime's default (spin) leaves the entry unset
+        assert spinning.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+    except RuntimeError:
+        pass

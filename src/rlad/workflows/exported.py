@@ -28,7 +28,7 @@ class ExportedModel:
         return AnomalyMap(maps, scores)
 
 
-def load_exported(path: str | Path, threads: int = 0, spinning: bool = True):
+def load_exported(path: str | Path, threads: int = 0, spinning: bool = False):
     """The `LoadedRun` of an exported file (`threads`, `spinning`: as `onnx_session`); a one-line
     ConfigError when it is not an rlad export."""
     from rlad.engine.run import RunDir

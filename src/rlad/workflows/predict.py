@@ -290,7 +290,7 @@ def _predict_one(loaded, path: Path, stem: str, out: Path, thresholds: Threshold
     }
 
 
-def load_predictor(run_path: str | Path, threads: int = 0, spinning: bool = True):
+def load_predictor(run_path: str | Path, threads: int = 0, spinning: bool = False):
     """What `predict` (and `rlad serve`) score with, loaded from `run_path`: a fitted pixel run
     (`workflows.detection.load_run`) or an exported `.onnx` file (`workflows.exported.load_exported`).
     Either offers `model.predict(uint8 NCHW tensor) -> AnomalyMap`, `post` (the run's
