@@ -117,9 +117,9 @@ def job_method(spec: dict) -> dict:
     result = export(run_dir, Path(spec["work"]) / f"{method}.onnx")
     loaded = detection.load_run(run_dir)
     fp32 = fp32_model(run_dir)
-    # Without spinning: ORT's idle threads otherwise busy-wait after each call and slow the PyTorch
-    # call after it (measured: 92 vs 53 ms/image for PatchCore at batch 1 on 2 cores), which
-    # flattered ONNX Runtime's ratio in the sections before 2026-12-04.
+    # Without spinning (stated, not left to the default): ORT's threads otherwise busy-wait after each
+    # call and slow the PyTorch call after it (PatchCore batch 1: 124.6 vs 70.3 ms for the same
+    # arithmetic, archived section of 2026-12-04 15:30), flattering ORT's ratio in earlier sections.
     session = onnx_session(result.path, threads, spinning=False)
     test = discover(data).test
     picked = [test[i] for i in np.linspace(0, len(test) - 1, 8).round().astype(int)]

@@ -203,8 +203,7 @@ class _quiet_exporter:
 def onnx_session(path: str | Path, threads: int = 0, spinning: bool = False):
     """An ONNX Runtime CPU session (`threads` 0: its default). Its intra-op threads sleep when idle
     unless `spinning`: busy-waiting after every operator and call takes the cores from image decoding,
-    a server's event loop and anything else, and on 2 cores measured no faster even alone (PatchCore,
-    batch 1 / 8: 28.4 / 24.0 ms per image without, 31.9 / 32.3 with; docs/deploy.md)."""
+    a server's event loop and anything else, and on 2 cores it was no faster even alone (docs/deploy.md)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:

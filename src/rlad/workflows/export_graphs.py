@@ -211,8 +211,8 @@ class PhaseTransposedConv(nn.Module):
     """A ConvTranspose2d(kernel 4, stride 2, padding 1) as one 2 x 2 convolution whose 4 x C outputs are
     the four output parities (`models.nbs.autoencoder.phase_weight`), interleaved by stacking: the same
     products and sums. A BatchNorm (eval) after it folds into the weights and a LeakyReLU runs before
-    the interleave, so ONNX Runtime fuses all three into one convolution. Its ConvTranspose was 61% of
-    the autoencoder graph's time at batch 1 (profile, 2 threads)."""
+    the interleave, so ONNX Runtime fuses all three into one convolution. Its ConvTranspose was most of
+    the autoencoder graph's time (docs/deploy.md)."""
 
     def __init__(self, conv: nn.ConvTranspose2d, norm: nn.BatchNorm2d | None = None, slope: float | None = None):
         super().__init__()

@@ -17,8 +17,7 @@ from torch import nn
 class SubgridConv2d(nn.Conv2d):
     """A dilated, replicate-padded 3x3 convolution computed as an undilated one on the image's
     dilation x dilation interleaved sub-grids (space-to-batch): the same products and sums, but
-    oneDNN's dilated kernels, the backward pass above all, are slow on a CPU (measured: a predictor
-    training step 16-19% faster at 1 and 2 threads). The padding comes first, on the whole image,
+    oneDNN's dilated kernels, the backward pass above all, are slow on a CPU (docs/nbs.md, Cost). The padding comes first, on the whole image,
     so every sub-grid sees the rows a dilated kernel would; sizes the dilation does not divide take
     the plain dilated route. Same parameters and state_dict as `nn.Conv2d`."""
 
