@@ -102,3 +102,17 @@ def test_auto_follows_the_cpu_and_bad_input_is_refused(monkeypatch):
         BankSearch(bank, "fp16")
     with pytest.raises(ValueError, match="empty"):
         BankSearch(torch.zeros(0, 4))
+
+
+@pytest.mark.parametrize("columns", [10, 128, 1000, 10_000])
+def test_row_argmin_is_argmin(columns):
+    """The run-wise argmin of the fp32 route returns `argmin(1)`, wherever the minimum sits: inside a
+    run, in the ragged tail after the last whole run, or in the first or last column."""
+    g = torch.Generator().manual_seed(columns)
+    block = torch.randn(300, columns, generator=g)
+    rows = torch.arange(300)
+    planted = torch.randint(0, columns, (300,), generator=g)
+    planted[:4] = torch.tensor([0, columns - 1, min((columns // 64) * 64, columns - 1), columns // 2])
+    block[rows, planted] = -10.0 - torch.rand(300, generator=g)
+    assert torch.equal(nearest.row_argmin(block), block.argmin(1))
+    assert torch.equal(nearest.row_argmin(block, width=7), block.argmin(1))

@@ -73,6 +73,25 @@ def uses_bf16(choice: str) -> bool:
     return choice == "bf16" or (choice == "auto" and cpu_has_bf16_units())
 
 
+def row_argmin(block: torch.Tensor, width: int = 64) -> torch.Tensor:
+    """`block.argmin(1)` of a (rows, columns) block, several times faster on a CPU: the minimum of each
+    run of `width` columns (a contiguous reduction without indices, which vectorises), the best run of
+    each row, then the argmin inside that run alone. An exact tie may resolve to another equal entry."""
+    rows, columns = block.shape
+    runs = columns // width
+    if runs < 2:
+        return block.min(1).indices
+    head = block[:, : runs * width].unflatten(1, (runs, width))
+    run_min = head.amin(2)
+    best_run = run_min.argmin(1)
+    index = best_run * width + head[torch.arange(rows), best_run].argmin(1)
+    if runs * width < columns:  # the ragged tail
+        tail = block[:, runs * width :].min(1)
+        take = tail.values < run_min.gather(1, best_run.unsqueeze(1)).squeeze(1)
+        index = torch.where(take, runs * width + tail.indices, index)
+    return index
+
+
 def compact_order(rows: torch.Tensor, width: int) -> torch.Tensor:
     """A permutation of `rows` whose consecutive runs of `width` are compact: split at a multiple of
     `width` along the top principal direction, recursively. Compact slices let the screen rule whole
@@ -125,7 +144,7 @@ class BankSearch:
             q = centred[start : start + rows]
             # ||q - m||^2 = ||q||^2 + (||m||^2 - 2 q.m): the first term does not move the minimum.
             block = torch.addmm(self.centred_sq.unsqueeze(0), q, self.centred_t, beta=1.0, alpha=-2.0)
-            indices[start : start + len(q)] = block.min(1).indices  # faster than argmin here
+            indices[start : start + len(q)] = row_argmin(block)
         return indices
 
     # --- bf16 screen + fp32 on the slices it keeps ---------------------------------------------------

@@ -43,8 +43,8 @@ def zscore(maps: torch.Tensor) -> torch.Tensor:
 def minmax(maps: torch.Tensor) -> torch.Tensor:
     """Scale each (1, H, W) map of a (B, 1, H, W) batch to [0, 1] on its own."""
     flat = maps.flatten(1)
-    low = flat.min(1).values.view(-1, 1, 1, 1)
-    high = flat.max(1).values.view(-1, 1, 1, 1)
+    low = flat.amin(1).view(-1, 1, 1, 1)
+    high = flat.amax(1).view(-1, 1, 1, 1)
     return (maps - low) / (high - low + 1e-12)
 
 

@@ -152,8 +152,8 @@ def _masked_zscore(maps: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
 
 def _masked_minmax(maps: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
     big = torch.finfo(maps.dtype).max
-    low = torch.where(inside > 0, maps, big).flatten(1).min(1).values.view(-1, 1, 1, 1)
-    high = torch.where(inside > 0, maps, -big).flatten(1).max(1).values.view(-1, 1, 1, 1)
+    low = torch.where(inside > 0, maps, big).flatten(1).amin(1).view(-1, 1, 1, 1)
+    high = torch.where(inside > 0, maps, -big).flatten(1).amax(1).view(-1, 1, 1, 1)
     return (maps - low) / (high - low + 1e-12) * inside
 
 
