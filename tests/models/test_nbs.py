@@ -191,6 +191,28 @@ def test_subgrid_convolution_equals_the_dilated_one(dilation, size):
         torch.testing.assert_close(mine, reference, rtol=0, atol=1e-10)
 
 
+def test_training_folds_the_channel_dropout_into_the_projection():
+    """In training the predictor's dropout + 1x1 projection run as one batched product with the mask
+    in the weights: same seed, same dropped channels, same outputs and weight gradients as the
+    layers one after the other (float64); in eval mode the dropout is off either way."""
+    predictor = Predictor(7, (4,), (1,), project=5, dropout=0.4).double().train()
+    assert predictor.dropout_then_project
+    features = torch.randn(3, 7, 6, 6, dtype=torch.float64)
+    outputs, grads = [], []
+    for forward in (predictor, predictor.body):  # the folded route, then the layers in sequence
+        torch.manual_seed(11)
+        out = forward(features)
+        outputs.append(out)
+        grads.append(torch.autograd.grad((out * out.detach()).sum(), predictor.body[1].weight)[0])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-10)
+    torch.manual_seed(12)
+    other_draw = predictor(features)
+    assert not torch.allclose(other_draw, outputs[0])  # the mask is random: a test with it on
+    predictor.eval()
+    torch.testing.assert_close(predictor(features), predictor.body[2:](predictor.body[1](features)), rtol=0, atol=1e-12)
+
+
 def test_prior_residual_predictor_starts_from_the_prior():
     predictor = Predictor(5, (8, 4), (1, 2), project=6, dropout=0.1, prior_residual=True).eval()
     features = torch.randn(2, 5, 12, 12)
