@@ -37,8 +37,8 @@ class SubgridConv2d(nn.Conv2d):
 def project_with_channel_dropout(features: torch.Tensor, projection: nn.Conv2d, p: float) -> torch.Tensor:
     """`projection(F.dropout2d(features, p, training=True))` for a 1x1 convolution `projection`, with the
     channel mask folded into each image's copy of the weights: one batched matrix product instead of a
-    masked copy of the input and oneDNN's 1x1 convolution, about 40% less time on a CPU. The mask is
-    drawn as `dropout2d` draws it, so a seed drops the same channels either way."""
+    masked copy of the input and oneDNN's 1x1 convolution (docs/nbs.md, Cost). The mask is drawn as
+    `dropout2d` draws it, so a seed drops the same channels either way."""
     batch, channels, height, width = features.shape
     keep = torch.empty(batch, channels, 1, 1, dtype=features.dtype).bernoulli_(1 - p).div_(1 - p)
     weights = projection.weight.view(1, -1, channels) * keep.view(batch, 1, channels)
