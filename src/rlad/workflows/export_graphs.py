@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from rlad.errors import ConfigError
 from rlad.models.maps import gaussian_kernel, scaled_sigma, smoothing_matrix
+from rlad.models.nearest import augmented_bank
 from rlad.models.postprocess import PostProcessor
 
 OUTPUTS = ("maps", "scores", "score_maps", "image_scores")
@@ -103,10 +104,10 @@ class NearestDistance(nn.Module):
     """Distance of each patch row to its nearest memory-bank row, exact fp32, the expansion
     `BankSearch` uses (rows centred on the bank mean): ||q||^2 + min(||m||^2 - 2 q.m).
 
-    The block ||m||^2 - 2 q.m is one matrix product of [q, 1] with [-2 m; ||m||^2] (doubling is exact
-    in fp32). ONNX Runtime's time here goes to writing and reading that (patches x bank) block, so one
-    product that writes it once beats a product plus a scaling and a sum over it (15% of PatchCore's
-    whole graph, measured at 1 thread). A screened search (a cheaper lower bound, then the few
+    The block ||m||^2 - 2 q.m is one matrix product of [q, 1] with `augmented_bank`'s columns, as in
+    `BankSearch`. ONNX Runtime's time here goes to writing and reading that (patches x bank) block, so
+    one product that writes it once beats a product plus a scaling and a sum over it (15% of
+    PatchCore's whole graph, measured at 1 thread). A screened search (a cheaper lower bound, then the few
     candidates in full) measured slower in ONNX Runtime: its top-k costs more than the block it saves.
     """
 
@@ -114,10 +115,8 @@ class NearestDistance(nn.Module):
         super().__init__()
         bank = bank.float()
         mean = bank.mean(0)
-        centred = bank - mean
         self.register_buffer("bank_mean", mean)
-        augmented = torch.cat([-2.0 * centred, centred.square().sum(1, keepdim=True)], 1)
-        self.register_buffer("augmented_t", augmented.t().contiguous())
+        self.register_buffer("augmented_t", augmented_bank(bank - mean))
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """(B, P, D) -> (B, P)."""
