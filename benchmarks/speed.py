@@ -6,6 +6,7 @@ ms/image at batch 1 and 8, peak memory, and each as a ratio to PatchCore.
     .venv/bin/python benchmarks/speed.py --baseline-src /path/to/old/src    # plus every method from another checkout
     .venv/bin/python benchmarks/speed.py --quick --no-append                # smoke run (tiny schedule); not a result
     .venv/bin/python benchmarks/speed.py --from-results benchmarks/results/speed-DATE.jsonl   # render again
+    .venv/bin/python benchmarks/speed.py --work DIR --resume FILE --retime --alternate      # time the runs again, in turn
 
 Every row is one fresh process (its peak RSS is its own) that fits with the library a user runs
 (`rlad.workflows.detection.build_config` + `fit`; 5 labelled defects per type for every method, the
@@ -17,6 +18,9 @@ The backbone weights come from $RLAD_BACKBONE_WEIGHTS (default: ../shared/weight
 version reads. Raw rows go to benchmarks/results/speed-<time>.jsonl as they are measured (a row that
 failed is kept, with its error), the tables to docs/benchmarks.md.
 Timings taken while other work runs on the machine are noise: the load average is recorded per row.
+A host's speed can also drift by a third within minutes with nothing else running (the EPYC host of
+2026-12-04); `--retime --alternate` then times every run of this code again in one process, taking
+turns, so that the ratios to PatchCore see the same phases.
 """
 
 from __future__ import annotations
@@ -72,20 +76,32 @@ def time_predict(model, images, batch_sizes: list[int], repeats: int) -> dict:
     """ms/image of `predict_arrays` per batch size: wall clock (ms_bN) and the process's CPU time
     (cpu_ms_bN; with one thread, the work itself, whatever else the machine runs), the fastest of
     `repeats` passes after a warm-up batch."""
+    return time_in_turn({"model": model}, images, batch_sizes, repeats)["model"]
+
+
+def time_in_turn(models: dict, images, batch_sizes: list[int], repeats: int) -> dict:
+    """`time_predict` of several models in one process, taking turns: at each batch size every model
+    predicts all the images once per round, `repeats` rounds, the fastest kept per model. The models
+    see the same phases of a host whose speed drifts (by a third within minutes on the EPYC host),
+    so their ratios hold where separate processes' do not."""
     from rlad.workflows import detection as api
 
-    row = {"n_images": int(len(images))}
+    rows = {name: {"n_images": int(len(images))} for name in models}
     for batch in batch_sizes:
-        api.predict_arrays(model, images[:batch], batch)  # warm-up: allocations, primitive caches
-        wall, cpu = [], []
+        wall = {name: [] for name in models}
+        cpu = {name: [] for name in models}
+        for model in models.values():
+            api.predict_arrays(model, images[:batch], batch)  # warm-up: allocations, primitive caches
         for _ in range(repeats):
-            started, started_cpu = time.perf_counter(), time.process_time()
-            api.predict_arrays(model, images, batch)
-            wall.append(time.perf_counter() - started)
-            cpu.append(time.process_time() - started_cpu)
-        row[f"ms_b{batch}"] = round(min(wall) * 1000 / len(images), 2)
-        row[f"cpu_ms_b{batch}"] = round(min(cpu) * 1000 / len(images), 2)
-    return row
+            for name, model in models.items():
+                started, started_cpu = time.perf_counter(), time.process_time()
+                api.predict_arrays(model, images, batch)
+                wall[name].append(time.perf_counter() - started)
+                cpu[name].append(time.process_time() - started_cpu)
+        for name in models:
+            rows[name][f"ms_b{batch}"] = round(min(wall[name]) * 1000 / len(images), 2)
+            rows[name][f"cpu_ms_b{batch}"] = round(min(cpu[name]) * 1000 / len(images), 2)
+    return rows
 
 
 def job_speed(spec: dict) -> dict:
@@ -117,7 +133,21 @@ def job_time(spec: dict) -> dict:
     return {**time_predict(loaded.model, images, spec["batch_sizes"], spec.get("repeats", 1)), "peak_rss_mb": peak_rss_mb()}
 
 
-JOBS = {"speed": job_speed, "time": job_time}
+def job_time_in_turn(spec: dict) -> dict:
+    """Inference timing of several runs fitted earlier, in one process, taking turns (--retime --alternate)."""
+    from rlad.data.transforms import load_samples
+    from rlad.workflows import detection as api
+
+    loaded = {method: api.load_run(run) for method, run in spec["runs"].items()}
+    size = {run.cfg.image_size for run in loaded.values()}
+    if len(size) != 1:
+        raise SystemExit(f"--alternate: the runs work at different image sizes {sorted(size)}")
+    images, _ = load_samples(timing_samples(spec["data"], spec["n_images"]), size.pop(), desc="loading")
+    models = {method: run.model for method, run in loaded.items()}
+    return {"rows": time_in_turn(models, images, spec["batch_sizes"], spec.get("repeats", 1))}
+
+
+JOBS = {"speed": job_speed, "time": job_time, "time_in_turn": job_time_in_turn}
 
 
 # --- tables -----------------------------------------------------------------------------------------
@@ -132,7 +162,7 @@ def merged_rows(rows: list[dict]) -> list[dict]:
             continue
         later = timings.get((row["code"], row["method"]))
         if later:
-            row = {**row, **{k: later[k] for k in (*TIMED, "n_images") if k in later}, "retimed": True,
+            row = {**row, **{k: later[k] for k in (*TIMED, "n_images", "in_turn") if k in later}, "retimed": True,
                    "load_1min": f"{row.get('load_1min')} (timing: {later.get('load_1min')})"}
         out.append(row)
     return out
@@ -189,6 +219,9 @@ def header_text(meta: dict) -> str:
         "absolute times are noisy and the ratios within one run are the figures to compare)."
         + (" Rows added later to the same results file (`--resume`): "
            + "; ".join(f"`{command}`" for command in meta["resumed"]) + "." if meta.get("resumed") else "")
+        + (" in_turn = the row's timings were taken with every run of this code in one process, taking turns "
+           "(`--retime --alternate`): the ratios to PatchCore then see the same phases of the host." if meta.get("resumed") and any(
+               "--alternate" in command for command in meta["resumed"]) else "")
         + " settings = each row's own --set values."
     )
 
@@ -199,7 +232,7 @@ def render(results: _common.Results) -> str:
     columns = ["method", "code", "settings", "fit_s", "ms_b1", "ms_b8", "cpu_ms_b1", "cpu_ms_b8", "peak_rss_mb", "fit_vs_patchcore",
                "cpu_ms_b1_vs_patchcore", "cpu_ms_b8_vs_patchcore", "ms_b1_vs_patchcore", "ms_b8_vs_patchcore", "peak_rss_vs_patchcore",
                "cpu_ms_b1_speedup_vs_baseline", "cpu_ms_b8_speedup_vs_baseline", "ms_b1_speedup_vs_baseline",
-               "ms_b8_speedup_vs_baseline", "fit_speedup_vs_baseline", "retimed", "load_1min"]
+               "ms_b8_speedup_vs_baseline", "fit_speedup_vs_baseline", "retimed", "in_turn", "load_1min"]
     rows = with_ratios(merged_rows(results.rows))
     present = [c for c in columns if any(c in r for r in rows)]
     peer = [{"method": f"{m} (anomalib peer, MPDD)", "fit_s": v["fit_s"], "ms_per_image": v["ms_per_image"]} for m, v in PEER.items()]
@@ -236,6 +269,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "lacks (same settings), appending to it")
     parser.add_argument("--retime", action="store_true", help="with --resume and --work: time the runs fitted earlier "
                         "again (inference only); their figures replace the fit rows' in the tables")
+    parser.add_argument("--alternate", action="store_true", help="with --retime: time this code's runs in one process, "
+                        "taking turns (`time_in_turn`), so that their ratios see the same phase of the host")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per batch size, the fastest kept (default 2)")
     parser.add_argument("--from-results", metavar="FILE", help="render an earlier run's results file again (no measuring)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -293,6 +328,19 @@ def measure(args, methods: list[str], weights: str, baseline: Path | None, resul
                 **_common.spawn(__file__, spec, args.threads, tag=f"time {code}", env=env)}
 
     fitted = {(r["code"], r["method"]) for r in _common.ok_rows(results.rows) if r.get("kind") != "timing"}
+    if args.retime and args.alternate:  # this code's runs, one process, taking turns
+        runs = {method: str(work / f"this_{method}") for method in methods
+                if ("this", method) in fitted and (work / f"this_{method}").is_dir()}
+        spec = {"kind": "time_in_turn", "runs": runs, "data": args.data, "n_images": n_images, "batch_sizes": [1, 8],
+                "repeats": args.repeats}
+        env = {"RLAD_BACKBONE_WEIGHTS": weights, "PYTHONPATH": str(codes_all[0][1])}
+        answer = _common.spawn(__file__, spec, args.threads, tag="time in turn", env=env)
+        for method, row in answer.get("rows", {}).items():
+            results.add({"kind": "timing", "method": method, "code": "this", "in_turn": True, **row,
+                         "load_1min": answer.get("load_1min")})
+        if "rows" not in answer:
+            results.add({"kind": "timing", "method": ",".join(runs), "code": "this", **answer})
+        methods = []
     for method in methods:
         if args.retime:  # the runs fitted earlier, timed again
             job = timing
@@ -340,6 +388,9 @@ def main(argv=None) -> int:
             return 2
         if args.retime and not (args.resume and args.work):
             print("[speed] --retime needs --resume FILE and --work DIR (the runs to time)", file=sys.stderr)
+            return 2
+        if args.alternate and not args.retime:
+            print("[speed] --alternate times runs fitted earlier: use it with --retime", file=sys.stderr)
             return 2
         if args.resume:
             results = _common.Results("speed", path=args.resume)
