@@ -392,6 +392,9 @@ def main(argv=None) -> int:
         if args.alternate and not args.retime:
             print("[speed] --alternate times runs fitted earlier: use it with --retime", file=sys.stderr)
             return 2
+        if args.alternate and baseline is not None:
+            print("[speed] --alternate times this code's runs only (one process imports one rlad); "
+                  "the baseline's keep their own timings", file=sys.stderr)
         if args.resume:
             results = _common.Results("speed", path=args.resume)
         else:
