@@ -28,7 +28,7 @@ from rlad.models.nbs.autoencoder import (
     untile,
 )
 from rlad.models.nbs.context import ContextConfig, ContextEncoder, to_grid
-from rlad.models.nbs.head import InferenceHead, new_predictor
+from rlad.models.nbs.head import InferenceHead, head_state, new_predictor, restore_head
 from rlad.models.nbs.predictor import Predictor, SubgridConv2d, train_epochs, weighted_bce
 from rlad.models.nbs.fused_prior import fused_prior
 from rlad.models.nbs.profiles import SnapshotBank, profile_features
@@ -173,13 +173,14 @@ def test_weighted_bce_matches_the_formula():
         assert torch.allclose(weighted_bce(logits, target, alpha), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("padding", ["replicate", "zeros"])
 @pytest.mark.parametrize("dilation, size", [(1, 16), (2, 16), (4, 16), (8, 16), (4, 12), (3, 16), (2, 15)])
-def test_subgrid_convolution_equals_the_dilated_one(dilation, size):
-    """Forward and both gradients of nn.Conv2d's dilated, replicate-padded convolution, in float64,
-    on sizes the dilation divides after padding (sub-grids) and sizes it does not (plain route)."""
+def test_subgrid_convolution_equals_the_dilated_one(dilation, size, padding):
+    """Forward and both gradients of nn.Conv2d's dilated convolution (replicate or zero padding), in
+    float64, on sizes the dilation divides (sub-grids) and sizes it does not (plain route)."""
     torch.manual_seed(0)
-    fast = SubgridConv2d(3, 2, 3, padding=dilation, dilation=dilation, padding_mode="replicate").double()
-    plain = torch.nn.Conv2d(3, 2, 3, padding=dilation, dilation=dilation, padding_mode="replicate").double()
+    fast = SubgridConv2d(3, 2, 3, padding=dilation, dilation=dilation, padding_mode=padding).double()
+    plain = torch.nn.Conv2d(3, 2, 3, padding=dilation, dilation=dilation, padding_mode=padding).double()
     plain.load_state_dict(fast.state_dict())
     images = torch.randn(2, 3, size, size + dilation * 2 * (size % 2 == 0), dtype=torch.float64, requires_grad=True)
     ours, theirs = fast(images), plain(images)
@@ -211,6 +212,22 @@ def test_training_folds_the_channel_dropout_into_the_projection():
     assert not torch.allclose(other_draw, outputs[0])  # the mask is random: a test with it on
     predictor.eval()
     torch.testing.assert_close(predictor(features), predictor.body[2:](predictor.body[1](features)), rtol=0, atol=1e-12)
+
+
+def test_a_saved_head_keeps_its_padding_and_older_ones_load_as_replicate():
+    """The padding a model was trained with comes back with it whatever the config now says, and a
+    model saved before the option existed (no padding in its state) was trained with replicate."""
+    from dataclasses import replace
+
+    cfg = NBSConfig(context=ContextConfig(kind="image"))
+    encoder = ContextEncoder(cfg.context, cfg.predictor_grid)
+    state = head_state(new_predictor(replace(cfg, predictor_padding="zeros"), encoder, 0), encoder)
+    _, restored = restore_head(cfg, state, 0)
+    paddings = {m.padding_mode for m in restored.body if isinstance(m, SubgridConv2d)}
+    assert restored.padding == "zeros" and paddings == {"zeros"}
+    older = {key: value for key, value in state.items() if key != "predictor_padding"}
+    _, old = restore_head(replace(cfg, predictor_padding="zeros"), older, 0)
+    assert old.padding == "replicate" and {m.padding_mode for m in old.body if isinstance(m, SubgridConv2d)} == {"replicate"}
 
 
 def test_prior_residual_predictor_starts_from_the_prior():
@@ -451,6 +468,7 @@ def test_inference_head_from_parts_equals_the_head_on_the_joined_grid(project, p
         ({"prior_boost": -1.0}, "model.prior_boost"),
         ({"blur_sigma": -1.0}, "model.blur_sigma"),
         ({"score_pool": 0}, "model.score_pool"),
+        ({"predictor_padding": "reflect"}, "model.predictor_padding"),
     ],
 )
 def test_config_errors_name_the_option(override, message):

@@ -70,6 +70,10 @@ class NBSConfig:
     predictor_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     predictor_project: int = 32
     """1x1 projection of the predictor input to this many channels first (0 = none, the paper)."""
+    predictor_padding: Literal["replicate", "zeros"] = "replicate"
+    """Padding of the predictor's 3 x 3 layers: replicate (NBS), or zeros (the refiner's default: the
+    convolution pads itself, about a tenth less per training step; docs/nbs.md). A saved model keeps
+    the padding it was trained with."""
     predictor_dropout: float = 0.1
     """Channel dropout on the predictor input while training."""
     predictor_weight_decay: float = 1e-4
@@ -152,6 +156,8 @@ class NBSConfig:
             problems.append(f"model.predictor_grid={self.predictor_grid} must be between 8 and image_size={self.image_size}")
         if not 0 <= self.predictor_crop <= self.predictor_grid:
             problems.append(f"model.predictor_crop={self.predictor_crop} must be between 0 (whole maps) and model.predictor_grid={self.predictor_grid}")
+        if self.predictor_padding not in ("replicate", "zeros"):
+            problems.append(f"model.predictor_padding={self.predictor_padding!r} is not one of replicate, zeros")
         if not 0 <= self.predictor_dropout < 1:
             problems.append(f"model.predictor_dropout={self.predictor_dropout} must be in [0, 1)")
         if self.context.kind not in CONTEXTS:
@@ -176,7 +182,9 @@ class RefineConfig(NBSConfig):
     trained in batches of 4 for 2 epochs per round instead of 8 for 4: the same 40 updates per round
     as NBS's predictor gets per cycle, each on half as many maps, at half the training cost. On the
     development split of magnetic tile it scored as batches of 8 did (docs/nbs.md, "The refiner's
-    batches")."""
+    batches"). Its dilated layers pad with zeros: a tenth less per step, and no worse on the same
+    split (docs/nbs.md, "The refiner's padding")."""
 
     predictor_batch: int = 4
     predictor_epochs: int = 2
+    predictor_padding: Literal["replicate", "zeros"] = "zeros"

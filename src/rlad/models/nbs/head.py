@@ -17,8 +17,9 @@ from rlad.models.nbs.context import ContextEncoder, to_grid
 from rlad.models.nbs.predictor import Predictor
 
 
-def new_predictor(cfg: NBSConfig, encoder: ContextEncoder, profile_channels: int) -> Predictor:
-    """The predictor over `profile_channels` profile maps (0 for the control) plus the context."""
+def new_predictor(cfg: NBSConfig, encoder: ContextEncoder, profile_channels: int, padding: str | None = None) -> Predictor:
+    """The predictor over `profile_channels` profile maps (0 for the control) plus the context;
+    `padding` overrides the config's (a saved model's own)."""
     return Predictor(
         profile_channels + encoder.channels,
         tuple(cfg.predictor_widths),
@@ -26,6 +27,7 @@ def new_predictor(cfg: NBSConfig, encoder: ContextEncoder, profile_channels: int
         project=cfg.predictor_project,
         dropout=cfg.predictor_dropout,
         prior_residual=encoder.has_prior,
+        padding=padding or cfg.predictor_padding,
     )
 
 
@@ -38,12 +40,19 @@ def seeded_predictor(cfg: NBSConfig, encoder: ContextEncoder, profile_channels: 
 
 
 def restore_head(cfg: NBSConfig, state: dict, profile_channels: int) -> tuple[ContextEncoder, Predictor]:
-    """The context encoder and the predictor (in eval mode) of a saved model's `state_dict`."""
+    """The context encoder and the predictor (in eval mode) of a saved model's `state_dict`. The
+    padding is the one the model was trained with (`head_state`; models saved before it had
+    replicate padding), whatever today's default."""
     encoder = ContextEncoder(cfg.context, cfg.predictor_grid)
     encoder.load_state_dict(state["context"])
-    predictor = new_predictor(cfg, encoder, profile_channels)
+    predictor = new_predictor(cfg, encoder, profile_channels, padding=state.get("predictor_padding", "replicate"))
     predictor.load_state_dict(state["predictor"])
     return encoder, predictor.eval()
+
+
+def head_state(predictor: Predictor, encoder: ContextEncoder) -> dict:
+    """The part of a saved model's `state_dict` that `restore_head` reads back."""
+    return {"predictor": predictor.state_dict(), "predictor_padding": predictor.padding, "context": encoder.state_dict()}
 
 
 def predictor_optimizer(cfg: NBSConfig, predictor: Predictor) -> torch.optim.Optimizer:

@@ -17,7 +17,7 @@ from rlad.models.base import AnomalyMap, AnomalyModel, FitData
 from rlad.models.nbs import cycle as nbs_cycle
 from rlad.models.nbs.config import NBSConfig
 from rlad.models.nbs.context import ContextEncoder
-from rlad.models.nbs.head import InferenceHead, restore_head
+from rlad.models.nbs.head import InferenceHead, head_state, restore_head
 from rlad.models.nbs.labelled import fit_context, prepare_labelled, require_labels, to_float_at
 from rlad.models.nbs.predictor import Predictor
 from rlad.models.nbs.profiles import SnapshotBank, profile_features, resize
@@ -140,12 +140,7 @@ class NBSModel(AnomalyModel):
 
     # --- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {
-            "predictor": self.predictor.state_dict(),
-            "snapshots": self.bank.snapshots,
-            "context": self.encoder.state_dict(),
-            "history": self.history,
-        }
+        return {**head_state(self.predictor, self.encoder), "snapshots": self.bank.snapshots, "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
         self.encoder, self.predictor = restore_head(self.config, state, self.config.window)

@@ -15,20 +15,29 @@ from torch import nn
 
 
 class SubgridConv2d(nn.Conv2d):
-    """A dilated, replicate-padded 3x3 convolution computed as an undilated one on the image's
-    dilation x dilation interleaved sub-grids (space-to-batch): the same products and sums, but
-    oneDNN's dilated kernels, the backward pass above all, are slow on a CPU (docs/nbs.md, Cost). The padding comes first, on the whole image,
-    so every sub-grid sees the rows a dilated kernel would; sizes the dilation does not divide take
-    the plain dilated route. Same parameters and state_dict as `nn.Conv2d`."""
+    """A dilated 3x3 convolution (replicate or zero padding by its dilation) computed as an undilated
+    one on the image's dilation x dilation interleaved sub-grids (space-to-batch): the same products
+    and sums, but oneDNN's dilated kernels, the backward pass above all, are slow on a CPU
+    (docs/nbs.md, Cost). Replicate padding comes first, on the whole image, so every sub-grid sees
+    the rows a dilated kernel would; zero padding becomes each sub-grid's own padding by one, inside
+    the convolution. Sizes the dilation does not divide take the plain dilated route. Same
+    parameters and state_dict as `nn.Conv2d`."""
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         step = self.dilation[0]
-        padded = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-        batch, channels, height, width = padded.shape
-        if step == 1 or self.dilation[1] != step or height % step or width % step:
-            return F.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
-        grids = padded.view(batch, channels, height // step, step, width // step, step).permute(0, 3, 5, 1, 2, 4)
-        out = F.conv2d(grids.reshape(batch * step * step, channels, height // step, width // step), weight, bias)
+        zeros = self.padding_mode == "zeros"
+        if zeros:
+            batch, channels, height, width = x.shape
+            if step == 1 or self.dilation[1] != step or height % step or width % step or self.padding != (step, step):
+                return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            source = x
+        else:
+            source = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            batch, channels, height, width = source.shape
+            if step == 1 or self.dilation[1] != step or height % step or width % step:
+                return F.conv2d(source, weight, bias, self.stride, 0, self.dilation, self.groups)
+        grids = source.view(batch, channels, height // step, step, width // step, step).permute(0, 3, 5, 1, 2, 4)
+        out = F.conv2d(grids.reshape(batch * step * step, channels, height // step, width // step), weight, bias, padding=int(zeros))
         rows, cols = out.shape[-2:]
         out = out.view(batch, step, step, -1, rows, cols).permute(0, 3, 4, 1, 5, 2)
         return out.reshape(batch, -1, rows * step, cols * step)
@@ -67,6 +76,7 @@ class Predictor(nn.Module):
         dropout: float = 0.0,
         prior_residual: bool = False,
         prior_offset: float = -3.0,
+        padding: str = "replicate",
     ):
         super().__init__()
         if len(widths) != len(dilations):
@@ -80,13 +90,14 @@ class Predictor(nn.Module):
             previous = project
         for channels, dilation in zip(widths, dilations):
             layers += [
-                SubgridConv2d(previous, channels, 3, padding=dilation, dilation=dilation, padding_mode="replicate"),
+                SubgridConv2d(previous, channels, 3, padding=dilation, dilation=dilation, padding_mode=padding),
                 nn.BatchNorm2d(channels),
                 nn.LeakyReLU(0.2),
             ]
             previous = channels
         layers.append(nn.Conv2d(previous, 1, 1))
         self.body = nn.Sequential(*layers)
+        self.padding = padding
         self.dropout_then_project = dropout > 0 and project > 0  # training folds the two (`project_with_channel_dropout`)
         self.prior_residual = prior_residual
         if prior_residual:

@@ -22,7 +22,7 @@ from rlad.errors import ConfigError
 from rlad.models.base import AnomalyMap, AnomalyModel, FitData
 from rlad.models.nbs.config import NBSConfig, RefineConfig
 from rlad.models.nbs.context import ContextEncoder
-from rlad.models.nbs.head import InferenceHead, predictor_optimizer, restore_head, seeded_predictor
+from rlad.models.nbs.head import InferenceHead, head_state, predictor_optimizer, restore_head, seeded_predictor
 from rlad.models.nbs.labelled import fit_context, prepare_labelled, require_labels
 from rlad.models.nbs.predictor import Predictor, train_epochs
 from rlad.rl.reinforce import linear_anneal
@@ -110,7 +110,7 @@ class PriorRefiner(AnomalyModel):
         return self.head.from_parts(self.encoder.parts(images), tuple(images.shape[-2:]))
 
     def state_dict(self) -> dict:
-        return {"predictor": self.predictor.state_dict(), "context": self.encoder.state_dict(), "history": self.history}
+        return {**head_state(self.predictor, self.encoder), "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
         self.encoder, self.predictor = restore_head(self.config, state, 0)
