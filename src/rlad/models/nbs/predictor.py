@@ -64,7 +64,8 @@ class Predictor(nn.Module):
     images: the head must not lean on any one feature); `prior_residual` treats the last input
     channel as a standardised unsupervised anomaly map and predicts a correction of it: logits =
     body(x) + w * prior + b, with the body's last layer starting at zero, so training starts from
-    the prior's ranking instead of from noise.
+    the prior's ranking instead of from noise; `padding` is the 3 x 3 layers' (replicate, or zeros:
+    the refiner's default, `RefineConfig`).
     """
 
     def __init__(
