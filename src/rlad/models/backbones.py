@@ -308,6 +308,16 @@ def checked_stages(stages, arch: str = "mobilenet_v2", key: str = "model.backbon
     return sorted(stages)
 
 
+def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel with bn(x) = x * scale + shift in eval mode: what a convolution
+    before it absorbs when the two are folded."""
+    scale = (bn.running_var + bn.eps).rsqrt()
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    return scale.detach(), shift.detach()
+
+
 def fuse_conv_bn(module: nn.Module) -> nn.Module:
     """Fold every BatchNorm that directly follows a Conv2d into the conv (in place; eval-mode maths).
 
@@ -318,7 +328,7 @@ def fuse_conv_bn(module: nn.Module) -> nn.Module:
     children = list(module.named_children())
     for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
         if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            scale, shift = batchnorm_affine(bn)
             fused = nn.Conv2d(
                 conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                 dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
@@ -326,7 +336,7 @@ def fuse_conv_bn(module: nn.Module) -> nn.Module:
             bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
             with torch.no_grad():
                 fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-                fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+                fused.bias.copy_(bias * scale + shift)
             setattr(module, conv_name, fused)
             setattr(module, bn_name, nn.Identity())
     return module

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rlad.errors import ConfigError
+from rlad.models.backbones import batchnorm_affine
 from rlad.models.maps import gaussian_kernel, scaled_sigma, smoothing_matrix
 from rlad.models.nearest import augmented_bank
 from rlad.models.postprocess import PostProcessor
@@ -220,11 +221,8 @@ class PhaseTransposedConv(nn.Module):
         self.channels = conv.out_channels
         weight = conv.weight.detach()
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros(self.channels, dtype=weight.dtype)
-        if norm is not None:  # y = (x - mean) / sqrt(var + eps) * gamma + beta, per output channel
-            scale = (norm.running_var + norm.eps).rsqrt()
-            shift = -norm.running_mean * scale
-            if norm.affine:
-                scale, shift = scale * norm.weight.detach(), shift * norm.weight.detach() + norm.bias.detach()
+        if norm is not None:  # per output channel, which is dimension 1 of a transposed convolution's weight
+            scale, shift = batchnorm_affine(norm)
             weight, bias = weight * scale.view(1, -1, 1, 1), bias * scale + shift
         self.register_buffer("weight", phase_weight(weight).contiguous())
         self.register_buffer("bias", bias.repeat_interleave(4).contiguous())
