@@ -1,7 +1,7 @@
 """One saved run predicted by two versions of the code in one process, alternating (issue 19:
 "PatchCore at least 2x faster per image than today at equal maps").
 
-    .venv/bin/python benchmarks/speedup_alternating.py RUN --data DIR --baseline-src OLD/src --threads 1,2
+    .venv/bin/python benchmarks/speedup_alternating.py RUN --data DIR --baseline-src OLD/src --threads 1,2 [--set KEY=VALUE]
     .venv/bin/python benchmarks/speedup_alternating.py NBS_RUN --data DIR --baseline-src OLD/src --part loss_profile
     .venv/bin/python benchmarks/speedup_alternating.py --from-results benchmarks/results/speedup_alternating-DATE.jsonl
 
@@ -32,15 +32,16 @@ TITLE = "This code vs the baseline code, one saved run, alternating in one proce
 THIS_SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def load_with(src: Path, run: str):
-    """The run's model as the code under `src` loads it (any rlad imported before is dropped)."""
+def load_with(src: Path, run: str, overrides: list[str] | None = None):
+    """The run's model as the code under `src` loads it (any rlad imported before is dropped), with
+    `overrides` of its settings (this code only: older code's `load_run` takes none)."""
     for name in [m for m in sys.modules if m == "rlad" or m.startswith("rlad.")]:
         del sys.modules[name]
     sys.path.insert(0, str(src))
     try:
         from rlad.workflows.detection import load_run
 
-        return load_run(run).model
+        return (load_run(run, overrides) if overrides else load_run(run)).model
     finally:
         sys.path.remove(str(src))
 
@@ -49,11 +50,11 @@ def measure(args, results: _common.Results) -> None:
     import torch
 
     baseline = load_with(Path(args.baseline_src), args.run)
-    this = load_with(THIS_SRC, args.run)
+    this = load_with(THIS_SRC, args.run, args.set)
     from rlad.data.folder import discover
     from rlad.data.transforms import load_samples
 
-    results.note(method=this.name, part=args.part)
+    results.note(method=this.name, part=args.part, this_overrides=list(args.set))
     baseline, this = Part(baseline, args.part), Part(this, args.part)
     samples = discover(Path(args.data)).test[: args.images]
     images, _ = load_samples(samples, this.model.config.image_size, desc="loading")
@@ -102,7 +103,8 @@ def render(results: _common.Results) -> str:
     meta = results.meta
     return (f"Run: {meta.get('run')} (its method: {meta.get('method', '?')}; timed: {meta.get('part', 'predict')}); "
             f"baseline code: {meta.get('baseline_src')}; "
-            f"the first {meta.get('images')} test images of {meta.get('data')}, decoded beforehand; wall ms per image, "
+            + (f"this code's settings changed with `--set {' '.join(meta['this_overrides'])}`; " if meta.get("this_overrides") else "")
+            + f"the first {meta.get('images')} test images of {meta.get('data')}, decoded beforehand; wall ms per image, "
             f"the fastest of {meta.get('rounds')} alternating rounds; load average {meta.get('load_1min_before')} before, "
             f"{meta.get('load_1min_after')} after.\n\n"
             + markdown_table([{**row, **{key: f"{row[key]:.1e}" for key in DIFFS if key in row}}
@@ -124,6 +126,9 @@ def main(argv=None) -> int:
     parser.add_argument("--part", choices=("predict", "loss_profile"), default="predict",
                         help="what is timed: the whole predict (default) or an NBS run's loss profile")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of this code's copy of RUN that does not touch what was learned "
+                             "(e.g. model.knn_chunk_mb=0: the block size of this code's default, not the one RUN saved)")
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--from-results", metavar="FILE", help="render an earlier run's results file again (no measuring)")
     args = parser.parse_args(argv)

@@ -13,7 +13,7 @@ from rlad.models.registry import MODEL_NAMES, get_model_class
 # Two independent bad values per model: both must be reported in one error.
 TWO_PROBLEMS = {
     "pixelstats": ({"blur_sigma": -1.0}, ["model.blur_sigma"]),
-    "patchcore": ({"coreset_ratio": 0.0, "knn_chunk_mb": 0}, ["model.coreset_ratio", "model.knn_chunk_mb"]),
+    "patchcore": ({"coreset_ratio": 0.0, "knn_chunk_mb": -1.0}, ["model.coreset_ratio", "model.knn_chunk_mb"]),
     "padim": ({"n_features": 0, "regularization": 0}, ["model.n_features", "model.regularization"]),
     "ae": ({"steps": 0, "lr": 0}, ["model.steps", "model.lr"]),
     "nbs": ({"window": 30, "score_pool": 0}, ["model.window", "model.score_pool"]),

@@ -35,7 +35,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("screen", ["fp32", "bf16"])
-@pytest.mark.parametrize("chunk_mb", [64.0, 0.001])
+@pytest.mark.parametrize("chunk_mb", [64.0, 0.35, 0.001])  # one block, a few equal ones, a row each
 def test_both_routes_find_the_brute_force_neighbours(case, screen, chunk_mb, monkeypatch):
     if chunk_mb < 1:  # small blocks everywhere: several query blocks and bank parts in the screen too,
         monkeypatch.setattr(nearest, "SCREEN_ROWS", 64)
@@ -116,3 +116,20 @@ def test_row_argmin_is_argmin(columns):
     block[rows, planted] = -10.0 - torch.rand(300, generator=g)
     assert torch.equal(nearest.row_argmin(block), block.argmin(1))
     assert torch.equal(nearest.row_argmin(block, width=7), block.argmin(1))
+
+
+@pytest.mark.parametrize(
+    "text, megabytes",
+    [("32768K\n", 24.0), ("8192K", 6.0), ("2M", 4.0), ("256M", 32.0), ("33554432", 24.0), ("", 4.0), ("lots", 4.0), (None, 4.0)],
+)
+def test_the_automatic_block_fits_three_quarters_of_the_last_level_cache(tmp_path, text, megabytes):
+    cache = tmp_path / "size"
+    if text is not None:
+        cache.write_text(text)
+    assert nearest.distance_block_mb(cache) == megabytes
+
+
+def test_block_size_zero_means_automatic(monkeypatch):
+    monkeypatch.setattr(nearest, "distance_block_mb", lambda: 0.01)
+    assert BankSearch(torch.randn(10, 4), "fp32", chunk_mb=0).chunk_mb == 0.01
+    assert BankSearch(torch.randn(10, 4), "fp32", chunk_mb=2.0).chunk_mb == 2.0

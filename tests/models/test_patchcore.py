@@ -141,7 +141,7 @@ def test_reweighted_score_follows_the_paper_formula():
         ({"coreset_ratio": 1.5}, "coreset_ratio"),
         ({"max_patches": 0}, "max_patches"),
         ({"projection_dim": -1}, "projection_dim"),
-        ({"knn_chunk_mb": 0}, "knn_chunk_mb"),
+        ({"knn_chunk_mb": -1.0}, "knn_chunk_mb"),
         ({"backbone": BackboneConfig(stages=[])}, "stages"),
     ],
 )

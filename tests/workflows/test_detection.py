@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import warnings
 
+import numpy as np
 import pytest
+import torch
 
 from rlad.cli.main import main
+from rlad.errors import ConfigError
 from rlad.workflows import detection
 
 SMALL = {
@@ -151,3 +154,14 @@ def test_a_backbone_unknown_or_with_stages_it_lacks_is_refused_before_any_work(t
                         "--set", "model.context.backbone.arch=resnet18", "--set", "model.context.backbone.stages=[1,6]")
     assert code == 2 and "model.context.backbone.stages=[1, 6]: give distinct stage numbers of resnet18" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_load_run_overrides_change_the_search_block_not_the_maps(tiny_patchcore_run):
+    saved = detection.load_run(tiny_patchcore_run)
+    tiny = detection.load_run(tiny_patchcore_run, ["model.knn_chunk_mb=0.001"])
+    assert tiny.cfg.model.knn_chunk_mb == 0.001 and tiny.model.search.chunk_mb == 0.001
+    assert saved.model.search.chunk_mb != 0.001
+    images = torch.rand(2, 3, saved.cfg.image_size, saved.cfg.image_size)
+    np.testing.assert_array_equal(tiny.model.predict(images).maps, saved.model.predict(images).maps)
+    with pytest.raises(ConfigError, match="knn_chunk_mb"):
+        detection.load_run(tiny_patchcore_run, ["model.knn_chunk_mb=-1"])

@@ -13,8 +13,9 @@ What keeps it bounded (the deviations from the reference implementation, see doc
 - the greedy coreset runs on a random projection (`projection_dim`) of the capped pool, evaluated
   lazily in blocks of rows (`rlad.models.coreset`: the plain algorithm's picks, as matrix products);
 - nearest-neighbour search (`rlad.models.nearest.BankSearch`) runs in chunks of queries whose
-  distance block never exceeds `knn_chunk_mb`; on CPUs with bf16 matrix units a bf16 screen leaves
-  only a few bank slices per query to measure in fp32, with the same neighbours as a full fp32 search.
+  distance block stays within `knn_chunk_mb` (by default sized to the CPU's last-level cache); on
+  CPUs with bf16 matrix units a bf16 screen leaves only a few bank slices per query to measure in
+  fp32, with the same neighbours as a full fp32 search.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ class PatchCoreConfig:
     reweight: bool = False
     """The paper's image score reweighting by the nearest bank entry's neighbourhood (else: max)."""
     reweight_neighbors: int = 9
-    knn_chunk_mb: float = 4.0
-    """Upper bound on the query x bank distance block during nearest-neighbour search."""
+    knn_chunk_mb: float = 0.0
+    """Upper bound on the query x bank distance block of the fp32 search, in MB; 0 = sized to the CPU's
+    last-level cache (`nearest.distance_block_mb`). Speed only: the neighbours do not depend on it."""
     knn_screen: str = "auto"
     """Nearest-neighbour search route, same neighbours either way (rlad.models.nearest): bf16 (a bf16
     screen, then fp32 on what it cannot rule out; fast on CPUs with AMX/AVX512-BF16), fp32, or auto
@@ -71,8 +73,8 @@ class PatchCoreConfig:
                 problems.append(f"model.{name} must be at least 1, got {getattr(self, name)}")
         if self.knn_screen not in SCREENS:
             problems.append(f"model.knn_screen must be one of {', '.join(SCREENS)}, got {self.knn_screen!r}")
-        if self.knn_chunk_mb <= 0:
-            problems.append(f"model.knn_chunk_mb must be > 0, got {self.knn_chunk_mb}")
+        if self.knn_chunk_mb < 0:
+            problems.append(f"model.knn_chunk_mb must be >= 0 (0 = sized to the CPU's cache), got {self.knn_chunk_mb}")
         if self.projection_dim < 0:
             problems.append(f"model.projection_dim must be >= 0 (0 = no projection), got {self.projection_dim}")
         if self.blur_sigma < 0:
@@ -99,7 +101,7 @@ def locally_aware_features(levels: list[torch.Tensor]) -> torch.Tensor:
 
 
 def nearest_neighbors(
-    queries: torch.Tensor, bank: torch.Tensor, chunk_mb: float = 64.0, screen: str = "auto"
+    queries: torch.Tensor, bank: torch.Tensor, chunk_mb: float = 0.0, screen: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Euclidean distance of each query row to its nearest bank row, and that row's index (one-off
     searches; a fitted model keeps its `BankSearch`)."""

@@ -204,11 +204,17 @@ class LoadedRun:
                 )
 
 
-def load_run(path: str | Path) -> LoadedRun:
+def load_run(path: str | Path, overrides: list[str] | None = None) -> LoadedRun:
+    """A saved run's model, post-processor and split. `overrides` (`--set`-style "model.key=value")
+    change settings that do not touch what was learned, e.g. `model.knn_chunk_mb`, the search's block
+    size, which a run keeps from the code that fitted it."""
     run = RunDir(path).require_model()
     payload = run.load_model()
     if "method" not in payload or payload["method"] == "compact":
         raise ConfigError(f"{path}: is not a pixel-level model run (use rlad ground / test-grounding)")
+    if overrides:
+        cfg = config_from_dict(cfgmod.deep_merge(payload["config"], cfgmod.parse_overrides(overrides))).validate()
+        payload = {**payload, "config": cfgmod.to_dict(cfg)}
     try:
         cfg = config_from_dict(payload["config"])
         model = get_model_class(cfg.method)(cfg.model)
