@@ -87,7 +87,8 @@ def distance_block_mb(cache_file: str | Path = "/sys/devices/system/cpu/cpu0/cac
     """The fp32 search's automatic block size: three quarters of the last-level cache, 4 to 32 MB (4 MB
     where the size is unknown). The block must stay in that cache between the product that writes it
     and the minimum that reads it (a 41 MB block took 1.8x as long as two of 20 MB on a 32 MB cache),
-    and the product runs faster on more rows at once (104-row blocks of 4 MB: 15-20% slower per image)."""
+    and the product runs faster on more rows at once (blocks of 4 MB, 104 rows of a 10,000-row bank,
+    took 15-35% longer per image on a 2-core AMD EPYC; docs/nbs.md, Cost)."""
     try:
         text = Path(cache_file).read_text().strip().upper()
         size = float(text[:-1]) * {"K": 2**10, "M": 2**20}[text[-1]] if text[-1] in "KM" else float(text)
@@ -165,9 +166,9 @@ class BankSearch:
         rows = -(-count // -(-count // most))  # equal blocks: no small last one
         indices = torch.empty(count, dtype=torch.long)
         # ||q - m||^2 = ||q||^2 + (||m||^2 - 2 q.m): the first term does not move the minimum.
-        augmented = torch.cat([centred, torch.ones(centred.shape[0], 1)], 1)
-        block = torch.empty(min(rows, centred.shape[0]), self.bank.shape[0])
-        for start in range(0, centred.shape[0], rows):
+        augmented = torch.cat([centred, torch.ones(count, 1)], 1)
+        block = torch.empty(min(rows, count), self.bank.shape[0])
+        for start in range(0, count, rows):
             part = augmented[start : start + rows]
             product = torch.mm(part, self.augmented_t, out=block[: len(part)])
             indices[start : start + len(part)] = row_argmin(product)
