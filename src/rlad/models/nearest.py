@@ -83,6 +83,7 @@ def augmented_bank(centred: torch.Tensor) -> torch.Tensor:
     return torch.cat([-2.0 * centred, centred.square().sum(1, keepdim=True)], 1).t().contiguous()
 
 
+@functools.lru_cache(maxsize=4)
 def distance_block_mb(cache_file: str | Path = "/sys/devices/system/cpu/cpu0/cache/index3/size") -> float:
     """The fp32 search's automatic block size: three quarters of the last-level cache, 4 to 32 MB (4 MB
     where the size is unknown). The block must stay in that cache between the product that writes it

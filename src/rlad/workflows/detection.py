@@ -212,9 +212,9 @@ def load_run(path: str | Path, overrides: list[str] | None = None) -> LoadedRun:
     payload = run.load_model()
     if "method" not in payload or payload["method"] == "compact":
         raise ConfigError(f"{path}: is not a pixel-level model run (use rlad ground / test-grounding)")
-    if overrides:
-        cfg = config_from_dict(cfgmod.deep_merge(payload["config"], cfgmod.parse_overrides(overrides))).validate()
-        payload = {**payload, "config": cfgmod.to_dict(cfg)}
+    if overrides:  # checked before the `try`: a bad value is the user's mistake, not a damaged run
+        payload = {**payload, "config": cfgmod.deep_merge(payload.get("config") or {}, cfgmod.parse_overrides(overrides))}
+        config_from_dict(payload["config"]).validate()
     try:
         cfg = config_from_dict(payload["config"])
         model = get_model_class(cfg.method)(cfg.model)

@@ -25,17 +25,11 @@ class SubgridConv2d(nn.Conv2d):
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         step = self.dilation[0]
-        zeros = self.padding_mode == "zeros"
-        if zeros:
-            batch, channels, height, width = x.shape
-            if step == 1 or self.dilation[1] != step or height % step or width % step or self.padding != (step, step):
-                return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-            source = x
-        else:
-            source = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            batch, channels, height, width = source.shape
-            if step == 1 or self.dilation[1] != step or height % step or width % step:
-                return F.conv2d(source, weight, bias, self.stride, 0, self.dilation, self.groups)
+        zeros = self.padding_mode == "zeros"  # the convolution pads; otherwise the input is padded first
+        source = x if zeros else F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+        batch, channels, height, width = source.shape
+        if step == 1 or self.dilation[1] != step or height % step or width % step or (zeros and self.padding != (step, step)):
+            return F.conv2d(source, weight, bias, self.stride, self.padding if zeros else 0, self.dilation, self.groups)
         grids = source.view(batch, channels, height // step, step, width // step, step).permute(0, 3, 5, 1, 2, 4)
         out = F.conv2d(grids.reshape(batch * step * step, channels, height // step, width // step), weight, bias, padding=int(zeros))
         rows, cols = out.shape[-2:]
