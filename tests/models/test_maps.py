@@ -66,6 +66,17 @@ def test_separable_smoothing_equals_interpolate_then_blur(grid, size, sigma):
     assert torch.allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("grid, size, shrink_to, sigma", [((32, 32), (256, 256), (64, 64), 4.0), ((8, 6), (64, 48), (16, 24), 1.0),
+                                                     ((5, 7), (40, 42), (15, 12), 2.0)])
+def test_smoothing_shrunk_to_a_grid_equals_the_full_maps_area_resized(grid, size, shrink_to, sigma):
+    # powers of two (area_resize's strided sums) and other factors (torch's adaptive pooling)
+    maps = torch.rand(3, *grid, generator=torch.Generator().manual_seed(5))
+    want = area_resize(upsample_and_smooth(maps, size, sigma)[:, None], shrink_to)[:, 0]
+    got = upsample_and_smooth(maps, size, sigma, shrink_to=shrink_to)
+    assert got.shape == (3, *shrink_to)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
 def test_smoothing_matrix_keeps_mass_even_when_the_kernel_is_wider_than_the_map():
     # radius 9 on 6 output pixels: the reflection wraps more than once, where F.pad would refuse.
     matrix = smoothing_matrix(4, 6, 3.0)

@@ -14,6 +14,7 @@ import torch
 from rlad.errors import ConfigError, DataError
 from rlad.workflows import detection as api
 from rlad.models.base import FitData
+from rlad.models.maps import area_resize
 from rlad.models.nbs import autoencoder
 from rlad.models.nbs.autoencoder import (
     PatchAutoencoder,
@@ -329,11 +330,14 @@ def _moved_snapshots(patch, width, bottleneck, count=3):
     return snapshots
 
 
-@pytest.mark.parametrize("patch, width, bottleneck, tiles_per_pass",
-                         [(16, 8, 16, None), (16, 8, 16, 5), (32, 16, 200, None), (64, 8, 20, None)])
-def test_stacked_snapshots_equal_one_pass_per_snapshot(patch, width, bottleneck, tiles_per_pass, monkeypatch):
-    if tiles_per_pass:  # 12 tiles in passes of 5, 5 and 2
+@pytest.mark.parametrize("patch, width, bottleneck, tiles_per_pass, tiles_per_dense",
+                         [(16, 8, 16, None, None), (16, 8, 16, 5, None), (16, 8, 16, 5, 7), (32, 16, 200, None, None),
+                          (64, 8, 20, None, None)])
+def test_stacked_snapshots_equal_one_pass_per_snapshot(patch, width, bottleneck, tiles_per_pass, tiles_per_dense, monkeypatch):
+    if tiles_per_pass:  # 12 tiles in passes of 5, 5 and 2 through one product per dense layer
         monkeypatch.setattr(autoencoder, "STACK_TILES_PER_PASS", tiles_per_pass)
+    if tiles_per_dense:  # dense products over 7 and 5 tiles: passes of 5 and 2, then one of 5
+        monkeypatch.setattr(autoencoder, "STACK_TILES_PER_DENSE", tiles_per_dense)
     snapshots = _moved_snapshots(patch, width, bottleneck)
     images = torch.rand(2, 3, 2 * patch, 3 * patch)
     expected = torch.stack([error_maps(ae, images) for ae in snapshots], dim=1)
@@ -424,6 +428,11 @@ def test_context_channels_match_their_count():
         if kind == "patchcore":  # the prior is standardised on normal images
             normals = encoder(FitData.to_tensor(normal))[:, -1]
             assert abs(float(normals.mean())) < 1.0
+            # ... and is PatchCore's own map, area-resized to the grid (built there without the full size)
+            levels = encoder._levels(images)
+            full = encoder.prior.predict_from_levels([levels[s] for s in (1, 2)], (64, 64)).maps
+            want = (area_resize(torch.from_numpy(full)[:, None], (16, 16)) - encoder.prior_mean) / encoder.prior_std
+            assert torch.allclose(out[:, -1:], want, atol=1e-5)
 
 
 @pytest.mark.parametrize("project, prior_boost", [(8, 1.0), (8, 0.0), (0, 1.0)])

@@ -91,11 +91,24 @@ def smoothing_matrix(n_in: int, n_out: int, sigma: float) -> torch.Tensor:
     return (blur @ upsample).contiguous()
 
 
-def upsample_and_smooth(grid_maps: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+@functools.lru_cache(maxsize=16)
+def shrunk_smoothing_matrix(n_in: int, n_full: int, sigma: float, n_out: int) -> torch.Tensor:
+    """(n_out, n_in): `smoothing_matrix(n_in, n_full, sigma)`, then the area resize of its n_full
+    pixels to n_out (`area_resize`, also linear and separable)."""
+    return area_resize(smoothing_matrix(n_in, n_full, sigma)[None, None], (n_out, n_in))[0, 0].contiguous()
+
+
+def upsample_and_smooth(grid_maps: torch.Tensor, size: tuple[int, int], sigma: float,
+                        shrink_to: tuple[int, int] | None = None) -> torch.Tensor:
     """(B, h, w) patch-grid maps -> (B, H, W): bilinear upsampling, then a Gaussian blur of `sigma`
-    pixels (reflect padding)."""
-    rows = smoothing_matrix(grid_maps.shape[-2], size[0], float(sigma))
-    cols = smoothing_matrix(grid_maps.shape[-1], size[1], float(sigma))
+    pixels (reflect padding). With `shrink_to`, those maps area-resized to it (`area_resize`), the
+    same maths without building them: NBS's prior needs PatchCore's map on its own coarser grid."""
+    if shrink_to is None:
+        rows = smoothing_matrix(grid_maps.shape[-2], size[0], float(sigma))
+        cols = smoothing_matrix(grid_maps.shape[-1], size[1], float(sigma))
+    else:
+        rows = shrunk_smoothing_matrix(grid_maps.shape[-2], size[0], float(sigma), shrink_to[0])
+        cols = shrunk_smoothing_matrix(grid_maps.shape[-1], size[1], float(sigma), shrink_to[1])
     return torch.matmul(torch.matmul(rows, grid_maps.float()), cols.t())
 
 

@@ -226,6 +226,14 @@ class PatchCore(AnomalyModel):
         return self.predict_from_levels(self.extractor(images), tuple(images.shape[-2:]))
 
     @torch.no_grad()
+    def distance_grid(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        """(B, h, w): each patch's distance to its nearest bank row, from backbone features computed
+        elsewhere (one per configured stage, in order): the map before upsampling and smoothing."""
+        patches, (h, w) = self._embed_levels(levels)
+        distances, _ = self.search.search(patches.reshape(-1, patches.shape[-1]))
+        return distances.view(-1, h, w)
+
+    @torch.no_grad()
     def predict_from_levels(self, levels: list[torch.Tensor], size_hw: tuple[int, int]) -> AnomalyMap:
         """`predict` from backbone features computed elsewhere (one per configured stage, in order):
         lets a model that already ran the backbone reuse its pass."""

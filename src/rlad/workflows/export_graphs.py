@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from rlad.errors import ConfigError
 from rlad.models.backbones import batchnorm_affine
-from rlad.models.maps import gaussian_kernel, scaled_sigma, smoothing_matrix
+from rlad.models.maps import gaussian_kernel, scaled_sigma, shrunk_smoothing_matrix, smoothing_matrix
 from rlad.models.nearest import augmented_bank
 from rlad.models.postprocess import PostProcessor
 
@@ -71,12 +71,17 @@ class Backbone(nn.Module):
 
 
 class Smooth(nn.Module):
-    """`models.maps.upsample_and_smooth` for a fixed grid and output size: A_h @ map @ A_w^T."""
+    """`models.maps.upsample_and_smooth` for a fixed grid and output size (and `shrink_to`, a square
+    grid to area-resize to): A_h @ map @ A_w^T."""
 
-    def __init__(self, grid_hw: tuple[int, int], size: int, sigma: float):
+    def __init__(self, grid_hw: tuple[int, int], size: int, sigma: float, shrink_to: int | None = None):
         super().__init__()
-        self.register_buffer("rows", smoothing_matrix(grid_hw[0], size, float(sigma)).clone())
-        self.register_buffer("cols_t", smoothing_matrix(grid_hw[1], size, float(sigma)).t().contiguous())
+        if shrink_to is None:
+            rows, cols = (smoothing_matrix(n, size, float(sigma)) for n in grid_hw)
+        else:
+            rows, cols = (shrunk_smoothing_matrix(n, size, float(sigma), shrink_to) for n in grid_hw)
+        self.register_buffer("rows", rows.clone())
+        self.register_buffer("cols_t", cols.t().contiguous())
 
     def forward(self, grid_maps: torch.Tensor) -> torch.Tensor:
         return torch.matmul(torch.matmul(self.rows, grid_maps), self.cols_t)
@@ -323,7 +328,7 @@ class NBSGraph(PixelGraph):
             with torch.no_grad():
                 levels = dict(zip(self.stages, self.backbone(torch.zeros(1, 3, image_size, image_size))))
                 prior_grid = tuple(self.combine([levels[s] for s in self.prior_stages]).shape[-2:])
-            self.prior_smooth = Smooth(prior_grid, image_size, scaled_sigma(prior.config.blur_sigma, image_size))
+            self.prior_smooth = Smooth(prior_grid, image_size, scaled_sigma(prior.config.blur_sigma, image_size), shrink_to=self.grid)
 
     def _profile(self, images: torch.Tensor) -> torch.Tensor:
         if not len(self.snapshots):
@@ -349,8 +354,8 @@ class NBSGraph(PixelGraph):
             features = self.combine([levels[s] for s in self.prior_stages])
             b, d, h, w = features.shape
             distances = self.prior_nearest(features.permute(0, 2, 3, 1).reshape(b, h * w, d))
-            prior = self.prior_smooth(distances.reshape(b, h, w))[:, None]
-            parts.append((F.interpolate(prior, size=(g, g), mode="area") - self.prior_mean) / self.prior_std)
+            prior = self.prior_smooth(distances.reshape(b, h, w))[:, None]  # already on the grid
+            parts.append((prior - self.prior_mean) / self.prior_std)
         return torch.cat(parts, dim=1)
 
     def raw(self, images):

@@ -140,10 +140,14 @@ def crop_patches(images: torch.Tensor, index: torch.Tensor, top: torch.Tensor, l
 _PHASE_TAPS = ((3, 1), (2, 0))
 CHANNELS_LAST = torch.channels_last
 STACK_TILES_PER_PASS = 32
-"""Tiles a `SnapshotStack` takes through its layers at once: a batch of 8 images' 128 tiles in one pass
-spills the intermediate blocks out of cache; in passes of 32 the profile of a batch of 8 costs up to
-a fifth less per image (benchmarks/speedup_alternating.py --part loss_profile), with the same values
-(bit for bit on the benchmark's NBS run; tests/models/test_nbs.py runs the stack in passes)."""
+"""Tiles a `SnapshotStack` takes through its convolutions at once: a batch of 8 images' 128 tiles in
+one pass spills the intermediate blocks out of cache; in passes of 32 the profile of a batch of 8
+costs up to a fifth less per image (benchmarks/speedup_alternating.py --part loss_profile), with the
+same values (tests/models/test_nbs.py runs the stack in passes)."""
+STACK_TILES_PER_DENSE = 128
+"""Tiles a `SnapshotStack` takes through its dense layers at once (a multiple of the passes above):
+their weights, 33 MB for 10 snapshots of the default autoencoder, are read once for this many tiles
+instead of once per pass, and the wider products run closer to the CPU's peak."""
 
 
 def phase_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -234,51 +238,72 @@ class SnapshotStack:
     def supports(model: nn.Module) -> bool:
         return isinstance(model, PatchAutoencoder) and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
-    @torch.no_grad()
-    def _last_layer(self, patches: torch.Tensor) -> torch.Tensor:
-        """(N, C, p, p) -> the last transposed convolution's `phase_weight` output
-        (N, S * C * 4, p/2 + 1, p/2 + 1), in the stack's dtype. Channels stay snapshot-major throughout."""
-        s, n = self.count, patches.shape[0]
+    def _encode(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, C, p, p) -> the encoder's output (N, S * C', 8, 8), channels-last, in the stack's dtype."""
         x = patches.to(self.dtype).contiguous(memory_format=CHANNELS_LAST)
         for level, (weight, bias) in enumerate(self.encoder):
-            x = F.leaky_relu_(F.conv2d(x, weight, bias, stride=2, padding=1, groups=1 if level == 0 else s), self.slope)
-        channels, side = x.shape[1] // s, x.shape[-1]
-        skip = x.view(n, s, channels, side, side)
-        code = torch.baddbmm(self.squeeze[1], self.squeeze[0], skip.permute(1, 2, 3, 4, 0).reshape(s, -1, n))  # (S, B, N)
-        grown = F.leaky_relu_(torch.baddbmm(self.expand[1], self.expand[0], F.leaky_relu_(code, self.slope)), self.slope)
+            x = F.leaky_relu_(F.conv2d(x, weight, bias, stride=2, padding=1, groups=1 if level == 0 else self.count), self.slope)
+        return x
+
+    def _dense(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        """The 8 x 8 -> code -> 8 x 8 layers of the encoder outputs `skips` (passes of tiles), as one
+        batched product per layer with the weights as the left factor (the faster layout on CPU, by
+        1.5x at one image, where these products read far more weights than activations): the grown
+        maps as columns, (S, C' * 64, tiles of all passes)."""
+        s, n = self.count, sum(len(skip) for skip in skips)
+        channels, side = skips[0].shape[1] // s, skips[0].shape[-1]
+        columns = skips[0].new_empty(s, channels, side, side, n)
+        start = 0
+        for skip in skips:
+            columns[..., start : start + len(skip)] = skip.view(len(skip), s, channels, side, side).permute(1, 2, 3, 4, 0)
+            start += len(skip)
+        code = F.leaky_relu_(torch.baddbmm(self.squeeze[1], self.squeeze[0], columns.view(s, -1, n)), self.slope)
+        return F.leaky_relu_(torch.baddbmm(self.expand[1], self.expand[0], code), self.slope)
+
+    def _decode(self, grown: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The grown maps (S, C' * 64, N) and the encoder's output (the skip connection) of N tiles ->
+        the last transposed convolution's `phase_weight` output (N, S * C * 4, p/2 + 1, p/2 + 1).
+        Channels stay snapshot-major throughout."""
+        s, n = self.count, skip.shape[0]
+        channels, side = skip.shape[1] // s, skip.shape[-1]
         # The decoder's input, channels-last: per snapshot the grown code's channels, then the skip's.
-        joined = x.new_empty(n, side, side, s, 2 * channels)
+        joined = skip.new_empty(n, side, side, s, 2 * channels)
         joined[..., :channels] = grown.view(s, channels, side, side, n).permute(4, 2, 3, 0, 1)
-        joined[..., channels:] = skip.permute(0, 3, 4, 1, 2)
+        joined[..., channels:] = skip.view(n, s, channels, side, side).permute(0, 3, 4, 1, 2)
         x = joined.view(n, side, side, -1).permute(0, 3, 1, 2)
         for weight, bias in self.decoder:
             x = F.leaky_relu_(interleave(F.conv2d(x, weight, bias, padding=1, groups=s)), self.slope)
         return F.conv2d(x, self.last[0], self.last[1], padding=1, groups=s)
 
-    @staticmethod
-    def _in_passes(method, patches: torch.Tensor) -> torch.Tensor:
-        """`method` over `STACK_TILES_PER_PASS` tiles at a time, concatenated."""
-        if len(patches) <= STACK_TILES_PER_PASS:
-            return method(patches)
-        return torch.cat([method(patches[start : start + STACK_TILES_PER_PASS])
-                          for start in range(0, len(patches), STACK_TILES_PER_PASS)])
+    def _through_layers(self, patches: torch.Tensor, finish) -> torch.Tensor:
+        """`finish(last layer's output, tiles)` of (N, C, p, p) tiles, concatenated: the convolutions
+        take `STACK_TILES_PER_PASS` tiles at a time, the dense layers `STACK_TILES_PER_DENSE`."""
+        results = []
+        for group in patches.split(STACK_TILES_PER_DENSE):
+            passes = group.split(STACK_TILES_PER_PASS)
+            skips = [self._encode(tiles) for tiles in passes]
+            grown = self._dense(skips)
+            start = 0
+            for tiles, skip in zip(passes, skips):
+                results.append(finish(self._decode(grown[..., start : start + len(tiles)], skip), tiles))
+                start += len(tiles)
+        return results[0] if len(results) == 1 else torch.cat(results)
 
     @torch.no_grad()
     def __call__(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, C, p, p) -> reconstructions (N, S, C, p, p)."""
-        return self._in_passes(self._reconstruct, patches)
+        return self._through_layers(patches, self._reconstruction)
 
-    def _reconstruct(self, patches: torch.Tensor) -> torch.Tensor:
-        n, s = patches.shape[0], self.count
-        return interleave(self._last_layer(patches).float()).contiguous().view(n, s, -1, self.patch, self.patch)
+    def _reconstruction(self, out: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        return interleave(out.float()).contiguous().view(len(patches), self.count, -1, self.patch, self.patch)
 
     @torch.no_grad()
     def block_errors(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, C, p, p) -> |patch - reconstruction| averaged over channels and 2 x 2 pixel blocks,
         (N, S, p/2, p/2)."""
-        return self._in_passes(self._block_errors, patches)
+        return self._through_layers(patches, self._block_errors)
 
-    def _block_errors(self, patches: torch.Tensor) -> torch.Tensor:
+    def _block_errors(self, out: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         n, s, c = patches.shape[0], self.count, patches.shape[1]
         half = self.patch // 2
         # The last layer's output, channels-last, holds pixel (2t + a, 2u + b) at position
@@ -286,7 +311,7 @@ class SnapshotStack:
         # and columns taken in pairs (2p, 2p + 1) and each pair reversed, so that (p, q, a, b) reads
         # padded pixel (2p + 1 - a, 2q + 1 - b) = pixel (2t + a, 2u + b). Positions outside the patch
         # (one row and column per parity) are dropped when the parities are summed below.
-        out = self._last_layer(patches).permute(0, 2, 3, 1).reshape(n, half + 1, half + 1, s, c, 4)
+        out = out.permute(0, 2, 3, 1).reshape(n, half + 1, half + 1, s, c, 4)
         padded = F.pad(patches, (1, 1, 1, 1)).view(n, c, half + 1, 2, half + 1, 2).flip(3, 5)
         target = padded.permute(0, 2, 4, 1, 3, 5).reshape(n, half + 1, half + 1, 1, c, 4)
         # fp32 either way: a bf16 `out` is widened inside the subtraction, an fp32 one reused in place.

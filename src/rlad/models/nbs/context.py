@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from rlad.errors import ConfigError
 from rlad.models.backbones import ARCHS, BackboneConfig, FeatureExtractor, build_feature_extractor
 from rlad.models.base import FitData
-from rlad.models.maps import area_resize, grey
+from rlad.models.maps import area_resize, grey, scaled_sigma, upsample_and_smooth
 from rlad.models.patchcore import PatchCore, PatchCoreConfig
 
 CONTEXTS = ("none", "image", "backbone", "patchcore")
@@ -140,10 +140,12 @@ class ContextEncoder:
         return dict(zip(self.extractor.stages, self.extractor(images)))
 
     def _prior_maps(self, levels: dict[int, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        """The raw prior map of images of `size` from their backbone levels, on the predictor grid."""
-        prior = self.prior.predict_from_levels([levels[s] for s in sorted(self.config.prior_stages)], size)
-        maps = torch.from_numpy(prior.maps)[:, None]
-        return area_resize(maps, (self.grid, self.grid))
+        """The raw prior map of images of `size` from their backbone levels, on the predictor grid:
+        PatchCore's map (upsampled to `size` and smoothed) area-resized to the grid, without building
+        it at full size."""
+        distances = self.prior.distance_grid([levels[s] for s in sorted(self.config.prior_stages)])
+        sigma = scaled_sigma(self.prior.config.blur_sigma, size[-1])
+        return upsample_and_smooth(distances, size, sigma, shrink_to=(self.grid, self.grid))[:, None]
 
     def _parts(self, levels: dict[int, torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
         """The context channels from backbone levels, in order: each stage's features at its own
