@@ -23,8 +23,9 @@ class NBSConfig:
     # --- the paper's schedule constants (docs/nbs.md "What runs, top to bottom") ---------------
     reset_every: int = 20
     """K: autoencoder steps per reset cycle."""
-    window: int = 10
-    """Loss-profile length: error maps of the last `window` steps of a cycle (also the inference passes)."""
+    window: int = 8
+    """Loss-profile length: error maps of the last `window` steps of a cycle (also the inference passes;
+    the paper: 10, docs/nbs.md "Deviations")."""
     patch_size: int = 64
     """Autoencoder patch side, in pixels of a 256x256 image (scaled to `profile_size`)."""
     crop_size: int = 128
