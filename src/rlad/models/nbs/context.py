@@ -1,8 +1,8 @@
 """Per-image context maps fed to the NBS predictor next to the loss profile (a deviation, docs/nbs.md).
 
-The paper's predictor sees only the 10-step loss profile. On real data that signal is weak (on
-magnetic tile the profile alone ranks defect pixels barely above chance), so rlad can add, per
-pixel of the predictor grid:
+The paper's predictor sees only the loss profile (10 steps in the paper, `window` = 8 here). On
+real data that signal is weak (on magnetic tile the profile alone ranks defect pixels barely above
+chance), so rlad can add, per pixel of the predictor grid:
 
 - `none`: nothing (the paper's input);
 - `image`: the grey image;
