@@ -328,7 +328,8 @@ class NBSGraph(PixelGraph):
             with torch.no_grad():
                 levels = dict(zip(self.stages, self.backbone(torch.zeros(1, 3, image_size, image_size))))
                 prior_grid = tuple(self.combine([levels[s] for s in self.prior_stages]).shape[-2:])
-            self.prior_smooth = Smooth(prior_grid, image_size, scaled_sigma(prior.config.blur_sigma, image_size), shrink_to=self.grid)
+            sigma = scaled_sigma(prior.config.blur_sigma, image_size)
+            self.prior_smooth = Smooth(prior_grid, image_size, sigma, shrink_to=self.grid)  # the prior on the grid
 
     def _profile(self, images: torch.Tensor) -> torch.Tensor:
         if not len(self.snapshots):

@@ -8,6 +8,7 @@ separates the two. The network works on square patches; full images are scored b
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -145,9 +146,10 @@ one pass spills the intermediate blocks out of cache; in passes of 32 the profil
 costs up to a fifth less per image (benchmarks/speedup_alternating.py --part loss_profile), with the
 same values (tests/models/test_nbs.py runs the stack in passes)."""
 STACK_TILES_PER_DENSE = 128
-"""Tiles a `SnapshotStack` takes through its dense layers at once (a multiple of the passes above):
-their weights, 33 MB for 10 snapshots of the default autoencoder, are read once for this many tiles
-instead of once per pass, and the wider products run closer to the CPU's peak."""
+"""Tiles a `SnapshotStack` takes through its dense layers at once (best a multiple of the passes
+above): their weights, 3.3 MB per snapshot of the default autoencoder, are read once for this many
+tiles instead of once per pass, and the wider products run closer to the CPU's peak (the profile of
+a batch of 8: 6% less per image, docs/nbs.md "Cost")."""
 
 
 def phase_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -275,7 +277,8 @@ class SnapshotStack:
             x = F.leaky_relu_(interleave(F.conv2d(x, weight, bias, padding=1, groups=s)), self.slope)
         return F.conv2d(x, self.last[0], self.last[1], padding=1, groups=s)
 
-    def _through_layers(self, patches: torch.Tensor, finish) -> torch.Tensor:
+    def _through_layers(self, patches: torch.Tensor,
+                        finish: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """`finish(last layer's output, tiles)` of (N, C, p, p) tiles, concatenated: the convolutions
         take `STACK_TILES_PER_PASS` tiles at a time, the dense layers `STACK_TILES_PER_DENSE`."""
         results = []
