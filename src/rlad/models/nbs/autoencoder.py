@@ -210,13 +210,12 @@ class SnapshotStack:
                 for level in range(len(convs[0]))
             ]
             area = models[0].expand[0].kernel_size[0] ** 2
-            # The dense layers with the weights as the left factor (the code and the skip transposed):
-            # the faster layout on CPU, by 1.5x at one image where these products read far more
-            # weights than activations.
-            self.squeeze = (torch.stack([m.squeeze[0].weight.flatten(1) for m in models]),  # (S, B, C*64)
-                            torch.stack([m.squeeze[0].bias for m in models]).unsqueeze(2))
-            self.expand = (torch.stack([m.expand[0].weight.flatten(1).t() for m in models]).contiguous(),  # (S, C*64, B)
-                           torch.stack([m.expand[0].bias.repeat_interleave(area) for m in models]).unsqueeze(2))
+            # The dense layers as matrices over the 8 x 8 maps' values in (y, x, channel) order, the
+            # channels-last layout of the maps they read and feed (`_dense`).
+            self.squeeze = (torch.stack([m.squeeze[0].weight.permute(2, 3, 1, 0).flatten(0, 2) for m in models]),  # (S, 64*C, B)
+                            torch.stack([m.squeeze[0].bias for m in models]).unsqueeze(1))
+            self.expand = (torch.stack([m.expand[0].weight.permute(0, 2, 3, 1).flatten(1) for m in models]),  # (S, B, 64*C)
+                           torch.stack([m.expand[0].bias.repeat(area) for m in models]).unsqueeze(1))
             decoders = [[layer for layer in m.decoder if isinstance(layer, nn.ConvTranspose2d)] for m in models]
             # Every transposed convolution as a 2 x 2 convolution per output parity: torch's grouped
             # transposed convolution has no oneDNN path and was the stack's slowest layer.
@@ -249,28 +248,31 @@ class SnapshotStack:
 
     def _dense(self, skips: list[torch.Tensor]) -> torch.Tensor:
         """The 8 x 8 -> code -> 8 x 8 layers of the encoder outputs `skips` (passes of tiles), as one
-        batched product per layer with the weights as the left factor (the faster layout on CPU, by
-        1.5x at one image, where these products read far more weights than activations): the grown
-        maps as columns, (S, C' * 64, tiles of all passes)."""
+        batched product per layer, each tile a row of its 8 x 8 map's values in (y, x, channel)
+        order: the grown maps, (S, tiles of all passes, 64 * C'). In that order the copies into and
+        out of the products move runs of C' channels instead of single values, and the products take
+        the weights as their right factor: 1.5x faster at batch 1 and 1.7x at 8 than columns in
+        (channel, y, x) order with the weights on the left (one-off micro-benchmark, docs/nbs.md)."""
         s, n = self.count, sum(len(skip) for skip in skips)
         channels, side = skips[0].shape[1] // s, skips[0].shape[-1]
-        columns = skips[0].new_empty(s, channels, side, side, n)
+        rows = skips[0].new_empty(s, n, side, side, channels)
         start = 0
         for skip in skips:
-            columns[..., start : start + len(skip)] = skip.view(len(skip), s, channels, side, side).permute(1, 2, 3, 4, 0)
-            start += len(skip)
-        code = F.leaky_relu_(torch.baddbmm(self.squeeze[1], self.squeeze[0], columns.view(s, -1, n)), self.slope)
-        return F.leaky_relu_(torch.baddbmm(self.expand[1], self.expand[0], code), self.slope)
+            count = len(skip)
+            rows[:, start : start + count] = skip.permute(0, 2, 3, 1).view(count, side, side, s, channels).permute(3, 0, 1, 2, 4)
+            start += count
+        code = F.leaky_relu_(torch.baddbmm(self.squeeze[1], rows.view(s, n, -1), self.squeeze[0]), self.slope)
+        return F.leaky_relu_(torch.baddbmm(self.expand[1], code, self.expand[0]), self.slope)
 
     def _decode(self, grown: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """The grown maps (S, C' * 64, N) and the encoder's output (the skip connection) of N tiles ->
+        """The grown maps (S, N, 64 * C') and the encoder's output (the skip connection) of N tiles ->
         the last transposed convolution's `phase_weight` output (N, S * C * 4, p/2 + 1, p/2 + 1).
         Channels stay snapshot-major throughout."""
         s, n = self.count, skip.shape[0]
         channels, side = skip.shape[1] // s, skip.shape[-1]
         # The decoder's input, channels-last: per snapshot the grown code's channels, then the skip's.
         joined = skip.new_empty(n, side, side, s, 2 * channels)
-        joined[..., :channels] = grown.view(s, channels, side, side, n).permute(4, 2, 3, 0, 1)
+        joined[..., :channels] = grown.view(s, n, side, side, channels).permute(1, 2, 3, 0, 4)
         joined[..., channels:] = skip.view(n, s, channels, side, side).permute(0, 3, 4, 1, 2)
         x = joined.view(n, side, side, -1).permute(0, 3, 1, 2)
         for weight, bias in self.decoder:
@@ -288,7 +290,7 @@ class SnapshotStack:
             grown = self._dense(skips)
             start = 0
             for tiles, skip in zip(passes, skips):
-                results.append(finish(self._decode(grown[..., start : start + len(tiles)], skip), tiles))
+                results.append(finish(self._decode(grown[:, start : start + len(tiles)], skip), tiles))
                 start += len(tiles)
         return results[0] if len(results) == 1 else torch.cat(results)
 
