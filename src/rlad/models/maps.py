@@ -98,17 +98,21 @@ def shrunk_smoothing_matrix(n_in: int, n_full: int, sigma: float, n_out: int) ->
     return area_resize(smoothing_matrix(n_in, n_full, sigma)[None, None], (n_out, n_in))[0, 0].contiguous()
 
 
+def smoothing_matrices(grid_hw: tuple[int, int], size: tuple[int, int], sigma: float,
+                       shrink_to: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (rows, cols) matrices of `upsample_and_smooth`: A_h (H, h) and A_w (W, w), or with
+    `shrink_to` the same followed by the area resize to it."""
+    if shrink_to is None:
+        return tuple(smoothing_matrix(n, full, float(sigma)) for n, full in zip(grid_hw, size))
+    return tuple(shrunk_smoothing_matrix(n, full, float(sigma), out) for n, full, out in zip(grid_hw, size, shrink_to))
+
+
 def upsample_and_smooth(grid_maps: torch.Tensor, size: tuple[int, int], sigma: float,
                         shrink_to: tuple[int, int] | None = None) -> torch.Tensor:
     """(B, h, w) patch-grid maps -> (B, H, W): bilinear upsampling, then a Gaussian blur of `sigma`
     pixels (reflect padding). With `shrink_to`, those maps area-resized to it (`area_resize`), the
     same maths without building them: NBS's prior needs PatchCore's map on its own coarser grid."""
-    if shrink_to is None:
-        rows = smoothing_matrix(grid_maps.shape[-2], size[0], float(sigma))
-        cols = smoothing_matrix(grid_maps.shape[-1], size[1], float(sigma))
-    else:
-        rows = shrunk_smoothing_matrix(grid_maps.shape[-2], size[0], float(sigma), shrink_to[0])
-        cols = shrunk_smoothing_matrix(grid_maps.shape[-1], size[1], float(sigma), shrink_to[1])
+    rows, cols = smoothing_matrices(tuple(grid_maps.shape[-2:]), size, sigma, shrink_to)
     return torch.matmul(torch.matmul(rows, grid_maps.float()), cols.t())
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from rlad.errors import ConfigError
 from rlad.models.backbones import batchnorm_affine
-from rlad.models.maps import gaussian_kernel, scaled_sigma, shrunk_smoothing_matrix, smoothing_matrix
+from rlad.models.maps import gaussian_kernel, scaled_sigma, smoothing_matrices
 from rlad.models.nearest import augmented_bank
 from rlad.models.postprocess import PostProcessor
 
@@ -76,10 +76,7 @@ class Smooth(nn.Module):
 
     def __init__(self, grid_hw: tuple[int, int], size: int, sigma: float, shrink_to: int | None = None):
         super().__init__()
-        if shrink_to is None:
-            rows, cols = (smoothing_matrix(n, size, float(sigma)) for n in grid_hw)
-        else:
-            rows, cols = (shrunk_smoothing_matrix(n, size, float(sigma), shrink_to) for n in grid_hw)
+        rows, cols = smoothing_matrices(grid_hw, (size, size), sigma, None if shrink_to is None else (shrink_to, shrink_to))
         self.register_buffer("rows", rows.clone())
         self.register_buffer("cols_t", cols.t().contiguous())
 
